@@ -1,0 +1,13 @@
+"""The checks by name; each module holds one property."""
+
+from __future__ import annotations
+
+from harness.checks.base import Check
+from harness.checks.capturer import CAPTURER
+from harness.checks.expert_mapping import EXPERT_MAPPING
+from harness.checks.functional_call import FUNCTIONAL_CALL
+from harness.checks.remap import REMAP
+from harness.checks.routing_parity import ROUTING_PARITY
+from harness.checks.unpad import UNPAD
+
+CHECKS: dict[str, Check] = {c.name: c for c in (ROUTING_PARITY, REMAP, EXPERT_MAPPING, CAPTURER, FUNCTIONAL_CALL, UNPAD)}

@@ -1,0 +1,84 @@
+"""remap-idempotence: a checkpoint-key remap applied twice equals once, and loads every parameter once."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+from harness.checks.base import Check, call_target
+from harness.families import Family
+from harness.strategies.keys import CheckpointKeys, checkpoint_keys
+from harness.targets.base import Target
+from harness.verdict import PropertyViolation
+
+_DOUBLED = re.compile(r"(?:^|\.)([A-Za-z_]\w*)\.\1\.")
+
+
+def doubled_segment(key: str) -> str | None:
+    """The first non-numeric segment that repeats back to back (`.moe.moe.`), or None."""
+    m = _DOUBLED.search(key)
+    return m.group(1) if m else None
+
+
+def check_remap(target: Target, family: Family, ckpt: CheckpointKeys) -> None:
+    cap = target.remap
+    assert cap is not None
+    keys = ckpt.keys()
+    mapped = {k: call_target(f"remap({k!r})", cap.fn, k) for k in keys}
+    for key, once in mapped.items():
+        twice = call_target(f"remap({once!r})", cap.fn, once)
+        if twice != once:
+            raise PropertyViolation("remap is not idempotent: r(r(k)) != r(k)", key=key, once=once, twice=twice)
+        seg = doubled_segment(once)
+        if seg:
+            raise PropertyViolation(f"remap produced a doubled segment '.{seg}.{seg}.'", key=key, remapped=once)
+    expected = ckpt.expected()
+    for name in expected:
+        fixed = call_target(f"remap({name!r})", cap.fn, name)
+        if fixed != name:
+            raise PropertyViolation("a target name is not a fixed point of the remap", name=name, remapped=fixed)
+    counts = Counter(mapped.values())
+    collided = [(k, v) for k, v in mapped.items() if counts[v] > 1]
+    if collided:
+        raise PropertyViolation("remap is not injective over the checkpoint's keys",
+                                collisions=[k for k, _ in collided[:4]], remapped=collided[0][1])
+    missing = sorted(set(expected) - set(mapped.values()))
+    unexpected = sorted(set(mapped.values()) - set(expected))
+    if missing or unexpected:
+        raise PropertyViolation("remapped keys do not match the expected parameters one to one",
+                                missing=missing[:4], unexpected=unexpected[:4])
+
+
+def describe(ckpt: CheckpointKeys) -> dict[str, Any]:
+    keys = ckpt.keys()
+    return {
+        "schema": ckpt.schema.id,
+        "layers": ckpt.num_layers,
+        "experts": ckpt.num_experts,
+        "suffixes": list(ckpt.suffixes),
+        "already_in_target_form": sorted(ckpt.pre_remapped),
+        "first_keys": keys[:3],
+    }
+
+
+def _schemas(target: Target, family: Family) -> tuple:
+    assert target.remap is not None
+    return tuple(s for s in target.remap.accepts if s.prefix == family.schema.prefix)
+
+
+def _applies(target: Target, family: Family) -> str | None:
+    if not _schemas(target, family):
+        return f"{target.name}'s remap accepts no schema with {family.name}'s prefix {family.schema.prefix!r}"
+    return None
+
+
+REMAP = Check(
+    name="remap-idempotence",
+    capability="remap",
+    summary="r(r(k)) == r(k); target names are fixed points; no doubled segment; injective; one key per parameter",
+    strategy=lambda target, family: checkpoint_keys(_schemas(target, family), target.remap.produces),  # type: ignore[union-attr]
+    prop=check_remap,
+    describe=describe,
+    applies=_applies,
+)

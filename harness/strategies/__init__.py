@@ -1,0 +1,1 @@
+"""Hypothesis strategies: they generate inputs for the checks and never judge them."""

@@ -1,0 +1,86 @@
+"""Configs in every experts-per-token spelling and nesting: real families' and a synthetic new family's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import strategies as st
+
+from harness.families import tiny_config
+from reference.config import NESTING_PATHS, NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True)
+class ConfigCase:
+    """A config and what any consumer must read from it."""
+
+    config: Any
+    top_k: int
+    num_moe_layers: int
+    description: dict[str, Any]
+
+
+def _nest(inner: dict[str, Any], path: str, as_mapping: bool) -> Any:
+    from transformers import PretrainedConfig
+
+    node: Any = inner if as_mapping else PretrainedConfig(**inner)
+    for part in reversed(path.split(".")) if path else ():
+        node = {part: node} if as_mapping else PretrainedConfig(**{part: node})
+    return node
+
+
+@st.composite
+def synthetic_configs(draw: st.DrawFn, spellings: tuple[str, ...] = TOP_K_SPELLINGS,
+                      mappings: bool = False) -> ConfigCase:
+    """A "new family" config that uses one top-k spelling and one expert-count spelling, at the top level
+    or under any nesting path, as a PretrainedConfig (or, with `mappings`, also a config.json mapping).
+    Shrinks toward the first spelling, no nesting, a config object."""
+    top_k_name = draw(st.sampled_from(spellings))
+    experts_name = draw(st.sampled_from(NUM_EXPERTS_SPELLINGS))
+    path = draw(st.sampled_from(("",) + NESTING_PATHS))
+    as_mapping = draw(st.booleans()) if mappings else False
+    top_k = draw(st.integers(1, 8))
+    experts = draw(st.integers(top_k, 16))
+    layers = draw(st.integers(1, 4))
+    inner = {top_k_name: top_k, experts_name: experts, "num_hidden_layers": layers, "hidden_size": 16,
+             "intermediate_size": 8, "model_type": "new_moe_family"}
+    return ConfigCase(
+        _nest(inner, path, as_mapping), top_k, layers,
+        {"top_k_spelling": top_k_name, "experts_spelling": experts_name, "nesting": path or "<top level>",
+         "form": "config.json mapping" if as_mapping else "PretrainedConfig", "top_k": top_k, "layers": layers},
+    )
+
+
+@st.composite
+def family_configs(draw: st.DrawFn, family: str) -> ConfigCase:
+    """The family's own tiny transformers config with a drawn top-k and layer count, set through the
+    spelling and nesting the family itself uses."""
+    from reference.config import moe_layer_indices, resolve_top_k
+
+    top_k = draw(st.integers(1, 4))
+    layers = draw(st.integers(1, 3))
+    base = tiny_config(family)
+    names = _present(base)
+    overrides = {name: top_k for name in names if name in TOP_K_SPELLINGS}
+    overrides.update({name: layers for name in names if name == "num_hidden_layers"})
+    config = tiny_config(family, **overrides)
+    return ConfigCase(config, resolve_top_k(config), len(moe_layer_indices(config)),
+                      {"family": family, "top_k": top_k, "layers": layers, "set": sorted(overrides)})
+
+
+def _present(config: Any) -> set[str]:
+    from harness.families import moe_path
+
+    path = moe_path(config) or ""
+    sub = config
+    for part in path.split(".") if path else ():
+        sub = getattr(sub, part)
+    return set(sub.to_dict())
+
+
+def config_cases(family: str) -> st.SearchStrategy[ConfigCase]:
+    """Synthetic configs for the `synthetic` family, else the family's own config."""
+    return synthetic_configs() if family == SYNTHETIC else family_configs(family)

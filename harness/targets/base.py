@@ -1,0 +1,109 @@
+"""A target: the implementation under test, exposing optional capabilities the checks ask for."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reference.checkpoint import KeySchema
+from reference.config import RoutingKnobs
+
+KNOWN_FAILURES_DIR = Path(__file__).parent / "known_failures"
+
+RoutingFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class RoutingCap:
+    """fn(logits [T,E], knobs, *, bias, per_expert_scale) -> (weights [T,K], ids [T,K]) for `variants`."""
+
+    fn: RoutingFn
+    variants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemapCap:
+    """A checkpoint-key remap: the schemas it claims to accept and the names it must produce."""
+
+    fn: Callable[[str], str]
+    accepts: tuple[KeySchema, ...]
+    produces: KeySchema
+
+
+@dataclass(frozen=True)
+class ExpertMappingCap:
+    """Expert params mapping entry points; each returns rows (param, ckpt_key, expert_id, shard_id).
+
+    Both take (ckpt_gate_proj_name, ckpt_down_proj_name, ckpt_up_proj_name, num_experts,
+    num_redundant_experts) positionally or by keyword; `old` is the entry point `new` replaces.
+    """
+
+    new: Callable[..., list[Any]]
+    old: Callable[..., list[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class BlockCap:
+    """build(spec, seed, dtype) -> an nn.Module mapping x [T, H] to [T, H]; `families` it can build."""
+
+    build: Callable[..., torch.nn.Module]
+    families: tuple[str, ...] | None = None  # None: any family the reference can build
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    check: str
+    family: str
+    reason: str
+    reproducer: str
+
+
+@dataclass
+class Target:
+    """One implementation under test. Capabilities are optional; a check skips a missing one."""
+
+    name: str
+    version: str
+    description: str
+    routing: RoutingCap | None = None
+    remap: RemapCap | None = None
+    expert_mapping: ExpertMappingCap | None = None
+    capturer: Callable[[Any, int], torch.Tensor] | None = None  # (config, max_tokens) -> buffer
+    block: BlockCap | None = None
+    padded_runner: Callable[[torch.nn.Module, int], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    known_failures: list[KnownFailure] = field(default_factory=list)
+
+    def capabilities(self) -> list[str]:
+        names = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner")
+        return [n for n in names if getattr(self, n) is not None]
+
+    def known_failure(self, check: str, family: str) -> KnownFailure | None:
+        for kf in self.known_failures:
+            if kf.check == check and kf.family in (family, "*"):
+                return kf
+        return None
+
+
+def load_known_failures(target_name: str) -> list[KnownFailure]:
+    """Entries of `known_failures/<target>.toml`: [[failure]] check, family, reason, reproducer."""
+    path = KNOWN_FAILURES_DIR / f"{target_name}.toml"
+    if not path.exists():
+        return []
+    data = tomllib.loads(path.read_text())
+    return [KnownFailure(**entry) for entry in data.get("failure", [])]
+
+
+def routing_knobs_for(variant: str, top_k: int, **kw: Any) -> RoutingKnobs:
+    """Knobs of `variant` with the flags the variant implies."""
+    return RoutingKnobs(
+        variant=variant,
+        top_k=top_k,
+        selection_bias=variant in ("sigmoid_bias", "grouped"),
+        per_expert_scale=variant == "gemma4",
+        **kw,
+    )

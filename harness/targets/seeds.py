@@ -1,0 +1,56 @@
+"""Targets `seeds-buggy`, `seeds-lookahead` and `seeds-fixed`: the seed reports' code before and after."""
+
+from __future__ import annotations
+
+from harness.targets.base import BlockCap, ExpertMappingCap, RemapCap, Target, load_known_failures
+from harness.targets.seed_code import (
+    capturer_top_k,
+    expert_params_mapping,
+    gemma4_remap,
+    gemma4_routing_closure,
+    moe_runner_padding,
+)
+
+GEMMA4 = ("gemma4",)
+
+
+def make_buggy() -> Target:
+    return Target(
+        name="seeds-buggy",
+        version="pre-fix",
+        description="the five seed bugs as they shipped (vLLM PRs 42250, 41401, 41206, 40671, 40794)",
+        remap=RemapCap(gemma4_remap.remap_buggy, gemma4_remap.ACCEPTS, gemma4_remap.PRODUCES),
+        expert_mapping=ExpertMappingCap(
+            new=expert_params_mapping.module_entry_without_default, old=expert_params_mapping.classmethod_entry
+        ),
+        capturer=capturer_top_k.buffer_buggy,
+        block=BlockCap(gemma4_routing_closure.build_buggy, GEMMA4),
+        padded_runner=moe_runner_padding.runner_buggy,
+        known_failures=load_known_failures("seeds-buggy"),
+    )
+
+
+def make_lookahead() -> Target:
+    return Target(
+        name="seeds-lookahead",
+        version="pr-41206-summary",
+        description="seed 002's remap with the look-ahead regex one summary quotes",
+        remap=RemapCap(gemma4_remap.remap_lookahead, gemma4_remap.ACCEPTS, gemma4_remap.PRODUCES),
+        known_failures=load_known_failures("seeds-lookahead"),
+    )
+
+
+def make_fixed() -> Target:
+    return Target(
+        name="seeds-fixed",
+        version="merged",
+        description="the five seed fixes as merged",
+        remap=RemapCap(gemma4_remap.remap_fixed, gemma4_remap.ACCEPTS, gemma4_remap.PRODUCES),
+        expert_mapping=ExpertMappingCap(
+            new=expert_params_mapping.module_entry, old=expert_params_mapping.classmethod_entry
+        ),
+        capturer=capturer_top_k.buffer_fixed,
+        block=BlockCap(gemma4_routing_closure.build_fixed, GEMMA4),
+        padded_runner=moe_runner_padding.runner_fixed,
+        known_failures=load_known_failures("seeds-fixed"),
+    )

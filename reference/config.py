@@ -1,0 +1,370 @@
+"""Resolve any MoE family's config, in any spelling and nesting, into one `MoESpec`.
+
+A config is a transformers `PretrainedConfig`, or a plain mapping as read from `config.json`.
+Every lookup goes through the spelling tables below, so an error can name what was tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Every accepted spelling, in the order tried. NOTES §4.
+TOP_K_SPELLINGS = (
+    "num_experts_per_tok",
+    "top_k_experts",
+    "moe_top_k",
+    "moe_topk",
+    "moe_k",
+    "num_experts_per_token",
+)
+NUM_EXPERTS_SPELLINGS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+EXPERT_WIDTH_SPELLINGS = (
+    "moe_intermediate_size",
+    "expert_intermediate_size",
+    "expert_ffn_hidden_size",
+    "ffn_hidden_size",
+    "intermediate_size",
+)
+SHARED_COUNT_SPELLINGS = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts")
+SHARED_WIDTH_SPELLINGS = (
+    "shared_expert_intermediate_size",
+    "shared_intermediate_size",
+    "moe_shared_expert_intermediate_size",
+)
+HIDDEN_SPELLINGS = ("hidden_size", "d_model", "n_embd")
+ACTIVATION_SPELLINGS = ("hidden_act", "hidden_activation", "activation_function", "ffn_act_fn")
+RENORM_SPELLINGS = ("norm_topk_prob", "moe_renormalize", "renormalize")
+SCALING_SPELLINGS = ("routed_scaling_factor", "moe_routed_scaling_factor")
+NUM_LAYERS_SPELLINGS = ("num_hidden_layers", "n_layers", "num_layers")
+N_GROUP_SPELLINGS = ("n_group", "num_expert_group")
+
+# Where MoE fields live when they are not at the top level, outermost first.
+NESTING_PATHS = (
+    "text_config",
+    "ffn_config",
+    "thinker_config.text_config",
+    "talker_config.text_config",
+    "language_config",
+    "llm_config",
+)
+
+ROUTING_VARIANTS = (
+    "softmax_topk",
+    "gemma4",
+    "topk_softmax",
+    "sigmoid_bias",
+    "grouped",
+    "sigmoid_topk_on_logits",
+)
+
+# Families whose routing the config cannot tell: variant, and whether renormalisation is fixed.
+# Everything else is inferred from the config's own knobs (scoring_func, n_group, norm_topk_prob).
+ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
+    "mixtral": ("softmax_topk", True),
+    "minimax": ("softmax_topk", True),
+    "phimoe": ("softmax_topk", True),
+    "jamba": ("softmax_topk", False),
+    "gemma4": ("gemma4", True),
+    "gemma4_text": ("gemma4", True),
+    "gpt_oss": ("topk_softmax", True),
+    "granitemoe": ("topk_softmax", True),
+    "granitemoeshared": ("topk_softmax", True),
+    "granitemoehybrid": ("topk_softmax", True),
+    "aria": ("topk_softmax", True),
+    "aria_text": ("topk_softmax", True),
+    "llama4": ("sigmoid_topk_on_logits", False),
+    "llama4_text": ("sigmoid_topk_on_logits", False),
+    "cohere2_moe": ("sigmoid_topk_on_logits", False),
+    "minimax_m2": ("sigmoid_bias", None),
+}
+
+ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}
+
+
+# Families of the installed transformers that declare experts the reference does not model, and why.
+UNSUPPORTED_FAMILIES: dict[str, str] = {
+    "nllb-moe": "encoder-decoder top-2 capacity routing fixed by the router class; no top-k field",
+    "switch_transformers": "encoder-decoder top-1 capacity routing fixed by the router class; no top-k field",
+    "vitpose_backbone": "num_experts picks a dataset-specific head, not routed experts",
+    "ernie4_5_vl_moe": "moe_intermediate_size is a per-modality list (text, vision); one expert width is modelled",
+    "ernie4_5_vl_moe_text": "moe_intermediate_size is a per-modality list (text, vision); one expert width is modelled",
+    "dots3_note_vision_encoder": "expert counts are per-layer (heterogeneous config); one global count is modelled",
+}
+
+
+class ConfigError(ValueError):
+    """A config that names an MoE but whose fields are missing or inconsistent."""
+
+
+class UnsupportedConfig(ConfigError):
+    """A config the reference cannot model (no routed experts, or an unknown routing)."""
+
+
+@dataclass(frozen=True)
+class RoutingKnobs:
+    """The routing variant and every knob it reads (NOTES §2)."""
+
+    variant: str
+    top_k: int
+    renormalize: bool = False
+    scaling_factor: float = 1.0
+    n_group: int | None = None
+    topk_group: int | None = None
+    selection_bias: bool = False
+    per_expert_scale: bool = False
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Everything the reference needs to build one family's MoE block."""
+
+    family: str
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    intermediate_size: int
+    routing: RoutingKnobs
+    activation: str = "silu"
+    num_shared_experts: int = 0
+    shared_intermediate_size: int | None = None
+    shared_combine: str = "none"  # none | add | sigmoid_gate | parallel_dense
+    num_layers: int = 1
+    moe_layers: tuple[int, ...] = (0,)
+    nesting: str = ""
+    spellings: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+_MISSING = object()
+
+
+def _get(cfg: Any, name: str) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, _MISSING)
+    try:
+        return getattr(cfg, name)
+    except AttributeError:
+        return _MISSING
+    except Exception as exc:  # transformers' per-layer configs raise their own errors on access
+        raise ConfigError(f"reading {name!r} from {type(cfg).__name__} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _sub(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = _get(cfg, part)
+        if cfg is _MISSING or cfg is None:
+            return None
+    return cfg
+
+
+def find_moe_config(config: Any) -> tuple[Any, str]:
+    """Return the (sub-)config that holds the routed-expert fields and its nesting path."""
+    candidates = [(config, "")] + [(_sub(config, p), p) for p in NESTING_PATHS]
+    for cfg, path in candidates:
+        if cfg is None:
+            continue
+        if any(_get(cfg, n) not in (_MISSING, None) for n in NUM_EXPERTS_SPELLINGS + TOP_K_SPELLINGS):
+            return cfg, path
+    raise UnsupportedConfig(
+        f"no routed-expert field in {_describe(config)}: tried {', '.join(NUM_EXPERTS_SPELLINGS + TOP_K_SPELLINGS)}"
+        f" at the top level and under {', '.join(NESTING_PATHS)}"
+    )
+
+
+def _describe(cfg: Any) -> str:
+    if isinstance(cfg, Mapping):
+        return f"config mapping (model_type={cfg.get('model_type')!r})"
+    return f"{type(cfg).__name__} (model_type={getattr(cfg, 'model_type', None)!r})"
+
+
+def first_spelling(cfg: Any, spellings: tuple[str, ...]) -> tuple[str, Any] | None:
+    """The first spelling present with a non-None value, as (name, value), or None."""
+    for name in spellings:
+        value = _get(cfg, name)
+        if value is not _MISSING and value is not None:
+            return name, value
+    return None
+
+
+def _require_int(cfg: Any, spellings: tuple[str, ...], what: str, where: str) -> tuple[str, int]:
+    hit = first_spelling(cfg, spellings)
+    if hit is None:
+        seen = {n: _get(cfg, n) for n in spellings if _get(cfg, n) is not _MISSING}
+        raise ConfigError(
+            f"{where}: no value for {what}; tried {', '.join(spellings)}"
+            + (f"; saw {seen}" if seen else "; none present")
+            + ". Set one of them to a positive integer."
+        )
+    name, value = hit
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: {what} {name}={value!r} is not an integer")
+    if value <= 0:
+        raise ConfigError(f"{where}: {what} {name}={value} must be positive")
+    return name, value
+
+
+def resolve_top_k(config: Any) -> int:
+    """The experts-per-token count under any spelling and nesting; ConfigError names every spelling."""
+    cfg, path = find_moe_config(config)
+    return _require_int(cfg, TOP_K_SPELLINGS, "experts per token", _where(config, path))[1]
+
+
+def _where(config: Any, path: str) -> str:
+    return _describe(config) + (f".{path}" if path else "")
+
+
+def moe_layer_indices(config: Any) -> tuple[int, ...]:
+    """The indices of the MoE layers, from the layer count and whichever dense-layer marker is set."""
+    cfg, _ = find_moe_config(config)
+    hit = first_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(config, NUM_LAYERS_SPELLINGS)
+    return _moe_layers(cfg, int(hit[1]) if hit else 1)
+
+
+def _moe_layers(cfg: Any, num_layers: int) -> tuple[int, ...]:
+    # Each family marks its dense layers differently; absent markers mean every layer is MoE.
+    layers = list(range(num_layers))
+    first_dense = _get(cfg, "first_k_dense_replace")
+    if isinstance(first_dense, int):
+        layers = [i for i in layers if i >= first_dense]
+    mlp_only = _get(cfg, "mlp_only_layers")
+    if isinstance(mlp_only, list | tuple):
+        layers = [i for i in layers if i not in set(mlp_only)]
+    step = _get(cfg, "decoder_sparse_step")
+    if isinstance(step, int) and step > 1:
+        layers = [i for i in layers if (i + 1) % step == 0]
+    freq = _get(cfg, "moe_layer_freq")
+    if isinstance(freq, list | tuple) and len(freq) == num_layers:
+        layers = [i for i in layers if freq[i]]
+    elif isinstance(freq, int) and freq > 1:
+        layers = [i for i in layers if (i + 1) % freq == 0]
+    enable = _get(cfg, "enable_moe_block")
+    if enable is False:
+        layers = []
+    return tuple(layers)
+
+
+def _routing(cfg: Any, family: str, top_k: int, num_experts: int, where: str) -> RoutingKnobs:
+    renorm_hit = first_spelling(cfg, RENORM_SPELLINGS)
+    renorm = bool(renorm_hit[1]) if renorm_hit else False
+    scale_hit = first_spelling(cfg, SCALING_SPELLINGS)
+    scaling = float(scale_hit[1]) if scale_hit else 1.0
+    n_group_hit = first_spelling(cfg, N_GROUP_SPELLINGS)
+    n_group = n_group_hit[1] if n_group_hit else None
+    topk_group = _get(cfg, "topk_group")
+    scoring = _get(cfg, "scoring_func")
+    if family in ROUTING_BY_FAMILY:
+        variant, fixed_renorm = ROUTING_BY_FAMILY[family]
+        if fixed_renorm is not None:
+            renorm = fixed_renorm
+    elif isinstance(n_group, int) and n_group > 1 and isinstance(topk_group, int):
+        variant = "grouped"
+    elif scoring == "sigmoid":
+        variant = "sigmoid_bias"
+    else:
+        variant = "softmax_topk"
+    knobs = RoutingKnobs(
+        variant=variant,
+        top_k=top_k,
+        renormalize=renorm,
+        scaling_factor=scaling if variant in ("sigmoid_bias", "grouped") else 1.0,
+        n_group=n_group if variant == "grouped" else None,
+        topk_group=topk_group if variant == "grouped" else None,
+        selection_bias=variant in ("sigmoid_bias", "grouped"),
+        per_expert_scale=variant == "gemma4",
+    )
+    if variant == "grouped":
+        assert isinstance(n_group, int) and isinstance(topk_group, int)
+        if num_experts % n_group:
+            raise ConfigError(f"{where}: n_group={n_group} does not divide num_experts={num_experts}")
+        if not 0 < topk_group <= n_group:
+            raise ConfigError(f"{where}: topk_group={topk_group} must lie in 1..n_group={n_group}")
+        if top_k > topk_group * (num_experts // n_group):
+            raise ConfigError(
+                f"{where}: top_k={top_k} exceeds the experts in the kept groups "
+                f"({topk_group} groups × {num_experts // n_group})"
+            )
+    return knobs
+
+
+def resolve_moe_spec(config: Any) -> MoESpec:
+    """Resolve a config into an `MoESpec`, or raise ConfigError/UnsupportedConfig naming what was tried.
+
+    Guarantees: 0 < top_k <= num_experts; widths positive; the routing variant is one of ROUTING_VARIANTS.
+    """
+    cfg, path = find_moe_config(config)
+    where = _where(config, path)
+    family = str(_get(config, "model_type") if _get(config, "model_type") is not _MISSING else "")
+    sub_family = _get(cfg, "model_type")
+    if family in ("", "None") and sub_family not in (_MISSING, None):
+        family = str(sub_family)
+    # A nested text config of a known family carries the family's own routing.
+    routing_family = family if family in ROUTING_BY_FAMILY else str(sub_family) if sub_family is not _MISSING else family
+
+    spellings: dict[str, str] = {}
+    name, num_experts = _require_int(cfg, NUM_EXPERTS_SPELLINGS, "routed experts", where)
+    spellings["num_experts"] = name
+    name, top_k = _require_int(cfg, TOP_K_SPELLINGS, "experts per token", where)
+    spellings["top_k"] = name
+    if top_k > num_experts:
+        raise ConfigError(f"{where}: experts per token {spellings['top_k']}={top_k} exceeds routed experts "
+                          f"{spellings['num_experts']}={num_experts}")
+    hidden_cfg = cfg if first_spelling(cfg, HIDDEN_SPELLINGS) else config
+    name, hidden = _require_int(hidden_cfg, HIDDEN_SPELLINGS, "hidden size", where)
+    spellings["hidden_size"] = name
+    name, width = _require_int(cfg, EXPERT_WIDTH_SPELLINGS, "expert intermediate size", where)
+    spellings["intermediate_size"] = name
+
+    n_shared = 0
+    shared_hit = first_spelling(cfg, SHARED_COUNT_SPELLINGS)
+    if shared_hit:
+        spellings["num_shared_experts"] = shared_hit[0]
+        n_shared = int(shared_hit[1])
+    shared_width_hit = first_spelling(cfg, SHARED_WIDTH_SPELLINGS)
+    shared_width = None
+    if shared_width_hit and int(shared_width_hit[1]) > 0:
+        spellings["shared_intermediate_size"] = shared_width_hit[0]
+        shared_width = int(shared_width_hit[1])
+        n_shared = max(n_shared, 1)
+    elif n_shared > 0:
+        shared_width = width * n_shared
+    combine = "none"
+    if n_shared > 0:
+        combine = "sigmoid_gate" if routing_family in ("qwen2_moe",) else "add"
+    if routing_family in ("gemma4", "gemma4_text"):
+        combine, n_shared = "parallel_dense", 1
+        shared_width = int(_get(cfg, "intermediate_size"))
+
+    act_hit = first_spelling(cfg, ACTIVATION_SPELLINGS) or first_spelling(config, ACTIVATION_SPELLINGS)
+    act_value = act_hit[1] if act_hit else "silu"
+    # dbrx spells it as a mapping: {"name": "silu"}
+    act_name = str(act_value.get("name") if isinstance(act_value, Mapping) else act_value)
+    if act_name not in ACTIVATIONS:
+        raise UnsupportedConfig(f"{where}: activation {act_name!r} is not one of {sorted(ACTIVATIONS)}")
+
+    layers_hit = first_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(config, NUM_LAYERS_SPELLINGS)
+    num_layers = int(layers_hit[1]) if layers_hit else 1
+
+    return MoESpec(
+        family=family,
+        num_experts=num_experts,
+        top_k=top_k,
+        hidden_size=hidden,
+        intermediate_size=width,
+        routing=_routing(cfg, routing_family, top_k, num_experts, where),
+        activation=ACTIVATIONS[act_name],
+        num_shared_experts=n_shared,
+        shared_intermediate_size=shared_width,
+        shared_combine=combine,
+        num_layers=num_layers,
+        moe_layers=_moe_layers(cfg, num_layers),
+        nesting=path,
+        spellings=spellings,
+    )

@@ -1,0 +1,191 @@
+"""A readable torch MoE block: router, fused experts, shared experts, and a pad/unpad runner.
+
+Every parameter and buffer is read from `self` at call time (never captured in a closure), so
+`torch.func.functional_call` substitution reaches all of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reference.config import MoESpec
+from reference.routing import route
+
+ACTIVATION_FNS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class FusedExperts(nn.Module):
+    """E experts in the fused 3-D layout: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]."""
+
+    def __init__(self, num_experts: int, hidden: int, width: int, activation: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.activation = activation
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * width, hidden, dtype=dtype))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, width, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return experts_forward(x, weights, ids, self.gate_up_proj, self.down_proj, self.activation)
+
+
+def experts_forward(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    activation: str,
+) -> torch.Tensor:
+    """Sum over the K picks of weight * down(act(gate x) * up x); accumulates in float32 (float64 stays)."""
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+    act = ACTIVATION_FNS[activation]
+    for expert in torch.unique(ids).tolist():
+        token, slot = torch.where(ids == expert)
+        gate, up = F.linear(x[token], gate_up_proj[expert]).chunk(2, dim=-1)
+        y = F.linear(act(gate) * up, down_proj[expert])
+        out.index_add_(0, token, y.to(acc_dtype) * weights[token, slot, None].to(acc_dtype))
+    return out.to(x.dtype)
+
+
+class DenseMLP(nn.Module):
+    """down(act(gate x) * up x) with separate gate/up/down Linear layers (shared experts)."""
+
+    def __init__(self, hidden: int, width: int, activation: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.activation = activation
+        self.gate_proj = nn.Linear(hidden, width, bias=False, dtype=dtype)
+        self.up_proj = nn.Linear(hidden, width, bias=False, dtype=dtype)
+        self.down_proj = nn.Linear(width, hidden, bias=False, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(ACTIVATION_FNS[self.activation](self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoEBlock(nn.Module):
+    """The reference MoE block for one `MoESpec`: out = routed(x) [+ shared(x), gated or not]."""
+
+    def __init__(self, spec: MoESpec, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.spec = spec
+        self.gate = nn.Linear(spec.hidden_size, spec.num_experts, bias=False, dtype=dtype)
+        self.experts = FusedExperts(spec.num_experts, spec.hidden_size, spec.intermediate_size, spec.activation, dtype)
+        if spec.routing.selection_bias:
+            self.register_buffer("e_score_correction_bias", torch.zeros(spec.num_experts, dtype=torch.float32))
+        if spec.routing.per_expert_scale:
+            self.per_expert_scale = nn.Parameter(torch.ones(spec.num_experts, dtype=torch.float32))
+        self.shared_experts: DenseMLP | None = None
+        self.shared_expert_gate: nn.Linear | None = None
+        if spec.shared_combine != "none":
+            width = spec.shared_intermediate_size or spec.intermediate_size
+            self.shared_experts = DenseMLP(spec.hidden_size, width, spec.activation, dtype)
+            if spec.shared_combine == "sigmoid_gate":
+                self.shared_expert_gate = nn.Linear(spec.hidden_size, 1, bias=False, dtype=dtype)
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x)
+
+    def routing(self, logits: torch.Tensor, oracle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return route(
+            logits.float(),
+            self.spec.routing,
+            bias=getattr(self, "e_score_correction_bias", None),
+            per_expert_scale=getattr(self, "per_expert_scale", None),
+            oracle=oracle,
+        )
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The shared-expert term as it is added to the routed output (gate applied), or None."""
+        if self.shared_experts is None:
+            return None
+        y = self.shared_experts(x)
+        if self.shared_expert_gate is not None:
+            y = torch.sigmoid(self.shared_expert_gate(x)) * y
+        return y
+
+    def routed(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        weights, ids = self.routing(self.router_logits(x) if logits is None else logits,
+                                    oracle=x.dtype == torch.float64)
+        return self.experts(x, weights, ids)
+
+    def forward(self, x: torch.Tensor, router_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., H] -> [..., H]; `router_logits` [T, E] replaces the gate's (to compare with other routers)."""
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        out = self.routed(flat, router_logits)
+        shared = self.shared(flat)
+        if shared is not None:
+            out = out + shared
+        return out.reshape(shape)
+
+
+def init_block(block: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
+    """Fill every parameter and float buffer with seeded normal values (per-expert scales and biases too)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, tensor in list(block.named_parameters()) + list(block.named_buffers()):
+            if tensor.is_floating_point():
+                fan_in = tensor.shape[-1] if tensor.dim() > 1 else 1
+                values = torch.randn(tensor.shape, generator=gen, dtype=torch.float64) * scale / math.sqrt(fan_in)
+                tensor.copy_(values.to(tensor.dtype))
+        scale_param = getattr(block, "per_expert_scale", None)
+        if isinstance(scale_param, torch.Tensor):
+            scale_param.copy_(torch.rand(scale_param.shape, generator=gen, dtype=torch.float64).add(0.5))
+    return block
+
+
+def build_block(spec: MoESpec, seed: int = 0, dtype: torch.dtype = torch.float32) -> MoEBlock:
+    """A reference block for `spec` with seeded weights."""
+    block = MoEBlock(spec, dtype)
+    init_block(block, seed)
+    return block
+
+
+def pad_to(size: int, alignment: int) -> int:
+    """The smallest multiple of `alignment` (elements) that is >= size; alignment <= 1 means none."""
+    return size if alignment <= 1 else -(-size // alignment) * alignment
+
+
+class PaddedMoERunner(nn.Module):
+    """Runs a block's routed experts on a hidden dim zero-padded to `alignment`, trimming before any add.
+
+    Guarantees: output shape == input shape; output == block(x) up to rounding; a no-op when aligned.
+    """
+
+    def __init__(self, block: MoEBlock, alignment: int) -> None:
+        super().__init__()
+        self.block = block
+        self.alignment = alignment
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = x.shape[-1]
+        padded = pad_to(hidden, self.alignment)
+        flat = x.reshape(-1, hidden)
+        logits = self.block.router_logits(flat)
+        routed = self.routed_padded(flat, logits, padded)[..., :hidden]
+        shared = self.block.shared(flat)
+        out = routed if shared is None else shared + routed
+        return out.reshape(x.shape)
+
+    def routed_padded(self, flat: torch.Tensor, logits: torch.Tensor, padded: int) -> torch.Tensor:
+        """The routed output on the padded hidden dim [T, padded] (as a kernel with that alignment would)."""
+        extra = padded - flat.shape[-1]
+        experts = self.block.experts
+        weights, ids = self.block.routing(logits)
+        if extra == 0:
+            return experts(flat, weights, ids)
+        return experts_forward(
+            F.pad(flat, (0, extra)),
+            weights,
+            ids,
+            F.pad(experts.gate_up_proj, (0, extra)),
+            F.pad(experts.down_proj, (0, 0, 0, extra)),
+            experts.activation,
+        )

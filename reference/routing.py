@@ -1,0 +1,114 @@
+"""The routing variants of NOTES §2 as pure torch functions.
+
+A variant is two rules: which score selects the top K (`selection_scores`), and what weight a selected
+expert gets (`weights_for`). Every variant maps logits [T, E] to (weights float32 [T, K], ids int32 [T, K]). Computation runs in
+float32, or float64 with `oracle=True` (weights are then returned in float64). Ties are broken by the
+lower expert index (a stable descending sort), so the reference is deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reference.config import ROUTING_VARIANTS, RoutingKnobs
+
+
+class RoutingInputError(ValueError):
+    """Logits or knobs that no routing can accept (K > E, wrong rank, missing tensors)."""
+
+
+def topk_stable(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along the last dim, descending; among equal values the lower index comes first."""
+    sorted_vals, order = torch.sort(values, dim=-1, descending=True, stable=True)
+    return sorted_vals[..., :k], order[..., :k]
+
+
+def _renorm(w: torch.Tensor) -> torch.Tensor:
+    return w / w.sum(dim=-1, keepdim=True)
+
+
+def _grouped_choice(scores: torch.Tensor, knobs: RoutingKnobs) -> torch.Tensor:
+    assert knobs.n_group is not None and knobs.topk_group is not None
+    t, e = scores.shape
+    per_group = scores.view(t, knobs.n_group, e // knobs.n_group)
+    group_score = topk_stable(per_group, min(2, e // knobs.n_group))[0].sum(-1)
+    _, keep = topk_stable(group_score, knobs.topk_group)
+    mask = torch.zeros(t, knobs.n_group, dtype=torch.bool, device=scores.device).scatter_(1, keep, True)
+    # Masked experts get -inf: a kept expert with a negative biased score must still beat them.
+    return per_group.masked_fill(~mask[..., None], float("-inf")).view(t, e)
+
+
+def selection_scores(logits: torch.Tensor, knobs: RoutingKnobs, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-expert score whose top K are selected (bias only steers selection)."""
+    if knobs.variant == "softmax_topk":
+        return torch.softmax(logits, dim=-1)
+    if knobs.variant in ("sigmoid_bias", "grouped"):
+        assert bias is not None
+        choice = torch.sigmoid(logits) + bias.to(logits.dtype)
+        return _grouped_choice(choice, knobs) if knobs.variant == "grouped" else choice
+    return logits
+
+
+def weights_for(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    knobs: RoutingKnobs,
+    per_expert_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The routing weights the variant gives the experts `ids` [T, K] (whichever way they were chosen)."""
+    ids = ids.long()
+    picked = logits.gather(-1, ids)
+    if knobs.variant == "softmax_topk":
+        w = torch.softmax(logits, dim=-1).gather(-1, ids)
+        return _renorm(w) if knobs.renormalize else w
+    if knobs.variant == "gemma4":
+        # Scale after the softmax over the selected K, so sum(w / scale[ids]) == 1.
+        assert per_expert_scale is not None
+        return torch.softmax(picked, dim=-1) * per_expert_scale.to(picked.dtype)[ids]
+    if knobs.variant == "topk_softmax":
+        return torch.softmax(picked, dim=-1)
+    if knobs.variant == "sigmoid_topk_on_logits":
+        return torch.sigmoid(picked)
+    w = torch.sigmoid(picked)  # sigmoid_bias, grouped
+    if knobs.renormalize:
+        w = _renorm(w)
+    return w * knobs.scaling_factor
+
+
+def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
+    """Raise RoutingInputError unless logits are [T, E] floats and 0 < K <= E."""
+    if logits.dim() != 2:
+        raise RoutingInputError(f"logits must be [tokens, experts], got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise RoutingInputError(f"logits must be floating point, got {logits.dtype}")
+    num_experts = logits.shape[-1]
+    if not 0 < knobs.top_k <= num_experts:
+        raise RoutingInputError(f"top_k={knobs.top_k} must lie in 1..num_experts={num_experts}")
+    if knobs.variant not in ROUTING_VARIANTS:
+        raise RoutingInputError(f"unknown routing variant {knobs.variant!r}; known: {', '.join(ROUTING_VARIANTS)}")
+    if knobs.variant == "grouped" and (knobs.n_group is None or num_experts % knobs.n_group):
+        raise RoutingInputError(f"n_group={knobs.n_group} must divide num_experts={num_experts}")
+
+
+def route(
+    logits: torch.Tensor,
+    knobs: RoutingKnobs,
+    *,
+    bias: torch.Tensor | None = None,
+    per_expert_scale: torch.Tensor | None = None,
+    oracle: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Route logits [T, E] with `knobs`: weights [T, K] (float32, float64 if oracle) and ids int32 [T, K]."""
+    validate_routing_inputs(logits, knobs)
+    dtype = torch.float64 if oracle else torch.float32
+    num_experts = logits.shape[-1]
+    extra: dict[str, torch.Tensor] = {}
+    if knobs.selection_bias or knobs.variant in ("sigmoid_bias", "grouped"):
+        extra["bias"] = (bias if bias is not None else torch.zeros(num_experts)).to(logits.device, dtype)
+    if knobs.variant == "gemma4":
+        if per_expert_scale is None:
+            raise RoutingInputError("gemma4 routing needs per_expert_scale [num_experts]")
+        extra["per_expert_scale"] = per_expert_scale.to(logits.device, dtype)
+    logits = logits.to(dtype)
+    _, ids = topk_stable(selection_scores(logits, knobs, extra.get("bias")), knobs.top_k)
+    return weights_for(logits, ids, knobs, extra.get("per_expert_scale")).to(dtype), ids.to(torch.int32)

@@ -1,0 +1,105 @@
+"""Each check fails on a broken implementation other than the seed one (a property that cannot fail is no property)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from harness.checks import CHECKS
+from harness.engine import run_case
+from harness.families import Family, get_family
+from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target
+from harness.targets.reference_target import make_target
+from harness.verdict import FAIL, PROPERTY_VIOLATION
+from reference.checkpoint import make_expert_params_mapping, remap
+from reference.moe import MoEBlock, PaddedMoERunner, init_block, pad_to
+from reference.routing import route
+
+
+def _broken(**caps) -> Target:
+    return dataclasses.replace(make_target(), name="broken", known_failures=[], **caps)
+
+
+def _route_int64(logits, knobs, **kw):
+    w, ids = route(logits, knobs, **kw)
+    return w, ids.long()
+
+
+def _route_without_bias(logits, knobs, bias=None, **kw):
+    return route(logits, knobs, bias=torch.zeros_like(bias) if bias is not None else None, **kw)
+
+
+def _remap_drops_scale_suffix(key: str) -> str:
+    """Folds quantization scales onto `.weight`: two checkpoint keys land on one name."""
+    return re.sub(r"\.(weight_scale\w*|input_scale|scales)$", ".weight", remap(key))
+
+
+def _mapping_redundant_to_zero(*args, **kwargs):
+    rows = make_expert_params_mapping(*args, **kwargs)
+    e = kwargs.get("num_experts", args[3] if len(args) > 3 else 1)
+    return [dataclasses.replace(r, ckpt_key=re.sub(r"experts\.\d+\.", "experts.0.", r.ckpt_key))
+            if r.expert_id >= e else r for r in rows]
+
+
+def _capturer_swapped(config, max_tokens):
+    from reference.capturer import RoutedExpertsCapturer
+
+    return RoutedExpertsCapturer(config, max_tokens).buffer.transpose(1, 2)
+
+
+class _FrozenGateBlock(MoEBlock):
+    """Copies the gate weight at build time: substituting `gate.weight` never reaches routing."""
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "_frozen"):
+            self._frozen = self.gate.weight.detach().clone()
+        return torch.nn.functional.linear(x, self._frozen)
+
+
+def _build_frozen(spec, seed=0, dtype=torch.float32):
+    block = init_block(_FrozenGateBlock(spec, dtype), seed)
+    block.router_logits(torch.zeros(1, spec.hidden_size, dtype=dtype))
+    return block
+
+
+def _runner_trims_wrong_end(block, alignment):
+    """Keeps the last `hidden` columns of the padded output instead of the first."""
+    runner = PaddedMoERunner(block, alignment)
+
+    def forward(x):
+        hidden = x.shape[-1]
+        routed = runner.routed_padded(x, block.router_logits(x), pad_to(hidden, alignment))[..., -hidden:]
+        return block.shared(x) + routed
+
+    return forward
+
+
+BROKEN = {
+    "routing-parity/int64-ids": ("routing-parity", "mixtral", {"routing": RoutingCap(_route_int64, ("softmax_topk",))}),
+    "routing-parity/ignores-bias": ("routing-parity", "minimax_m2",
+                                    {"routing": RoutingCap(_route_without_bias, ("sigmoid_bias",))}),
+    "remap-idempotence/drops-scale-suffix": ("remap-idempotence", "mixtral",
+                                      {"remap": dataclasses.replace(make_target().remap, fn=_remap_drops_scale_suffix)}),
+    "expert-mapping/redundant-to-zero": ("expert-mapping", "any",
+                                         {"expert_mapping": ExpertMappingCap(new=_mapping_redundant_to_zero)}),
+    "capturer-shape/swapped-dims": ("capturer-shape", "synthetic", {"capturer": _capturer_swapped}),
+    "functional-call/frozen-gate": ("functional-call", "mixtral", {"block": BlockCap(_build_frozen)}),
+    "unpad-before-add/trims-wrong-end": ("unpad-before-add", "qwen2_moe", {"padded_runner": _runner_trims_wrong_end}),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_check_catches_broken_implementation(name: str) -> None:
+    check_name, family, caps = BROKEN[name]
+    verdict = run_case(CHECKS[check_name], _broken(**caps), get_family(family) if family != "any" else Family("any"))
+    assert verdict.status == FAIL, f"{name} was not caught: {verdict}"
+    assert verdict.kind == PROPERTY_VIOLATION
+    assert verdict.counterexample
+
+
+def test_every_check_has_a_broken_implementation() -> None:
+    assert {v[0] for v in BROKEN.values()} == set(CHECKS)
+
