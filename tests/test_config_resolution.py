@@ -1,0 +1,92 @@
+"""Config resolution: every MoE family of the installed transformers resolves or is listed unsupported."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.families import discover_moe_families, tiny_config
+from harness.strategies.configs import synthetic_configs
+from reference.config import (
+    TOP_K_SPELLINGS,
+    UNSUPPORTED_FAMILIES,
+    ConfigError,
+    resolve_moe_spec,
+    resolve_top_k,
+)
+
+FAMILIES = discover_moe_families()
+
+
+def test_discovers_many_families() -> None:
+    resolved = [f for f in FAMILIES if f not in UNSUPPORTED_FAMILIES]
+    print(f"\n{len(resolved)} of {len(FAMILIES)} MoE families of the installed transformers resolve; "
+          f"{len(UNSUPPORTED_FAMILIES)} listed unsupported")
+    assert len(FAMILIES) > 60
+
+
+def test_unsupported_table_has_no_stale_entries() -> None:
+    assert set(UNSUPPORTED_FAMILIES) <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_config_resolves(family: str) -> None:
+    if family in UNSUPPORTED_FAMILIES:
+        with pytest.raises(ConfigError):
+            resolve_moe_spec(tiny_config(family))
+        return
+    spec = resolve_moe_spec(tiny_config(family))
+    assert 0 < spec.top_k <= spec.num_experts
+    assert spec.hidden_size > 0 and spec.intermediate_size > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_default_config_resolves_or_raises_typed_error(family: str) -> None:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        resolve_moe_spec(CONFIG_MAPPING[family]())
+    except ConfigError as exc:
+        assert str(exc)  # a message naming what was tried
+
+
+@settings(max_examples=60, deadline=None)
+@given(synthetic_configs(mappings=True))
+def test_every_spelling_and_nesting_resolves(case) -> None:
+    assert resolve_top_k(case.config) == case.top_k
+
+
+def test_missing_top_k_names_every_spelling() -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_moe_spec({"num_experts": 8, "hidden_size": 16, "intermediate_size": 8})
+    for name in TOP_K_SPELLINGS:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"num_experts": 4, "num_experts_per_tok": 5}, "exceeds routed experts"),
+        ({"num_experts": 4, "num_experts_per_tok": 0}, "must be positive"),
+        ({"num_experts": 4, "num_experts_per_tok": 2.5}, "not an integer"),
+        ({"num_experts": 4, "num_experts_per_tok": 2, "intermediate_size": None}, "expert intermediate size"),
+        ({"num_experts": 6, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2}, "does not divide"),
+    ],
+)
+def test_bad_configs_raise_typed_errors_with_values(fields: dict, needle: str) -> None:
+    config = {"hidden_size": 16, "intermediate_size": 8, **fields}
+    with pytest.raises(ConfigError) as err:
+        resolve_moe_spec(config)
+    assert needle in str(err.value)
+    for value in fields.values():
+        if value not in (None, 2, 4) and not isinstance(value, bool):
+            assert str(value) in str(err.value)
+
+
+@given(st.sampled_from(TOP_K_SPELLINGS), st.integers(1, 8))
+def test_capturer_reads_any_spelling(spelling: str, top_k: int) -> None:
+    from reference.capturer import RoutedExpertsCapturer
+
+    buf = RoutedExpertsCapturer({spelling: top_k, "num_experts": 8, "num_hidden_layers": 3}, 5).buffer
+    assert buf.shape == (5, 3, top_k) and buf.dtype.is_floating_point is False
