@@ -77,7 +77,7 @@ ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
     "llama4": ("sigmoid_topk_on_logits", False),
     "llama4_text": ("sigmoid_topk_on_logits", False),
     "cohere2_moe": ("sigmoid_topk_on_logits", False),
-    "minimax_m2": ("sigmoid_bias", None),
+    "minimax_m2": ("sigmoid_bias", True),  # its router always renormalises; the config has no flag
 }
 
 ACTIVATIONS = {
