@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from reference.checkpoint import KeySchema
-from reference.config import RoutingKnobs
 
 KNOWN_FAILURES_DIR = Path(__file__).parent / "known_failures"
 
@@ -97,13 +96,3 @@ def load_known_failures(target_name: str) -> list[KnownFailure]:
     data = tomllib.loads(path.read_text())
     return [KnownFailure(**entry) for entry in data.get("failure", [])]
 
-
-def routing_knobs_for(variant: str, top_k: int, **kw: Any) -> RoutingKnobs:
-    """Knobs of `variant` with the flags the variant implies."""
-    return RoutingKnobs(
-        variant=variant,
-        top_k=top_k,
-        selection_bias=variant in ("sigmoid_bias", "grouped"),
-        per_expert_scale=variant == "gemma4",
-        **kw,
-    )
