@@ -16,6 +16,19 @@ from reference.routing import selection_scores, weights_for
 WEIGHT_TOLERANCE = Tolerance(1e-5, 1e-6)
 
 
+def assert_valid_selection(scores: torch.Tensor, ids: torch.Tensor, k: int) -> None:
+    """Raise PropertyViolation unless no unpicked expert scores above a picked one (ties allowed)."""
+    picked = scores.gather(-1, ids.long())
+    unpicked = scores.scatter(-1, ids.long(), float("-inf"))
+    slack = 1e-6 * scores.abs().nan_to_num(0, 0, 0).amax(-1)
+    worse = picked.amin(-1) < unpicked.amax(-1) - slack
+    if worse.any():
+        tok = int(worse.nonzero()[0])
+        raise PropertyViolation("routing picked an expert that scores below one it left out",
+                                token=tok, picked=sorted(ids[tok].tolist()),
+                                reference_top_k=scores[tok].argsort(descending=True, stable=True)[:k].tolist())
+
+
 def check_routing(target: Target, family: Family, ex: RoutingExample, tol: Tolerance = WEIGHT_TOLERANCE) -> None:
     assert target.routing is not None
     weights, ids = call_target("routing(logits, knobs)", target.routing.fn, ex.logits, ex.knobs,
@@ -35,17 +48,7 @@ def check_routing(target: Target, family: Family, ex: RoutingExample, tol: Toler
         raise PropertyViolation("an expert is picked twice for one token")
     logits = ex.logits.cpu().double()
     bias = ex.bias.double() if ex.bias is not None else None
-    scores = selection_scores(logits, ex.knobs, bias)
-    picked = scores.gather(-1, ids.long())
-    unpicked = scores.scatter(-1, ids.long(), float("-inf"))
-    # Ties are fine: the selection is valid when no unpicked expert scores above a picked one.
-    slack = 1e-6 * scores.abs().nan_to_num(0, 0, 0).amax(-1)
-    worse = picked.amin(-1) < unpicked.amax(-1) - slack
-    if worse.any():
-        tok = int(worse.nonzero()[0])
-        raise PropertyViolation("routing picked an expert that scores below one it left out",
-                                token=tok, picked=sorted(ids[tok].tolist()),
-                                reference_top_k=scores[tok].argsort(descending=True, stable=True)[:k].tolist())
+    assert_valid_selection(selection_scores(logits, ex.knobs, bias), ids, k)
     scale = ex.per_expert_scale.double() if ex.per_expert_scale is not None else None
     want = weights_for(logits, ids, ex.knobs, scale)
     assert_close(weights.cpu(), want, tol, "routing weights for the picked experts")

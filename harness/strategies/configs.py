@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +63,7 @@ def family_configs(draw: st.DrawFn, family: str) -> ConfigCase:
 
     top_k = draw(st.integers(1, 4))
     layers = draw(st.integers(1, 3))
-    base = tiny_config(family)
-    names = _present(base)
+    names = _present_names(family)
     overrides = {name: top_k for name in names if name in TOP_K_SPELLINGS}
     overrides.update({name: layers for name in names if name == "num_hidden_layers"})
     config = tiny_config(family, **overrides)
@@ -71,14 +71,17 @@ def family_configs(draw: st.DrawFn, family: str) -> ConfigCase:
                       {"family": family, "top_k": top_k, "layers": layers, "set": sorted(overrides)})
 
 
-def _present(config: Any) -> set[str]:
+@functools.cache
+def _present_names(family: str) -> frozenset[str]:
+    """The field names of the family's MoE sub-config (its tiny config is built once per process)."""
     from harness.families import moe_path
 
+    config = tiny_config(family)
     path = moe_path(config) or ""
     sub = config
     for part in path.split(".") if path else ():
         sub = getattr(sub, part)
-    return set(sub.to_dict())
+    return frozenset(sub.to_dict())
 
 
 def config_cases(family: str) -> st.SearchStrategy[ConfigCase]:
