@@ -78,14 +78,18 @@ class Target:
     known_failures: list[KnownFailure] = field(default_factory=list)
 
     def capabilities(self) -> list[str]:
-        names = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner")
-        return [n for n in names if getattr(self, n) is not None]
+        """The capability fields this target fills, in declaration order."""
+        return [n for n in CAPABILITIES if getattr(self, n) is not None]
 
     def known_failure(self, check: str, family: str) -> KnownFailure | None:
         for kf in self.known_failures:
             if kf.check == check and kf.family in (family, "*"):
                 return kf
         return None
+
+
+# Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
+CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner")
 
 
 def load_known_failures(target_name: str) -> list[KnownFailure]:
