@@ -80,6 +80,16 @@ ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
     "minimax_m2": ("sigmoid_bias", True),  # its router always renormalises; the config has no flag
 }
 
+# Block facts a family's code fixes and its config does not state (NOTES §3).
+#   swiglu_oai: gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha * gate).
+#   weight_on_input: the routing weight scales the expert's input, not its output.
+#   shared_add: one shared expert of the expert width is always added.
+BLOCK_BY_FAMILY: dict[str, dict[str, Any]] = {
+    "gpt_oss": {"activation": "swiglu_oai", "router_bias": True, "expert_bias": True},
+    "llama4": {"weight_on_input": True, "shared_add": True},
+    "llama4_text": {"weight_on_input": True, "shared_add": True},
+}
+
 ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
@@ -140,6 +150,11 @@ class MoESpec:
     num_layers: int = 1
     moe_layers: tuple[int, ...] = (0,)
     nesting: str = ""
+    router_bias: bool = False
+    expert_bias: bool = False  # gate_up_proj_bias [E, 2I] and down_proj_bias [E, H]
+    weight_on_input: bool = False
+    glu_alpha: float = 1.702  # swiglu_oai only
+    glu_limit: float = 7.0  # swiglu_oai only
     spellings: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -352,6 +367,12 @@ def resolve_moe_spec(config: Any) -> MoESpec:
     layers_hit = first_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(config, NUM_LAYERS_SPELLINGS)
     num_layers = int(layers_hit[1]) if layers_hit else 1
 
+    facts = BLOCK_BY_FAMILY.get(routing_family, {})
+    if facts.get("shared_add"):
+        combine, n_shared, shared_width = "add", 1, width
+    glu = {name: float(v) for name, key in (("glu_alpha", "swiglu_alpha"), ("glu_limit", "swiglu_limit"))
+           if (v := _get(cfg, key)) not in (_MISSING, None)}
+
     return MoESpec(
         family=family,
         num_experts=num_experts,
@@ -359,12 +380,16 @@ def resolve_moe_spec(config: Any) -> MoESpec:
         hidden_size=hidden,
         intermediate_size=width,
         routing=_routing(cfg, routing_family, top_k, num_experts, where),
-        activation=ACTIVATIONS[act_name],
+        activation=facts.get("activation", ACTIVATIONS[act_name]),
         num_shared_experts=n_shared,
         shared_intermediate_size=shared_width,
         shared_combine=combine,
         num_layers=num_layers,
         moe_layers=_moe_layers(cfg, num_layers),
         nesting=path,
+        router_bias=facts.get("router_bias", False),
+        expert_bias=facts.get("expert_bias", False),
+        weight_on_input=facts.get("weight_on_input", False),
+        **glu,
         spellings=spellings,
     )

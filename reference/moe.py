@@ -22,17 +22,40 @@ ACTIVATION_FNS = {
 }
 
 
-class FusedExperts(nn.Module):
-    """E experts in the fused 3-D layout: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]."""
+def glu(gate: torch.Tensor, up: torch.Tensor, activation: str, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """The gated product of an expert: act(gate) * up, or gpt_oss's clamped `swiglu_oai` (NOTES §3)."""
+    if activation == "swiglu_oai":
+        gate = gate.clamp(max=limit)
+        return (up.clamp(-limit, limit) + 1) * gate * torch.sigmoid(alpha * gate)
+    return ACTIVATION_FNS[activation](gate) * up
 
-    def __init__(self, num_experts: int, hidden: int, width: int, activation: str, dtype: torch.dtype) -> None:
+
+class FusedExperts(nn.Module):
+    """E experts in the fused 3-D layout: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I].
+
+    With `bias`, also gate_up_proj_bias [E, 2I] and down_proj_bias [E, H]. Reads every tensor at call time.
+    """
+
+    def __init__(self, spec: MoESpec, dtype: torch.dtype) -> None:
         super().__init__()
-        self.activation = activation
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * width, hidden, dtype=dtype))
-        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, width, dtype=dtype))
+        e, h, i = spec.num_experts, spec.hidden_size, spec.intermediate_size
+        self.spec = spec
+        self.activation = spec.activation
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h, dtype=dtype))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i, dtype=dtype))
+        if spec.expert_bias:
+            self.gate_up_proj_bias = nn.Parameter(torch.empty(e, 2 * i, dtype=dtype))
+            self.down_proj_bias = nn.Parameter(torch.empty(e, h, dtype=dtype))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return experts_forward(x, weights, ids, self.gate_up_proj, self.down_proj, self.activation)
+        return experts_forward(
+            x, weights, ids, self.gate_up_proj, self.down_proj, self.activation,
+            gate_up_bias=getattr(self, "gate_up_proj_bias", None),
+            down_bias=getattr(self, "down_proj_bias", None),
+            weight_on_input=self.spec.weight_on_input,
+            glu_alpha=self.spec.glu_alpha,
+            glu_limit=self.spec.glu_limit,
+        )
 
 
 def experts_forward(
@@ -42,16 +65,28 @@ def experts_forward(
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
     activation: str,
+    *,
+    gate_up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None,
+    weight_on_input: bool = False,
+    glu_alpha: float = 1.702,
+    glu_limit: float = 7.0,
 ) -> torch.Tensor:
-    """Sum over the K picks of weight * down(act(gate x) * up x); accumulates in float32 (float64 stays)."""
+    """Sum over the K picks of w * down(glu(gate x, up x)); accumulates in float32 (float64 stays).
+
+    With `weight_on_input` (llama4) each pick computes down(glu(gate (w x), up (w x))) instead.
+    """
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
-    act = ACTIVATION_FNS[activation]
     for expert in torch.unique(ids).tolist():
         token, slot = torch.where(ids == expert)
-        gate, up = F.linear(x[token], gate_up_proj[expert]).chunk(2, dim=-1)
-        y = F.linear(act(gate) * up, down_proj[expert])
-        out.index_add_(0, token, y.to(acc_dtype) * weights[token, slot, None].to(acc_dtype))
+        w = weights[token, slot, None]
+        inp = x[token] * w.to(x.dtype) if weight_on_input else x[token]
+        bias = None if gate_up_bias is None else gate_up_bias[expert]
+        gate, up = F.linear(inp, gate_up_proj[expert], bias).chunk(2, dim=-1)
+        y = F.linear(glu(gate, up, activation, glu_alpha, glu_limit), down_proj[expert],
+                     None if down_bias is None else down_bias[expert])
+        out.index_add_(0, token, y.to(acc_dtype) if weight_on_input else y.to(acc_dtype) * w.to(acc_dtype))
     return out.to(x.dtype)
 
 
@@ -66,7 +101,7 @@ class DenseMLP(nn.Module):
         self.down_proj = nn.Linear(width, hidden, bias=False, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ACTIVATION_FNS[self.activation](self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(glu(self.gate_proj(x), self.up_proj(x), self.activation))
 
 
 class MoEBlock(nn.Module):
@@ -75,8 +110,8 @@ class MoEBlock(nn.Module):
     def __init__(self, spec: MoESpec, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.spec = spec
-        self.gate = nn.Linear(spec.hidden_size, spec.num_experts, bias=False, dtype=dtype)
-        self.experts = FusedExperts(spec.num_experts, spec.hidden_size, spec.intermediate_size, spec.activation, dtype)
+        self.gate = nn.Linear(spec.hidden_size, spec.num_experts, bias=spec.router_bias, dtype=dtype)
+        self.experts = FusedExperts(spec, dtype)
         if spec.routing.selection_bias:
             self.register_buffer("e_score_correction_bias", torch.zeros(spec.num_experts, dtype=torch.float32))
         if spec.routing.per_expert_scale:
@@ -181,6 +216,8 @@ class PaddedMoERunner(nn.Module):
         weights, ids = self.block.routing(logits)
         if extra == 0:
             return experts(flat, weights, ids)
+        down_bias = getattr(experts, "down_proj_bias", None)
+        spec = experts.spec
         return experts_forward(
             F.pad(flat, (0, extra)),
             weights,
@@ -188,4 +225,9 @@ class PaddedMoERunner(nn.Module):
             F.pad(experts.gate_up_proj, (0, extra)),
             F.pad(experts.down_proj, (0, 0, 0, extra)),
             experts.activation,
+            gate_up_bias=getattr(experts, "gate_up_proj_bias", None),
+            down_bias=None if down_bias is None else F.pad(down_bias, (0, extra)),
+            weight_on_input=spec.weight_on_input,
+            glu_alpha=spec.glu_alpha,
+            glu_limit=spec.glu_limit,
         )
