@@ -1,24 +1,58 @@
-"""`moe-harness`: run the checks over targets and print each failure as a bug report.
+"""`moe-harness`: run the checks over targets, list targets, replay stored failures, re-render reports.
 
-Exit codes: 0 every case passed (or failed as a known failure), 1 a property was violated,
-2 usage or harness error.
+Commands:
+  run      checks × targets × families; progress, a matrix, then one bug report per new failure
+  targets  every target with its version and capabilities (--json for machines)
+  replay   re-run every stored failing case: FIXED / FAILED / ERROR (--prune removes the fixed ones)
+  report   re-render a saved report directory
+
+Exit codes: 0 every case passed (or failed as a known failure) / every replayed case is fixed;
+1 a property was violated / a replayed case still fails; 2 usage or harness error.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
-from collections import Counter
+import time
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
 
 from harness.checks import CHECKS
-from harness.engine import DEFAULT_SEED, quiet_libraries, run_case
-from harness.profiles import PROFILES
-from harness.report import render_failure, render_summary
-from harness.selection import UsageError, select_cases
-from harness.targets import BUILTIN, load_target
-from harness.verdict import ERROR, FAIL, Verdict
+from harness.database import LOCAL_DIR, SHARED_DIR, RegressionStore
+from harness.engine import DEFAULT_SEED, quiet_libraries
+from harness.outcome import CaseResult
+from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE
+from harness.replay import ERROR as REPLAY_ERROR
+from harness.replay import FAILED, prune, replay
+from harness.report import render_failure, render_report
+from harness.reports import junit, markdown
+from harness.reports.directory import load_report, write_report_dir
+from harness.reports.document import Report, RunInfo, TargetInfo
+from harness.runner import RunOptions, run_cases, unavailable_results
+from harness.selection import Missing, UsageError, plan, try_load
+from harness.targets import DEFAULT_TARGETS, registered_targets
+from harness.verdict import ERROR, FAIL
+from harness.versions import library_versions
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=LOCAL_DIR, metavar="DIR",
+                        help=f"local example database and records (default: {LOCAL_DIR})")
+    parser.add_argument("--regressions", type=Path, default=SHARED_DIR, metavar="DIR",
+                        help="shared regression directory, read-only unless promoting (default: cases/regressions)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,56 +60,143 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run checks over targets and families")
-    run.add_argument("--target", action="append", help=f"target name (repeatable); one of {', '.join(BUILTIN)}")
+    run.add_argument("--target", action="append", metavar="NAME|MODULE:OBJECT",
+                     help=f"target (repeatable): a name from `moe-harness targets` or package.module:object "
+                          f"(default: {' '.join(DEFAULT_TARGETS)})")
     run.add_argument("--check", action="append", help=f"check name (repeatable); one of {', '.join(CHECKS)}")
     run.add_argument("--family", action="append", help="family (model_type) to run (repeatable)")
-    run.add_argument("--profile", default="dev", choices=sorted(PROFILES), help="Hypothesis profile")
-    run.add_argument("--max-examples", type=int, help="override the profile's example count")
+    run.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES), help="Hypothesis profile")
+    run.add_argument("--max-examples", type=_positive, help="override the profile's example count")
     run.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Hypothesis seed (reproducers pin it)")
+    run.add_argument("--workers", type=_positive, default=1, metavar="N", help="run cases in N processes")
+    run.add_argument("--report-dir", type=Path, metavar="DIR", help="write report.json, report.md, junit.xml")
+    run.add_argument("--families", action="store_true", help="also show which families landed in each cell")
     run.add_argument("--quiet", action="store_true", help="no per-case progress lines")
-    sub.add_parser("targets", help="list targets and their capabilities")
+    run.add_argument("--promote", action=argparse.BooleanOptionalAction, default=None,
+                     help=f"write new failures into the shared regression directory "
+                          f"(default: only with --profile {PROMOTING_PROFILE})")
+    _add_store_options(run)
+    targets = sub.add_parser("targets", help="list targets with their versions and capabilities")
+    targets.add_argument("specs", nargs="*", metavar="NAME|MODULE:OBJECT", help="only these (default: all registered)")
+    targets.add_argument("--json", action="store_true", help="machine-readable output")
+    rep = sub.add_parser("replay", help="re-run every stored failing case: FIXED / FAILED / ERROR")
+    rep.add_argument("cases", nargs="*", metavar="CASE", help="only these case ids, e.g. 'remap-idempotence[t-gemma4]'")
+    rep.add_argument("--prune", action="store_true", help="remove the records and examples of fixed cases")
+    _add_store_options(rep)
+    show = sub.add_parser("report", help="re-render a report directory written by `run --report-dir`")
+    show.add_argument("directory", type=Path)
+    show.add_argument("--format", choices=("text", "markdown", "junit", "json"), default="text")
+    show.add_argument("--families", action="store_true", help="also show which families landed in each cell")
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    cases = list(select_cases(args.target, args.check, args.family))
-    verdicts: list[Verdict] = []
-    for i, case in enumerate(cases, 1):
-        verdict = run_case(case.check, case.target, case.family, profile=args.profile,
-                           max_examples=args.max_examples, seed=args.seed)
-        verdicts.append(verdict)
+def _run(args: argparse.Namespace, command: str) -> int:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    clock = time.perf_counter()
+    selection = plan(args.target, args.check, args.family)
+    promote = args.promote if args.promote is not None else args.profile == PROMOTING_PROFILE
+    options = RunOptions(args.profile, args.max_examples, args.seed,
+                         RegressionStore(args.db, args.regressions, promote_new=promote))
+    results = unavailable_results(selection.missing, selection.checks)
+    ran: dict[int, CaseResult] = {}
+    total = len(selection.cases)
+    failures = 0
+    for index, result in run_cases(selection.cases, options, args.workers):
+        ran[index] = result
+        failures += result.verdict.status in (FAIL, ERROR)
         if not args.quiet:
-            failed = sum(v.status in (FAIL, ERROR) for v in verdicts)
-            print(f"[{i}/{len(cases)}] {verdict.status.upper():5} {verdict.case_id} "
-                  f"({verdict.examples} examples, {verdict.seconds:.2f}s; failures so far: {failed})", flush=True)
+            v = result.verdict
+            print(f"[{len(ran)}/{total}] {v.status.upper():5} {v.case_id} "
+                  f"({v.examples} examples, {v.seconds:.2f}s; failures so far: {failures})", flush=True)
+    results += [ran[i] for i in sorted(ran)]
+    targets = [TargetInfo.of(spec, target) for spec, target in selection.targets]
+    targets += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
+    report = Report(RunInfo(command, args.profile, args.seed, args.max_examples, args.workers, started,
+                            round(time.perf_counter() - clock, 3), library_versions()), targets, results)
     print()
-    print(render_summary(verdicts))
-    for verdict in verdicts:
-        if verdict.status in (FAIL, ERROR):
-            print()
-            print(render_failure(verdict))
-    statuses = Counter(v.status for v in verdicts)
-    if statuses[ERROR]:
+    print(render_report(report, families=args.families))
+    if args.report_dir:
+        paths = write_report_dir(report, args.report_dir)
+        print(f"report written: {', '.join(map(str, paths))}")
+    return _exit_code(report)
+
+
+def _exit_code(report: Report) -> int:
+    if any(r.verdict.status == ERROR for r in report.results):
         return EXIT_USAGE
-    return EXIT_VIOLATION if statuses[FAIL] else EXIT_OK
+    return EXIT_VIOLATION if any(r.new_failure for r in report.results) else EXIT_OK
 
 
-def _targets() -> int:
-    for name in BUILTIN:
-        target = load_target(name)
-        print(f"{name:18} {target.version:18} {', '.join(target.capabilities())}")
-        print(f"{'':18} {target.description}")
-    return EXIT_OK
+def _targets(args: argparse.Namespace) -> int:
+    infos = []
+    for spec in args.specs or registered_targets():
+        loaded = try_load(spec)
+        infos.append(TargetInfo.unloaded(spec, loaded.reason, loaded.error) if isinstance(loaded, Missing)
+                     else TargetInfo.of(spec, loaded))
+    if args.json:
+        print(json.dumps([asdict(i) for i in infos], indent=2))
+    else:
+        for i in infos:
+            if i.status == "loaded":
+                print(f"{i.spec:18} {i.version:18} {', '.join(i.capabilities)}")
+                print(f"{'':18} {i.description}")
+            else:
+                print(f"{i.spec:18} {i.status}: {i.reason}")
+    return EXIT_USAGE if any(i.status == "error" for i in infos) else EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    store = RegressionStore(args.db, args.regressions)
+    replayed = replay(store, args.cases)
+    if args.cases and len(replayed) < len(set(args.cases)):
+        found = {r.record.case_id for r in replayed}
+        stored = [rec.case_id for rec, _ in store.records()]
+        raise UsageError(f"no stored case {', '.join(repr(c) for c in args.cases if c not in found)}; "
+                         f"stored cases: {', '.join(stored) or 'none'}")
+    for r in replayed:
+        known = " (now a known failure)" if r.known else ""
+        print(f"{r.outcome:6} {r.record.case_id}{known}  [{'+'.join(r.origins)}]: {r.detail}")
+        if r.outcome == FAILED and r.result is not None and not r.known:
+            # The record's reproducer: the profile and seed that found it, not replay's repro profile.
+            verdict = replace(r.result.verdict, reproduce=r.record.reproduce)
+            print("\n".join("       " + line for line in render_failure(verdict, r.result.blob).splitlines()))
+    counts = {o: sum(r.outcome == o for r in replayed) for o in ("FIXED", FAILED, REPLAY_ERROR)}
+    print(f"{len(replayed)} stored cases: " + ", ".join(f"{n} {o.lower()}" for o, n in counts.items()))
+    if args.prune:
+        pruned = prune(store, replayed)
+        print(f"pruned {len(pruned)} fixed case(s)" + "".join(f"\n  {rec.case_id}" for rec in pruned))
+    if counts[REPLAY_ERROR]:
+        return EXIT_USAGE
+    return EXIT_VIOLATION if any(r.outcome == FAILED and not r.known for r in replayed) else EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        report = load_report(args.directory)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    renderers = {"text": lambda: render_report(report, families=args.families), "markdown": lambda: markdown.render(report),
+                 "junit": lambda: junit.render(report), "json": report.to_json}
+    print(renderers[args.format]().rstrip("\n"))
+    return _exit_code(report)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `moe-harness` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error (or --help)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     quiet_libraries()
     try:
         if args.command == "targets":
-            return _targets()
-        return _run(args)
+            return _targets(args)
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "report":
+            return _report(args)
+        return _run(args, "moe-harness " + shlex.join(argv))
     except UsageError as exc:
         print(f"moe-harness: {exc}", file=sys.stderr)
         return EXIT_USAGE

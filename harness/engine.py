@@ -1,17 +1,29 @@
-"""The one engine behind the CLI and the pytest cases: run a check over a target and a family."""
+"""The one engine behind the CLI, the pytest cases and replay: run one check over a target and a family.
+
+Guarantees: `execute` never raises for anything the check, the target or Hypothesis does (every
+outcome becomes a Verdict); the same check, target, family, profile, seed and stored examples give the
+same verdict; a new failure is saved to the regression store when one is given.
+"""
 
 from __future__ import annotations
 
+import re
+import shlex
 import time
 import traceback
+import unittest
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import hypothesis
 from hypothesis import given, settings
 
 from harness.checks.base import Check
+from harness.database import Record, RegressionStore, case_key
 from harness.families import Family
-from harness.profiles import profile_settings
+from harness.outcome import CaseResult
+from harness.profiles import DEFAULT_PROFILE, profile_settings
 from harness.targets.base import Target
 from harness.verdict import (
     ERROR,
@@ -41,8 +53,9 @@ def quiet_libraries() -> None:
 
 
 def reproduce_command(check: str, target: str, family: str, profile: str, seed: int, max_examples: int | None) -> str:
+    """The `moe-harness run` line that re-runs exactly one case (`target` as given: name or spec)."""
     extra = f" --max-examples {max_examples}" if max_examples else ""
-    return (f"moe-harness run --target {target} --check {check} --family {family} "
+    return (f"moe-harness run --target {shlex.quote(target)} --check {check} --family {family} "
             f"--profile {profile} --seed {seed}{extra}")
 
 
@@ -62,26 +75,51 @@ def run_case(
     target: Target,
     family: Family,
     *,
-    profile: str = "dev",
+    profile: str = DEFAULT_PROFILE,
     max_examples: int | None = None,
     seed: int = DEFAULT_SEED,
+    store: RegressionStore | None = None,
+    observe: Callable[[CaseResult], None] | None = None,
 ) -> Verdict:
-    """Run `check` on target × family under a Hypothesis profile; never raises, always a Verdict.
+    """`execute`, returning only the Verdict; `observe` (the pytest plugin's) sees the full result."""
+    result = execute(check, target, family, profile=profile, max_examples=max_examples, seed=seed, store=store)
+    if observe is not None:
+        observe(result)
+    return result.verdict
+
+
+def execute(
+    check: Check,
+    target: Target,
+    family: Family,
+    *,
+    profile: str = DEFAULT_PROFILE,
+    max_examples: int | None = None,
+    seed: int = DEFAULT_SEED,
+    store: RegressionStore | None = None,
+    spec: str | None = None,
+) -> CaseResult:
+    """Run `check` on target × family under a Hypothesis profile; never raises, always a result.
 
     A failing verdict carries the shrunk counterexample (the last failing example Hypothesis replays).
+    With a `store`, Hypothesis replays the case's stored failures first and saves new ones, and a new
+    failure's record is written. `spec` is how the target was named, for the reproducer.
     """
+    spec = spec or target.name
     verdict = Verdict(check=check.name, target=target.name, family=family.name, status=PASS,
-                      reproduce=reproduce_command(check.name, target.name, family.name, profile, seed, max_examples))
+                      reproduce=reproduce_command(check.name, spec, family.name, profile, seed, max_examples))
+    result = CaseResult(verdict, spec=spec, target_version=target.version)
     start = time.perf_counter()
     try:
         reason = check.skip_reason(target, family)
+        if reason:
+            verdict.status, verdict.message = SKIP, reason
+            return result
+        strategy = check.strategy(target, family)
     except Exception as exc:  # e.g. the family's tiny config cannot be built
         verdict.status, verdict.kind = ERROR, HARNESS_ERROR
         verdict.message = f"could not prepare {family.name}: {type(exc).__name__}: {exc}"
-        return verdict
-    if reason:
-        verdict.status, verdict.message = SKIP, reason
-        return verdict
+        return result
 
     failures: list[tuple[Any, BaseException]] = []
     count = 0
@@ -95,17 +133,29 @@ def run_case(
             failures.append((example, exc))
             raise
 
-    test = given(check.strategy(target, family))(body)
-    test = settings(profile_settings(profile, max_examples))(test)
+    key = case_key(check.name, target.name, family.name)
+    database = store.hypothesis_database() if store else None
+    if store:
+        result.stats["stored_examples"] = store.stored_examples(key)
+    test = given(strategy)(body)
+    # @seed clears the database from the settings it finds, so the settings go on after it.
     test = hypothesis.seed(seed)(test)
+    test = settings(profile_settings(profile, max_examples, database))(test)
+    # The attribute Hypothesis's own `find(database_key=...)` sets: the key then depends on the case's
+    # names only (see case_key), not on this function's source.
+    test._hypothesis_internal_database_key = key  # type: ignore[attr-defined]
+    raw_stats: list[dict[str, Any]] = []
     try:
-        test()
+        with _statistics(raw_stats):
+            test()
+    except unittest.SkipTest as exc:  # the profile generates nothing and no example is stored
+        verdict.status, verdict.message = SKIP, f"no example to run: {exc}"
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes a verdict
         if isinstance(exc, KeyboardInterrupt):
             raise
-        if not failures:
-            kind, message, details, tol = _classify(exc)
-            verdict.status, verdict.kind, verdict.message = ERROR, HARNESS_ERROR, message
+        result.blob = _blob(exc)
+        if not failures:  # Hypothesis itself, or the strategy, raised
+            verdict.status, verdict.kind, verdict.message = ERROR, HARNESS_ERROR, _classify(exc)[1]
         else:
             example, err = failures[-1]
             kind, message, details, tol = _classify(err)
@@ -117,16 +167,64 @@ def run_case(
                 verdict.counterexample = {"describe_failed": repr(describe_exc)}
     verdict.examples = count
     verdict.seconds = round(time.perf_counter() - start, 3)
+    if raw_stats:
+        result.stats.update(_summarise(raw_stats[-1]))
     known = target.known_failure(check.name, family.name)
     if known is not None:
         if verdict.status == FAIL:
             verdict.status, verdict.known_reason = KNOWN, known.reason
         elif verdict.status == PASS:
             verdict.message = f"stale known failure: passes now ({known.reason})"
-    return verdict
+            result.stale = True
+    if store and store.record_failures and verdict.status == FAIL:
+        store.save(Record.of(result, profile, seed))
+    return result
+
+
+@contextmanager
+def _statistics(into: list[dict[str, Any]]) -> Iterator[None]:
+    """Collect the statistics Hypothesis reports for a run (the hook its pytest plugin uses)."""
+    try:
+        from hypothesis.statistics import collector
+    except ImportError:  # another Hypothesis version: statistics are a nicety, not a result
+        yield
+        return
+    with collector.with_value(into.append):  # type: ignore[arg-type]  # declared with its None default
+        yield
+
+
+def _summarise(stats: dict[str, Any]) -> dict[str, Any]:
+    """Per phase: calls by status, seconds, successful shrinks; why Hypothesis stopped; target scores."""
+    out: dict[str, Any] = {}
+    for name, phase in stats.items():
+        if not name.endswith("-phase") or not isinstance(phase, dict):
+            continue
+        calls = phase.get("test-cases", [])
+        statuses: dict[str, int] = {}
+        for call in calls:
+            statuses[call.get("status", "?")] = statuses.get(call.get("status", "?"), 0) + 1
+        out[name.removesuffix("-phase")] = {
+            "calls": len(calls),
+            "by_status": statuses,
+            "seconds": round(phase.get("duration-seconds", 0.0), 3),
+            "shrinks_successful": phase.get("shrinks-successful", 0),
+        }
+    if stats.get("stopped-because"):
+        out["stopped_because"] = stats["stopped-because"]
+    if stats.get("targets"):
+        out["targets"] = dict(stats["targets"])
+    return out
+
+
+def _blob(exc: BaseException) -> str | None:
+    """The `@reproduce_failure(...)` line Hypothesis attaches when the profile prints blobs."""
+    for note in getattr(exc, "__notes__", ()):
+        found = re.search(r"@reproduce_failure\(.*?\)", note)
+        if found:
+            return found.group(0)
+    return None
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, str | int | float | bool | list | tuple | dict | type(None)) else repr(v)
             for k, v in details.items()}
-

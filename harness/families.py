@@ -54,6 +54,8 @@ TINY_FIELDS: dict[str, Any] = {
     "decoder_sparse_step": 1,
     "enable_moe_block": True,
     "sliding_window": 16,
+    "vocab_size_per_layer_input": 128,
+    "hidden_size_per_layer_input": 8,
 }
 
 
@@ -91,6 +93,12 @@ def _shrunk_dict(sub: Any, overrides: dict[str, Any], fields: frozenset[str] | N
         if name in data and (fields is None or name in fields):
             data[name] = value
     data.update(overrides)
+    vocab = data.get("vocab_size")
+    if isinstance(vocab, int):
+        # Special token ids of the full vocabulary would index past the shrunk embedding.
+        for key, value in list(data.items()):
+            if key.endswith("_token_id") and isinstance(value, int) and value >= vocab:
+                data[key] = vocab - 1
     layers = data.get("num_hidden_layers", 2)
     # Per-layer lists and tables must match the shrunk layer count.
     for key, value in list(data.items()):

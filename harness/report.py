@@ -1,33 +1,61 @@
-"""Render verdicts for people: a targets × checks matrix and one bug report per failure."""
+"""Render a run for a terminal: the targets × checks matrix, known and stale failures, one bug report per
+new failure, and a closing summary line. `moe-harness run` and `moe-harness report DIR` print the same text.
+"""
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 
+from harness.outcome import CaseResult
+from harness.reports.document import COLUMNS, NEW_FAIL, Report, column
 from harness.verdict import ERROR, FAIL, KNOWN, PASS, SKIP, Verdict
 
-_ORDER = (PASS, FAIL, KNOWN, ERROR, SKIP)
+_LEGEND = "fail = new failure; known = listed in the target's known failures or expected by the suite"
 
 
-def render_summary(verdicts: list[Verdict]) -> str:
-    """A matrix with one row per target × check: counts of pass / fail / known / error / skip."""
-    cells: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    for v in verdicts:
-        cells[(v.target, v.check)][v.status] += 1
-    width = max([len(f"{t}  {c}") for t, c in cells] + [20])
-    lines = [f"{'target  check':<{width}}  " + "  ".join(f"{s:>5}" for s in _ORDER)]
+def render_matrix(results: list[CaseResult]) -> str:
+    """One row per target × check with counts per column (`.` for none)."""
+    cells: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
+    for r in results:
+        cells[(r.verdict.target, r.verdict.check)][column(r)] += 1
+    width = max([len(f"{t}  {c}") for t, c in cells] + [len("target  check")])
+    lines = [f"{'target  check':<{width}}  " + "  ".join(f"{s:>5}" for s in COLUMNS)]
     for (target, check), counts in cells.items():
-        lines.append(f"{f'{target}  {check}':<{width}}  " + "  ".join(f"{counts[s] or '.':>5}" for s in _ORDER))
-    total = Counter(v.status for v in verdicts)
-    lines.append(f"{len(verdicts)} cases: " + ", ".join(f"{total[s]} {s}" for s in _ORDER))
-    stale = [v.case_id for v in verdicts if v.message.startswith("stale known failure")]
-    if stale:
-        lines.append("stale known failures (now passing): " + ", ".join(stale))
+        lines.append(f"{f'{target}  {check}':<{width}}  " + "  ".join(f"{counts[s] or '.':>5}" for s in COLUMNS))
+    lines.append(f"({_LEGEND})")
     return "\n".join(lines)
 
 
-def render_failure(v: Verdict) -> str:
+def render_families(results: list[CaseResult]) -> str:
+    """Per target × check, the families in each column: which families passed, failed, were skipped."""
+    rows: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        rows[(r.verdict.target, r.verdict.check)][column(r)].append(r.verdict.family)
+    lines = []
+    for (target, check), by_column in rows.items():
+        lines.append(f"{target}  {check}")
+        lines += [f"    {col:>5}: {' '.join(by_column[col])}" for col in COLUMNS if by_column.get(col)]
+    return "\n".join(lines)
+
+
+def render_known(results: list[CaseResult]) -> str:
+    """Known and expected failures, one line each, and stale known-failure entries that pass now."""
+    lines = []
+    for r in results:
+        v = r.verdict
+        if column(r) == KNOWN:
+            why = v.known_reason if v.known_reason else "expected by the suite: " + v.message
+            lines.append(f"KNOWN  {v.case_id}: {why}")
+    for r in results:
+        if r.stale:
+            v = r.verdict
+            lines.append(f"STALE  {v.case_id}: listed as a known failure but passes now; remove its entry from "
+                         f"harness/targets/known_failures/{v.target}.toml ({v.message})")
+    return "\n".join(lines)
+
+
+def render_failure(v: Verdict, blob: str | None = None) -> str:
     """One failure as a bug report: property, target, family, counterexample, tolerance, reproducer."""
     lines = [
         f"{'FAIL' if v.status == FAIL else 'ERROR'} {v.case_id}  [{v.kind}]",
@@ -40,5 +68,40 @@ def render_failure(v: Verdict) -> str:
         lines.append("  minimal counterexample:")
         lines += [f"    {k}: {json.dumps(val, default=str)}" for k, val in v.counterexample.items()]
     lines.append(f"  tolerance: {v.tolerance or 'exact'}")
-    lines.append(f"  reproduce: {v.reproduce}")
+    if v.reproduce:
+        lines.append(f"  reproduce: {v.reproduce}")
+    if v.status == FAIL:
+        lines.append(f"  replay the stored example: moe-harness replay '{v.case_id}'")
+    if blob:
+        lines.append(f"  hypothesis: {blob}")
     return "\n".join(lines)
+
+
+def render_totals(results: list[CaseResult]) -> str:
+    """The closing line: families and checks run, then the count in each column."""
+    counts = dict.fromkeys(COLUMNS, 0)
+    for r in results:
+        counts[column(r)] += 1
+    ran = [r.verdict for r in results if r.verdict.status != SKIP]
+    families = len({v.family for v in ran})
+    checks = len({v.check for v in ran})
+    return (f"summary: {len(results)} cases over {families} families and {checks} checks: "
+            f"{counts[PASS]} passed, {counts[NEW_FAIL]} new failures, {counts[KNOWN]} known failures, "
+            f"{counts[ERROR]} errors, {counts[SKIP]} skipped")
+
+
+def render_report(report: Report, families: bool = False) -> str:
+    """Everything after the progress lines: matrix, unavailable targets, known, bug reports, summary."""
+    parts = [render_matrix(report.results)]
+    if families:
+        parts.append(render_families(report.results))
+    missing = [t for t in report.targets if t.status != "loaded"]
+    if missing:
+        parts.append("\n".join(f"{'ERROR' if t.status == 'error' else 'SKIP'}   target {t.spec}: {t.reason}"
+                               for t in missing))
+    known = render_known(report.results)
+    if known:
+        parts.append(known)
+    parts += [render_failure(r.verdict, r.blob) for r in report.findings()]
+    parts.append(render_totals(report.results))
+    return "\n\n".join(parts)

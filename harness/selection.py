@@ -1,15 +1,20 @@
-"""Which cases a run holds: targets × checks × families, with names validated against what exists."""
+"""Which cases a run holds: targets × checks × families, with names validated against what exists.
+
+Guarantees: an unknown target, check or family name raises UsageError listing the valid ones; a
+target that cannot load here is not a usage error but a `Missing` entry saying why, so the rest of
+the run goes on.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness.checks import CHECKS
 from harness.checks.base import Check
 from harness.families import DEFAULT_FAMILIES, Family, discover_moe_families, get_family
 from harness.strategies.configs import SYNTHETIC
-from harness.targets import BUILTIN, DEFAULT_TARGETS, load_target
+from harness.targets import DEFAULT_TARGETS, TargetLoadError, TargetUnavailable, UnknownTarget, load_target
 from harness.targets.base import Target
 
 
@@ -22,35 +27,80 @@ class Case:
     check: Check
     target: Target
     family: Family
+    spec: str = ""  # how the target was named: a registered name or package.module:object
 
     @property
     def id(self) -> str:
         return f"{self.target.name}-{self.family.name}"
 
 
-def _validate(kind: str, names: Iterable[str], valid: Iterable[str]) -> None:
+@dataclass(frozen=True)
+class Missing:
+    """A target that could not load: `error` is False when a dependency is merely not installed here."""
+
+    spec: str
+    reason: str
+    error: bool
+
+
+@dataclass
+class Plan:
+    cases: list[Case] = field(default_factory=list)
+    targets: list[tuple[str, Target]] = field(default_factory=list)  # (spec, target) in command-line order
+    missing: list[Missing] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+
+def _validate(kind: str, kinds: str, names: Iterable[str], valid: Iterable[str]) -> None:
     valid = list(valid)
     bad = [n for n in names if n not in valid]
     if bad:
-        raise UsageError(f"unknown {kind} {', '.join(map(repr, bad))}; valid {kind}s: {', '.join(valid)}")
+        raise UsageError(f"unknown {kind} {', '.join(map(repr, bad))}; valid {kinds}: {', '.join(valid)}")
+
+
+def try_load(spec: str) -> Target | Missing:
+    """The target `spec` names, or why it cannot load here; a wrong name or spec raises UsageError."""
+    try:
+        return load_target(spec)
+    except UnknownTarget as exc:
+        raise UsageError(str(exc)) from exc
+    except TargetUnavailable as exc:
+        return Missing(spec, f"not available here: {exc}", error=False)
+    except TargetLoadError as exc:
+        return Missing(spec, str(exc), error=True)
+
+
+def plan(
+    targets: list[str] | None = None, checks: list[str] | None = None, families: list[str] | None = None
+) -> Plan:
+    """Every case of the selection, in target, check, family order, and the targets that did not load."""
+    check_names = checks or list(CHECKS)
+    _validate("check", "checks", check_names, CHECKS)
+    if families:
+        _validate("family", "families", families, (*discover_moe_families(), SYNTHETIC, "any"))
+    result = Plan(checks=check_names)
+    for spec in dict.fromkeys(targets or DEFAULT_TARGETS):
+        loaded = try_load(spec)
+        if isinstance(loaded, Missing):
+            result.missing.append(loaded)
+        else:
+            result.targets.append((spec, loaded))
+    for spec, target in result.targets:
+        for name in check_names:
+            check = CHECKS[name]
+            wanted = check.families or target.families or tuple(DEFAULT_FAMILIES)
+            for family in wanted:
+                if families and family not in families and "any" not in wanted:
+                    continue
+                result.cases.append(Case(check, target, get_family(family), spec))
+    if result.targets and not result.cases:
+        runs_over = {n: CHECKS[n].families or tuple(DEFAULT_FAMILIES) for n in check_names}
+        raise UsageError("no case matches: " + "; ".join(f"{n} runs over {', '.join(f)}" for n, f in runs_over.items()))
+    return result
 
 
 def select_cases(
     targets: list[str] | None = None, checks: list[str] | None = None, families: list[str] | None = None
 ) -> Iterator[Case]:
-    """Every case of the selection, in target, check, family order."""
-    target_names = targets or list(DEFAULT_TARGETS)
-    _validate("target", target_names, BUILTIN)
-    check_names = checks or list(CHECKS)
-    _validate("check", check_names, CHECKS)
-    if families:
-        _validate("family", families, (*discover_moe_families(), SYNTHETIC, "any"))
-    loaded = [load_target(n) for n in target_names]
-    for target in loaded:
-        for name in check_names:
-            check = CHECKS[name]
-            wanted = check.families or tuple(DEFAULT_FAMILIES)
-            for family in wanted:
-                if families and family not in families and "any" not in wanted:
-                    continue
-                yield Case(check, target, get_family(family))
+    """The cases of `plan(...)`; targets that cannot load here are left out."""
+    yield from plan(targets, checks, families).cases

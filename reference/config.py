@@ -76,7 +76,13 @@ ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
     "aria_text": ("topk_softmax", True),
     "llama4": ("sigmoid_topk_on_logits", False),
     "llama4_text": ("sigmoid_topk_on_logits", False),
-    "cohere2_moe": ("sigmoid_topk_on_logits", False),
+    "qwen3_vl_moe": ("softmax_topk", True),  # no norm_topk_prob field; the router always renormalises
+    "qwen3_vl_moe_text": ("softmax_topk", True),
+    "qwen3_5_moe": ("softmax_topk", True),
+    "qwen3_5_moe_text": ("softmax_topk", True),
+    "inkling2": ("sigmoid_bias", True),  # renormalises always; the config has no flag
+    "inkling2_text": ("sigmoid_bias", True),
+    "openai_privacy_filter": ("topk_softmax", True),
     "minimax_m2": ("sigmoid_bias", True),  # its router always renormalises; the config has no flag
 }
 
@@ -86,8 +92,30 @@ ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
 #   shared_add: one shared expert of the expert width is always added.
 BLOCK_BY_FAMILY: dict[str, dict[str, Any]] = {
     "gpt_oss": {"activation": "swiglu_oai", "router_bias": True, "expert_bias": True},
+    "openai_privacy_filter": {"activation": "swiglu_oai", "router_bias": True, "expert_bias": True},
     "llama4": {"weight_on_input": True, "shared_add": True},
     "llama4_text": {"weight_on_input": True, "shared_add": True},
+}
+
+# Families whose shared expert is scaled by sigmoid(shared_expert_gate(x)); the config does not say so.
+SIGMOID_GATED_SHARED = ("qwen2_moe", "qwen3_next", "qwen3_5_moe", "qwen3_5_moe_text", "qwen4_exp", "qwen4_exp_text")
+
+# Families whose config resolves but whose block computes something the reference does not model, and what.
+UNMODELLED_BLOCKS: dict[str, str] = {
+    "phimoe": "sparsemixer routing (jitter-masked top-2 with a second pass) is not a modelled variant",
+    "deepseek_v2": "softmax scores with greedy / group-limited-greedy (group max) selection is not modelled",
+    "mistral4": "grouped selection over softmax scores is not modelled (grouped is DeepSeek-V3's sigmoid noaux_tc)",
+    "ernie4_5_moe": "softmax scores with a selection bias is not a modelled variant",
+    "hy_v3": "softmax scores with a selection bias is not a modelled variant",
+    "kolibri1": "softmax scores with a selection bias is not a modelled variant",
+    "laguna": "softmax scores with a selection bias is not a modelled variant",
+    "deepseek_v4": "its first layers route by a hash of the token ids (forward needs input_ids); not modelled",
+    "inkling2": "its experts use a softcapped SwiGLU, which is not a modelled activation",
+    "inkling2_text": "its experts use a softcapped SwiGLU, which is not a modelled activation",
+    "hunyuan_v1_moe": "its shared MLP exists whatever the config's expert counts say; no field states it",
+    "granitemoeshared": "the shared MLP's fused input_linear / output_linear layout is not mapped",
+    "granitemoe_swa": "the shared MLP's fused input_linear / output_linear layout is not mapped",
+    "minimax_m3_vl_text": "softmax scores with a selection bias, and a fused shared gate_up, are not modelled",
 }
 
 ACTIVATIONS = {
@@ -275,10 +303,13 @@ def _routing(cfg: Any, family: str, top_k: int, num_experts: int, where: str) ->
     n_group = n_group_hit[1] if n_group_hit else None
     topk_group = _get(cfg, "topk_group")
     scoring = _get(cfg, "scoring_func")
+    selection_fn = _get(cfg, "expert_selection_fn")  # cohere2_moe: softmax or sigmoid over the top-K logits
     if family in ROUTING_BY_FAMILY:
         variant, fixed_renorm = ROUTING_BY_FAMILY[family]
         if fixed_renorm is not None:
             renorm = fixed_renorm
+    elif selection_fn in ("softmax", "sigmoid"):
+        variant = "topk_softmax" if selection_fn == "softmax" else "sigmoid_topk_on_logits"
     elif isinstance(n_group, int) and n_group > 1 and isinstance(topk_group, int):
         variant = "grouped"
     elif scoring == "sigmoid":
@@ -352,7 +383,7 @@ def resolve_moe_spec(config: Any) -> MoESpec:
         shared_width = width * n_shared
     combine = "none"
     if n_shared > 0:
-        combine = "sigmoid_gate" if routing_family in ("qwen2_moe",) else "add"
+        combine = "sigmoid_gate" if routing_family in SIGMOID_GATED_SHARED else "add"
     if routing_family in ("gemma4", "gemma4_text"):
         combine, n_shared = "parallel_dense", 1
         shared_width = int(_get(cfg, "intermediate_size"))

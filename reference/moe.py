@@ -7,6 +7,8 @@ Every parameter and buffer is read from `self` at call time (never captured in a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +17,13 @@ from torch import nn
 from reference.config import MoESpec
 from reference.routing import route
 
-ACTIVATION_FNS = {
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
+
+BlockT = TypeVar("BlockT", bound=nn.Module)
 
 
 def glu(gate: torch.Tensor, up: torch.Tensor, activation: str, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
@@ -127,6 +131,10 @@ class MoEBlock(nn.Module):
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.gate(x)
 
+    def reference_state(self) -> dict[str, torch.Tensor]:
+        """Its tensors under the reference names (the same contract real blocks' adapters meet)."""
+        return {k: v.detach() for k, v in self.state_dict().items()}
+
     def routing(self, logits: torch.Tensor, oracle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return route(
             logits.float(),
@@ -161,7 +169,7 @@ class MoEBlock(nn.Module):
         return out.reshape(shape)
 
 
-def init_block(block: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
+def init_block(block: BlockT, seed: int, scale: float = 0.5) -> BlockT:
     """Fill every parameter and float buffer with seeded normal values (per-expert scales and biases too)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -68,7 +68,7 @@ def weights_for(
     if knobs.variant == "topk_softmax":
         return torch.softmax(picked, dim=-1)
     if knobs.variant == "sigmoid_topk_on_logits":
-        return torch.sigmoid(picked)
+        return _renorm(torch.sigmoid(picked)) if knobs.renormalize else torch.sigmoid(picked)
     w = torch.sigmoid(picked)  # sigmoid_bias, grouped
     if knobs.renormalize:
         w = _renorm(w)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import pytest
@@ -11,11 +12,12 @@ import torch
 from harness.checks import CHECKS
 from harness.engine import run_case
 from harness.families import Family, get_family
-from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target
+from harness.targets.base import BlockCap, ExpertMappingCap, FusedMoECap, RoutingCap, Target
 from harness.targets.reference_target import make_target
 from harness.verdict import FAIL, PROPERTY_VIOLATION
 from reference.checkpoint import make_expert_params_mapping, remap
-from reference.moe import MoEBlock, PaddedMoERunner, init_block, pad_to
+from reference.loader import load_checkpoint
+from reference.moe import MoEBlock, PaddedMoERunner, experts_forward, init_block, pad_to
 from reference.routing import route
 
 
@@ -35,6 +37,18 @@ def _route_without_bias(logits, knobs, bias=None, **kw):
 def _remap_drops_scale_suffix(key: str) -> str:
     """Folds quantization scales onto `.weight`: two checkpoint keys land on one name."""
     return re.sub(r"\.(weight_scale\w*|input_scale|scales)$", ".weight", remap(key))
+
+
+def _remap_swaps_gate_up(key: str) -> str:
+    """Confuses w1 and w3 (gate and up): every fused gate_up parameter holds its halves swapped."""
+    swap = {"gate_proj": "up_proj", "up_proj": "gate_proj"}
+    return re.sub(r"\.(gate_proj|up_proj)\.", lambda m: f".{swap[m.group(1)]}.", remap(key))
+
+
+def _experts_erf_gelu(x, weights, ids, gate_up_proj, down_proj, activation):
+    """Gemma4's real bug: the erf gelu where the family asks for the tanh one."""
+    act = "gelu" if activation == "gelu_tanh" else activation
+    return experts_forward(x, weights, ids, gate_up_proj, down_proj, act)
 
 
 def _mapping_redundant_to_zero(*args, **kwargs):
@@ -65,6 +79,14 @@ def _build_frozen(spec, seed=0, dtype=torch.float32):
     return block
 
 
+class _AlwaysRenormBlock(MoEBlock):
+    """Renormalises the top-K weights whatever the family's norm_topk_prob says (a knob ignored)."""
+
+    def routing(self, logits: torch.Tensor, oracle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        weights, ids = super().routing(logits, oracle)
+        return weights / weights.sum(-1, keepdim=True), ids
+
+
 def _runner_trims_wrong_end(block, alignment):
     """Keeps the last `hidden` columns of the padded output instead of the first."""
     runner = PaddedMoERunner(block, alignment)
@@ -86,7 +108,13 @@ BROKEN = {
     "expert-mapping/redundant-to-zero": ("expert-mapping", "any",
                                          {"expert_mapping": ExpertMappingCap(new=_mapping_redundant_to_zero)}),
     "capturer-shape/swapped-dims": ("capturer-shape", "synthetic", {"capturer": _capturer_swapped}),
+    "block-parity/ignores-norm-topk-prob": ("block-parity", "qwen3_moe", {"block": BlockCap(
+        lambda spec, seed=0, dtype=torch.float32: init_block(_AlwaysRenormBlock(spec, dtype), seed))}),
     "functional-call/frozen-gate": ("functional-call", "mixtral", {"block": BlockCap(_build_frozen)}),
+    "moe-output-parity/erf-gelu": ("moe-output-parity", "gemma4",
+                                   {"fused_moe": FusedMoECap(_experts_erf_gelu, (torch.float32,))}),
+    "checkpoint-roundtrip/gate-up-swapped": ("checkpoint-roundtrip", "mixtral", {"checkpoint_loader": dataclasses.replace(
+        make_target().checkpoint_loader, load=functools.partial(load_checkpoint, remap_fn=_remap_swaps_gate_up))}),
     "unpad-before-add/trims-wrong-end": ("unpad-before-add", "qwen2_moe", {"padded_runner": _runner_trims_wrong_end}),
 }
 

@@ -1,40 +1,123 @@
-"""The face: CLI exit codes, usage errors listing valid names, reports that render."""
+"""The face: CLI exit codes, usage errors listing valid names, the report directory, re-rendering it."""
 
 from __future__ import annotations
 
+import json
+import shlex
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
-from harness.report import render_failure, render_summary
-from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION, Verdict
+from harness.outcome import CaseResult
+from harness.report import render_failure, render_matrix, render_totals
+from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION, Verdict
 
 
-def test_buggy_seed_exits_1_with_a_replay_line(capsys) -> None:
-    code = main(["run", "--target", "seeds-buggy", "--check", "remap-idempotence", "--family", "gemma4", "--quiet"])
+@pytest.fixture
+def run(tmp_path: Path):
+    """`moe-harness` in this process, with the example databases in tmp_path (never the committed ones)."""
+
+    def call(*argv: str) -> int:
+        command, *rest = argv
+        return main([command, *rest, "--db", str(tmp_path / "local"), "--regressions", str(tmp_path / "shared")])
+
+    return call
+
+
+def test_buggy_seed_exits_1_with_a_replay_line(run, capsys) -> None:
+    code = run("run", "--target", "seeds-buggy", "--check", "remap-idempotence", "--family", "gemma4", "--quiet")
     out = capsys.readouterr().out
     assert code == EXIT_VIOLATION
     assert ".moe.moe." in out and "reproduce: moe-harness run --target seeds-buggy" in out
+    assert "summary: 1 cases over 1 families and 1 checks: 0 passed, 1 new failures" in out
 
 
-def test_fixed_seed_exits_0(capsys) -> None:
-    assert main(["run", "--target", "seeds-fixed", "--check", "remap-idempotence", "--quiet"]) == EXIT_OK
+def test_reproducer_pasted_back_fails_the_same_way(run, capsys) -> None:
+    run("run", "--target", "seeds-buggy", "--check", "expert-mapping", "--quiet")
+    first = capsys.readouterr().out
+    line = next(ln for ln in first.splitlines() if ln.strip().startswith("reproduce:"))
+    argv = shlex.split(line.split("reproduce:", 1)[1])
+    assert argv[0] == "moe-harness"
+    assert run(*argv[1:], "--quiet") == EXIT_VIOLATION
+    again = capsys.readouterr().out
+    what = next(ln for ln in first.splitlines() if ln.strip().startswith("what:"))
+    assert what in again
 
 
-def test_unknown_names_exit_2_and_list_valid_ones(capsys) -> None:
-    assert main(["run", "--target", "nope"]) == EXIT_USAGE
+def test_fixed_seed_exits_0_and_progress_counts_cases(run, capsys) -> None:
+    assert run("run", "--target", "seeds-fixed", "--check", "remap-idempotence", "--family", "gemma4") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "[1/1] PASS  remap-idempotence[seeds-fixed-gemma4]" in out and "failures so far: 0" in out
+
+
+def test_unknown_names_exit_2_and_list_valid_ones(run, capsys) -> None:
+    assert run("run", "--target", "nope") == EXIT_USAGE
     err = capsys.readouterr().err
-    assert "valid targets" in err and "seeds-buggy" in err
-    assert main(["run", "--check", "nope"]) == EXIT_USAGE
+    assert "valid targets" in err and "seeds-buggy" in err and "package.module:object" in err
+    assert run("run", "--check", "nope") == EXIT_USAGE
     assert "valid checks" in capsys.readouterr().err
+    assert run("run", "--family", "nope") == EXIT_USAGE
+    assert "valid families: " in capsys.readouterr().err
+    assert run("run", "--profile", "nope") == EXIT_USAGE
+    assert "nightly" in capsys.readouterr().err
+    assert run("run", "--workers", "0") == EXIT_USAGE
 
 
-def test_targets_lists_capabilities(capsys) -> None:
-    assert main(["targets"]) == EXIT_OK
-    assert "expert_mapping" in capsys.readouterr().out
+def test_report_dir_holds_three_files_that_render(run, tmp_path, capsys) -> None:
+    out_dir = tmp_path / "out"
+    code = run("run", "--target", "seeds-buggy", "--target", "reference", "--check", "expert-mapping",
+               "--check", "capturer-shape", "--family", "gemma4", "--report-dir", str(out_dir), "--quiet")
+    assert code == EXIT_VIOLATION
+    report = json.loads((out_dir / "report.json").read_text())
+    assert {t["spec"]: t["version"] for t in report["targets"]}["seeds-buggy"] == "pre-fix"
+    assert report["run"]["versions"]["hypothesis"]
+    record = next(r for r in report["results"]
+                  if r["verdict"]["target"] == "seeds-buggy" and r["verdict"]["check"] == "expert-mapping")
+    assert record["verdict"]["status"] == FAIL and record["verdict"]["counterexample"]
+    assert record["verdict"]["reproduce"].startswith("moe-harness run --target seeds-buggy")
+    assert record["verdict"]["examples"] >= 1 and "generate" in record["stats"]
+    md = (out_dir / "report.md").read_text()
+    assert "| target | expert-mapping | capturer-shape |" in md
+    assert "| seeds-buggy | **1 fail** |" in md and "```sh\nmoe-harness run --target seeds-buggy" in md
+    junit = ET.fromstring((out_dir / "junit.xml").read_text())
+    assert int(junit.get("failures")) == report["summary"]["fail"] >= 2
+    assert junit.find(".//testcase[@classname='moe-harness.seeds-buggy.expert-mapping']/failure") is not None
+    capsys.readouterr()
+
+    assert main(["report", str(out_dir)]) == EXIT_VIOLATION  # the saved run's exit code
+    text = capsys.readouterr().out
+    assert "seeds-buggy  expert-mapping" in text and "FAIL expert-mapping[seeds-buggy-any]" in text
+    assert main(["report", str(out_dir), "--format", "markdown"]) == EXIT_VIOLATION
+    assert capsys.readouterr().out.strip() == md.strip()
+    assert main(["report", str(tmp_path / "missing")]) == EXIT_USAGE
+    assert "report.json not found" in capsys.readouterr().err
 
 
-def test_reports_render() -> None:
+def test_known_and_stale_are_shown_apart_from_new_failures() -> None:
+    known = CaseResult(Verdict("capturer-shape", "t", "synthetic", KNOWN, PROPERTY_VIOLATION, "moe_topk",
+                               known_reason="two of six spellings"))
+    expected = CaseResult(Verdict("remap-idempotence", "t", "gemma4", FAIL, PROPERTY_VIOLATION, "x"), expected=True)
+    stale = CaseResult(Verdict("remap-idempotence", "t", "mixtral", PASS, message="stale known failure: passes now"),
+                       stale=True)
+    matrix = render_matrix([known, expected, stale])
+    assert "t  capturer-shape" in matrix and "t  remap-idempotence" in matrix
+    totals = render_totals([known, expected, stale])
+    assert "1 passed, 0 new failures, 2 known failures" in totals
+
+
+def test_failure_renders_as_a_bug_report() -> None:
     fail = Verdict("remap-idempotence", "t", "gemma4", FAIL, PROPERTY_VIOLATION, "not idempotent",
                    {"key": "a.experts.0.w"}, "exact", "moe-harness run ...")
-    text = render_failure(fail)
+    text = render_failure(fail, "@reproduce_failure('6.170.15', b'AA==')")
     assert "minimal counterexample" in text and "reproduce: moe-harness run" in text
-    summary = render_summary([fail, Verdict("remap-idempotence", "t", "mixtral", PASS)])
-    assert "2 cases: 1 pass, 1 fail" in summary
+    assert "moe-harness replay 'remap-idempotence[t-gemma4]'" in text and "@reproduce_failure" in text
+
+
+def test_workers_run_cases_in_other_processes(run, capsys) -> None:
+    code = run("run", "--target", "seeds-buggy", "--check", "expert-mapping", "--check", "remap-idempotence",
+               "--family", "gemma4", "--workers", "2", "--quiet")
+    out = capsys.readouterr().out
+    assert code == EXIT_VIOLATION
+    assert "FAIL expert-mapping[seeds-buggy-any]" in out and "FAIL remap-idempotence[seeds-buggy-gemma4]" in out

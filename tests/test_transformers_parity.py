@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from harness.checks.routing_parity import assert_valid_selection
 from harness.families import tiny_spec
-from harness.targets.transformers_blocks import HFBlock, find_block, tiny_model
+from harness.targets.transformers_blocks import RealMoEBlock, real_block
 from harness.tolerances import Tolerance, assert_close
 from reference.moe import MoEBlock, init_block
 from reference.routing import selection_scores, weights_for
@@ -30,12 +30,9 @@ BLOCK_TOL = Tolerance(1.3e-6, 1e-5)
 
 
 @functools.cache
-def _real_block(family: str) -> HFBlock:
-    spec = tiny_spec(family)
-    found = find_block(family, tiny_model(family), spec)
+def _real_block(family: str) -> RealMoEBlock:
     # Seeded values in every tensor (biases, per-expert scales and norms too), so no knob sits at identity.
-    init_block(found.block, seed=7)
-    return found
+    return init_block(real_block(family, tiny_spec(family)), seed=7)
 
 
 def _picks(out: tuple, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,9 +34,11 @@ class Check:
 
     def skip_reason(self, target: Target, family: Family) -> str | None:
         """Why this check cannot run on target × family, or None when it can."""
-        if getattr(target, self.capability) is None:
+        capability = getattr(target, self.capability)
+        if capability is None:
             return f"target {target.name!r} provides no {self.capability!r} capability"
-        return self.applies(target, family)
+        skip = getattr(capability, "skip", None)
+        return (skip(family.name) if skip else None) or self.applies(target, family)
 
 
 def call_target(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

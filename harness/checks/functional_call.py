@@ -11,8 +11,9 @@ from torch.func import functional_call
 from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.targets.base import Target
-from harness.tolerances import assert_close, tolerance_for
+from harness.tolerances import Tolerance, assert_close, tolerance_for
 from harness.verdict import PropertyViolation
+from reference.config import MoESpec
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,15 @@ def substitutable(block: torch.nn.Module) -> list[str]:
     return names
 
 
-def _new_value(tensor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    # Large, sign-mixed values: selection biases and scales must move the routing, not just nudge it.
-    fresh = torch.randn(tensor.shape, generator=gen, dtype=torch.float64) * (tensor.double().std().nan_to_num(1.0) + 1.0)
-    return fresh.to(tensor.dtype)
+def _new_value(tensor: torch.Tensor, gen: torch.Generator, scale: float) -> torch.Tensor:
+    # Sign-mixed values well off the original: selection biases and scales must move the routing.
+    spread = tensor.double().std().nan_to_num(1.0) + 1.0
+    return (torch.randn(tensor.shape, generator=gen, dtype=torch.float64) * spread * scale).to(tensor.dtype)
+
+
+# A tensor that only steers selection (a bias) changes the output only when it changes some pick, so
+# a value that happens to keep every pick is retried at larger scales before "no effect" is concluded.
+SCALES = (1.0, 10.0, 100.0)
 
 
 def check_functional_call(target: Target, family: Family, case: SubstitutionCase) -> None:
@@ -43,26 +49,36 @@ def check_functional_call(target: Target, family: Family, case: SubstitutionCase
     tol = tolerance_for(torch.float32, family.tolerances)
     with torch.no_grad():
         original = call_target("block(x)", block, x)
+        tensors = dict(block.named_parameters()) | dict(block.named_buffers())
         for name in substitutable(block):
-            value = _new_value(block.get_parameter(name) if name in dict(block.named_parameters())
-                               else block.get_buffer(name), gen)
-            substituted = call_target(f"functional_call(block, {{{name!r}: new}}, x)",
-                                      functional_call, block, {name: value}, (x,))
-            rebuilt = call_target("build block", target.block.build, spec, case.seed)
-            state = rebuilt.state_dict()
-            state[name] = value
-            rebuilt.load_state_dict(state)
-            expected = call_target("rebuilt block(x)", rebuilt, x)
-            try:
-                assert_close(substituted, expected, tol, f"functional_call substitution of {name!r}")
-            except PropertyViolation as v:
-                reached = not torch.equal(substituted, original)
-                raise PropertyViolation(
-                    f"functional_call substitution of {name!r} does not act like a block built with that value"
-                    + ("" if reached else " (the substituted value never reached the output)"),
-                    tolerance=v.tolerance, parameter=name, **v.details) from None
-            if torch.equal(substituted, original):
-                raise PropertyViolation(f"parameter {name!r} changes nothing in the output", parameter=name)
+            for scale in SCALES:
+                value = _new_value(tensors[name], gen, scale)
+                substituted = call_target(f"functional_call(block, {{{name!r}: new}}, x)",
+                                          functional_call, block, {name: value}, (x,))
+                _assert_like_rebuilt(target, spec, case.seed, name, value, x, substituted, original, tol)
+                if not torch.equal(substituted, original):
+                    break
+            else:
+                raise PropertyViolation(f"parameter {name!r} changes nothing in the output "
+                                        f"(new values at scales {', '.join(map(str, SCALES))})", parameter=name)
+
+
+def _assert_like_rebuilt(target: Target, spec: MoESpec, seed: int, name: str, value: torch.Tensor,
+                         x: torch.Tensor, substituted: torch.Tensor, original: torch.Tensor, tol: Tolerance) -> None:
+    assert target.block is not None
+    rebuilt = call_target("build block", target.block.build, spec, seed)
+    state = rebuilt.state_dict()
+    state[name] = value
+    rebuilt.load_state_dict(state)
+    expected = call_target("rebuilt block(x)", rebuilt, x)
+    try:
+        assert_close(substituted, expected, tol, f"functional_call substitution of {name!r}")
+    except PropertyViolation as v:
+        reached = not torch.equal(substituted, original)
+        raise PropertyViolation(
+            f"functional_call substitution of {name!r} does not act like a block built with that value"
+            + ("" if reached else " (the substituted value never reached the output)"),
+            tolerance=v.tolerance, parameter=name, **v.details) from None
 
 
 FUNCTIONAL_CALL = Check(

@@ -1,27 +1,38 @@
-"""Targets by name: the built-in ones here; more arrive in later issues (transformers, vllm, adapters)."""
+"""Targets by name: the built-in ones here, ones other packages register under the `moe_harness.targets`
+entry point group, and a user's adapter given as `package.module:object` (see `loading`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.targets import reference_target, seeds
+from harness.targets import loading, reference_target, seeds, transformers_target, triton_target
 from harness.targets.base import Target
+from harness.targets.loading import TargetLoadError, TargetUnavailable, UnknownTarget
 
 BUILTIN: dict[str, Callable[[], Target]] = {
     "reference": reference_target.make_target,
     "seeds-buggy": seeds.make_buggy,
     "seeds-lookahead": seeds.make_lookahead,
     "seeds-fixed": seeds.make_fixed,
+    "reference-triton": triton_target.make_target,
+    "transformers": transformers_target.make_target,
 }
 DEFAULT_TARGETS = ("reference", "seeds-fixed")
 
 
-class UnknownTarget(KeyError):
-    pass
+__all__ = ["BUILTIN", "DEFAULT_TARGETS", "TargetLoadError", "TargetUnavailable", "UnknownTarget",
+           "load_target", "registered_targets"]
 
 
-def load_target(name: str) -> Target:
-    """The target called `name`; UnknownTarget lists the valid names."""
-    if name not in BUILTIN:
-        raise UnknownTarget(f"unknown target {name!r}; valid targets: {', '.join(BUILTIN)}")
-    return BUILTIN[name]()
+def registered_targets() -> dict[str, Callable[[], Target]]:
+    """Every target with a name: the built-in ones, then entry points (a built-in name wins)."""
+    return {**BUILTIN, **{n: f for n, f in loading.entry_point_targets().items() if n not in BUILTIN}}
+
+
+def load_target(spec: str) -> Target:
+    """The target a name or `package.module:object` spec gives.
+
+    Raises UnknownTarget (a wrong name or spec; the message lists the valid names), TargetUnavailable
+    (a dependency is not installed here) or TargetLoadError (the target's code raised while loading).
+    """
+    return loading.resolve(spec, registered_targets())

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from reference.checkpoint import KeySchema
+from reference.config import MoESpec
 
 KNOWN_FAILURES_DIR = Path(__file__).parent / "known_failures"
 
@@ -52,6 +53,30 @@ class BlockCap:
 
     build: Callable[..., torch.nn.Module]
     families: tuple[str, ...] | None = None  # None: any family the reference can build
+    # skip(family) -> why this target has no block for that family, or None (checked before a case runs).
+    skip: Callable[[str], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class FusedMoECap:
+    """fn(x [T,H], weights [T,K], ids [T,K], gate_up_proj [E,2I,H], down_proj [E,H,I], activation) -> [T,H],
+    the positional signature of `reference.moe.experts_forward`, for the `dtypes` and `activations` given."""
+
+    fn: Callable[..., torch.Tensor]
+    dtypes: tuple[torch.dtype, ...]
+    activations: tuple[str, ...] = ("silu", "gelu", "gelu_tanh")
+
+
+@dataclass(frozen=True)
+class CheckpointLoaderCap:
+    """load(checkpoint_dir, spec) -> an object with `params` (reference-named tensors) and `report`
+    (`loaded`, `missing`, `unexpected`, `conflicts`), like `reference.loader.LoadedCheckpoint`;
+    `schemas(family)` the key schemas it claims to load for that family (empty: none), `formats` the
+    checkpoint formats of `harness.strategies.checkpoint_files.FORMATS` it claims (None: all of them)."""
+
+    load: Callable[[Path, MoESpec], Any]
+    schemas: Callable[[str], tuple[KeySchema, ...]]
+    formats: tuple[str, ...] | None = ("none",)
 
 
 @dataclass(frozen=True)
@@ -74,8 +99,12 @@ class Target:
     expert_mapping: ExpertMappingCap | None = None
     capturer: Callable[[Any, int], torch.Tensor] | None = None  # (config, max_tokens) -> buffer
     block: BlockCap | None = None
-    padded_runner: Callable[[torch.nn.Module, int], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    padded_runner: Callable[[Any, int], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    fused_moe: FusedMoECap | None = None
+    checkpoint_loader: CheckpointLoaderCap | None = None
     known_failures: list[KnownFailure] = field(default_factory=list)
+    # The families its cases run over when a check names none (None: DEFAULT_FAMILIES).
+    families: tuple[str, ...] | None = None
 
     def capabilities(self) -> list[str]:
         """The capability fields this target fills, in declaration order."""
@@ -89,7 +118,8 @@ class Target:
 
 
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
-CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner")
+CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
+                "checkpoint_loader")
 
 
 def load_known_failures(target_name: str) -> list[KnownFailure]:

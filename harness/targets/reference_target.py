@@ -7,7 +7,15 @@ from typing import Any
 import torch
 
 import harness
-from harness.targets.base import BlockCap, ExpertMappingCap, RemapCap, RoutingCap, Target, load_known_failures
+from harness.targets.base import (
+    BlockCap,
+    CheckpointLoaderCap,
+    ExpertMappingCap,
+    RemapCap,
+    RoutingCap,
+    Target,
+    load_known_failures,
+)
 from reference.capturer import RoutedExpertsCapturer
 from reference.checkpoint import (
     BLOCKS,
@@ -18,6 +26,7 @@ from reference.checkpoint import (
     remap,
 )
 from reference.config import ROUTING_VARIANTS
+from reference.loader import load_checkpoint
 from reference.moe import PaddedMoERunner, build_block
 from reference.routing import route
 
@@ -44,5 +53,6 @@ def make_target() -> Target:
         capturer=_capture_buffer,
         block=BlockCap(build_block),
         padded_runner=PaddedMoERunner,
+        checkpoint_loader=CheckpointLoaderCap(load_checkpoint, lambda family: ALL_SCHEMAS, formats=None),
         known_failures=load_known_failures("reference"),
     )

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from harness.targets.base import BlockCap, ExpertMappingCap, RemapCap, Target, load_known_failures
+import functools
+from collections.abc import Callable
+
+from harness.targets.base import (
+    BlockCap,
+    CheckpointLoaderCap,
+    ExpertMappingCap,
+    RemapCap,
+    Target,
+    load_known_failures,
+)
 from harness.targets.seed_code import (
     capturer_top_k,
     expert_params_mapping,
@@ -10,8 +20,15 @@ from harness.targets.seed_code import (
     gemma4_routing_closure,
     moe_runner_padding,
 )
+from reference.loader import load_checkpoint
 
 GEMMA4 = ("gemma4",)
+
+
+def _loader(remap_fn: Callable[[str], str]) -> CheckpointLoaderCap:
+    """The reference loader with seed 002's remap in its place, as vLLM's Gemma4 loader uses it."""
+    load = functools.partial(load_checkpoint, remap_fn=remap_fn, produces=gemma4_remap.PRODUCES)
+    return CheckpointLoaderCap(load, lambda family: gemma4_remap.ACCEPTS if family in GEMMA4 else ())
 
 
 def make_buggy() -> Target:
@@ -20,6 +37,7 @@ def make_buggy() -> Target:
         version="pre-fix",
         description="the five seed bugs as they shipped (vLLM PRs 42250, 41401, 41206, 40671, 40794)",
         remap=RemapCap(gemma4_remap.remap_buggy, gemma4_remap.ACCEPTS, gemma4_remap.PRODUCES),
+        checkpoint_loader=_loader(gemma4_remap.remap_buggy),
         expert_mapping=ExpertMappingCap(
             new=expert_params_mapping.module_entry_without_default, old=expert_params_mapping.classmethod_entry
         ),
@@ -36,6 +54,7 @@ def make_lookahead() -> Target:
         version="pr-41206-summary",
         description="seed 002's remap with the look-ahead regex one summary quotes",
         remap=RemapCap(gemma4_remap.remap_lookahead, gemma4_remap.ACCEPTS, gemma4_remap.PRODUCES),
+        checkpoint_loader=_loader(gemma4_remap.remap_lookahead),
         known_failures=load_known_failures("seeds-lookahead"),
     )
 
@@ -46,6 +65,7 @@ def make_fixed() -> Target:
         version="merged",
         description="the five seed fixes as merged",
         remap=RemapCap(gemma4_remap.remap_fixed, gemma4_remap.ACCEPTS, gemma4_remap.PRODUCES),
+        checkpoint_loader=_loader(gemma4_remap.remap_fixed),
         expert_mapping=ExpertMappingCap(
             new=expert_params_mapping.module_entry, old=expert_params_mapping.classmethod_entry
         ),

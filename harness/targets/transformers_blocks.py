@@ -1,22 +1,22 @@
-"""The real transformers MoE block of a family, found in its tiny model and mapped onto the reference.
+"""The real transformers MoE block of a family, lifted out of its tiny model and mapped onto the reference.
 
 Where a block sits and how its weights are laid out is read from the module tree and from the flags
 transformers' experts decorator sets (`is_transposed`, `is_concatenated`); `LAYOUT_OVERRIDES` holds the
-families whose experts carry no flags. Nothing here re-implements the family: `forward` calls its code.
+families whose experts carry no flags. Nothing here re-implements a family: `forward` runs its own code.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from harness.families import tiny_config
-from reference.config import MoESpec
+from reference.config import UNMODELLED_BLOCKS, MoESpec
 
 ROUTER_NAMES = ("gate", "router")
 SHARED_NAMES = ("shared_experts", "shared_expert", "shared_mlp")
@@ -31,38 +31,76 @@ BUILD_OVERRIDES: dict[str, dict[str, Any]] = {
     "gemma4": {"enable_moe_block": True},
     "gemma4_text": {"enable_moe_block": True},
 }
+# A shrunk config that still asks for more parameters than this is not built: a sub-config that
+# escaped shrinking (a full-size vision tower, say) would take the machine's memory.
+MAX_TINY_PARAMS = 50_000_000
 
 
 class UnmappedBlock(Exception):
-    """The family's block holds tensors, or a structure, the reference block does not model."""
+    """The family's block holds tensors, or a structure, that the reference block does not model."""
 
 
-@dataclass
-class HFBlock:
-    """One real MoE block and how to read it: the router's linear, experts, shared MLP and gate."""
+class ModelTooLarge(UnmappedBlock):
+    """The family's shrunk config still describes a model too large to build here."""
 
-    family: str
-    path: str
-    block: nn.Module
-    router_weight: str  # parameter path inside `block` of the [E, H] router matrix
-    experts: nn.Module
-    transposed: bool
-    concatenated: bool
-    shared: nn.Module | None
-    shared_gate: nn.Module | None
-    on_layer: bool  # gemma4: router and experts sit on the decoder layer beside a dense `mlp`
 
-    def tensor(self, name: str) -> torch.Tensor:
-        return self.block.get_parameter(name) if name in dict(self.block.named_parameters()) \
-            else self.block.get_buffer(name)
+class RealMoEBlock(nn.Module):
+    """A family's own MoE modules (router, experts, shared MLP, shared gate) as one x [T, H] -> [T, H] block.
+
+    The children are the family's modules, copied out of its model; parameter names are theirs.
+    """
+
+    def __init__(self, family: str, spec: MoESpec, block: nn.Module) -> None:
+        super().__init__()
+        self.family = family
+        experts = block.get_submodule("experts")
+        router = _child(block, ROUTER_NAMES)
+        if router is None:
+            raise UnmappedBlock(f"{family}: block {type(block).__name__} has no child named "
+                                f"{' or '.join(ROUTER_NAMES)}")
+        # gemma4: router and experts sit on the decoder layer beside a dense `mlp` that runs in parallel.
+        self.on_layer = bool(getattr(block, "enable_moe_block", False)) and isinstance(getattr(block, "mlp", None),
+                                                                                         nn.Module)
+        shared = ("mlp", block.mlp) if self.on_layer else _child(block, SHARED_NAMES)
+        shared_gate = _child(block, SHARED_GATE_NAMES)
+        required = [p.name for p in list(inspect.signature(block.forward).parameters.values())[1:]
+                    if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if required and not self.on_layer:
+            raise UnmappedBlock(f"{family}: its block's forward needs more than hidden states ({', '.join(required)})")
+        self.moe: nn.Module
+        self.shared_name: str | None
+        if self.on_layer:
+            self.moe = nn.ModuleDict({"router": router[1], "experts": experts, "mlp": block.get_submodule("mlp")})
+            self.router_name, self.shared_name = "router", "mlp"
+        else:
+            self.moe = block
+            self.router_name, self.shared_name = router[0], shared[0] if shared else None
+        self.shared_gate_name = shared_gate[0] if shared_gate else None
+        self.router_weight = _router_weight(self.router_name, router[1], spec)
+        self.transposed, self.concatenated = LAYOUT_OVERRIDES.get(family, (
+            bool(getattr(experts, "is_transposed", False)), bool(getattr(experts, "is_concatenated", True))))
+
+    @property
+    def router(self) -> nn.Module:
+        return self.moe.get_submodule(self.router_name)
+
+    @property
+    def experts(self) -> nn.Module:
+        return self.moe.get_submodule("experts")
+
+    def route(self, x: torch.Tensor) -> Any:
+        """Whatever the family's router module returns for x [T, H] (picks, weights, scores)."""
+        if "e_score_correction_bias" in inspect.signature(self.router.forward).parameters:
+            return self.router(x, self.moe.e_score_correction_bias)  # minimax_m2 keeps the bias on the block
+        return self.router(x)
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The router's logits [T, E] for x [T, H], captured from the family's own router code."""
+        """The router's logits [T, E] for x [T, H], taken from the family's own router code."""
         linear_path = self.router_weight.rsplit(".", 1)[0]
-        linear = self.block.get_submodule(linear_path)
+        linear = self.moe.get_submodule(linear_path)
         if "." not in linear_path:
             # The weight sits on the router itself, which applies it with F.linear: no hook sees that call.
-            return torch.nn.functional.linear(x, linear.weight, getattr(linear, "bias", None))
+            return torch.nn.functional.linear(x, linear.get_parameter("weight"), getattr(linear, "bias", None))
         captured: list[torch.Tensor] = []
         handle = linear.register_forward_hook(lambda m, i, o: captured.append(o))
         try:
@@ -71,57 +109,62 @@ class HFBlock:
             handle.remove()
         return captured[0]
 
-    def route(self, x: torch.Tensor) -> Any:
-        """Whatever the family's router module returns for x [T, H] (picks, weights, scores)."""
-        router = self.block.get_submodule(self.router_weight.split(".")[0])
-        if "e_score_correction_bias" in inspect.signature(router.forward).parameters:
-            return router(x, self.block.e_score_correction_bias)  # minimax_m2 keeps the bias on the block
-        return router(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's own output for x [T, H] (gemma4: experts(router picks) + the parallel dense mlp)."""
+        """The family's own output for x [T, H] (gemma4: experts on the router's picks + the dense mlp)."""
         if self.on_layer:
             _, weights, ids = self.route(x)
-            return self.experts(x, ids, weights) + self.block.mlp(x)
-        out = self.block(x[None])
+            return self.experts(x, ids, weights) + self.moe.get_submodule("mlp")(x)
+        out = self.moe(x[None])
         out = out[0] if isinstance(out, tuple) else out
         return out.reshape(x.shape)
 
     def reference_state(self) -> dict[str, torch.Tensor]:
-        """The block's tensors under the reference MoEBlock's names and layouts (NOTES §3)."""
-        state = {"gate.weight": self.tensor(self.router_weight)}
-        bias_name = self.router_weight[: -len("weight")] + "bias"
-        if bias_name in dict(self.block.named_parameters()):
-            state["gate.bias"] = self.tensor(bias_name)
-        for name, tensor in list(self.block.named_parameters()) + list(self.block.named_buffers()):
-            if name.endswith("e_score_correction_bias"):
-                state["e_score_correction_bias"] = tensor
-            elif name.endswith("per_expert_scale"):
-                state["per_expert_scale"] = tensor
+        """The block's tensors under the reference MoEBlock's names and layouts (NOTES §3).
+
+        Raises UnmappedBlock naming any float tensor outside the router that has no reference slot.
+        """
+        tensors = dict(self.moe.named_parameters()) | {n: b for n, b in self.moe.named_buffers()
+                                                        if b.is_floating_point()}
+        taken: dict[str, str] = {"gate.weight": self.router_weight}
+        bias = self.router_weight[: -len("weight")] + "bias"
+        if bias in tensors:
+            taken["gate.bias"] = bias
+        for name in tensors:
+            for ours in ("e_score_correction_bias", "per_expert_scale"):
+                if name.endswith(ours):
+                    taken[ours] = name
+        state = {ours: tensors[theirs] for ours, theirs in taken.items()}
         for ours in ("gate_up_proj", "down_proj"):
-            state[f"experts.{ours}"] = self._expert_tensor(getattr(self.experts, ours), ours == "gate_up_proj")
-            bias = getattr(self.experts, f"{ours}_bias", None)
-            if bias is not None:
-                state[f"experts.{ours}_bias"] = self._split_gate_up(bias) if ours == "gate_up_proj" else bias
-        if self.shared is not None:
-            for proj in ("gate_proj", "up_proj", "down_proj"):
-                state[f"shared_experts.{proj}.weight"] = getattr(self.shared, proj).weight
-        if self.shared_gate is not None:
-            state["shared_expert_gate.weight"] = self.shared_gate.weight
+            taken[f"experts.{ours}"] = f"experts.{ours}"
+            state[f"experts.{ours}"] = self._expert_tensor(tensors[f"experts.{ours}"], ours == "gate_up_proj")
+            if f"experts.{ours}_bias" in tensors:
+                taken[f"experts.{ours}_bias"] = f"experts.{ours}_bias"
+                b = tensors[f"experts.{ours}_bias"]
+                state[f"experts.{ours}_bias"] = self._split_gate_up(b, -1) if ours == "gate_up_proj" else b
+        for ours, theirs in (("shared_experts", self.shared_name), ("shared_expert_gate", self.shared_gate_name)):
+            if theirs is None:
+                continue
+            for name in tensors:
+                if name.startswith(theirs + "."):
+                    taken[ours + name[len(theirs):]] = name
+                    state[ours + name[len(theirs):]] = tensors[name]
+        unmapped = sorted(n for n in tensors if n not in taken.values() and not n.startswith(self.router_name + "."))
+        if unmapped:
+            raise UnmappedBlock(f"{self.family}: tensors with no slot in the reference block: {', '.join(unmapped)}")
         return {k: v.detach() for k, v in state.items()}
 
-    def _split_gate_up(self, t: torch.Tensor) -> torch.Tensor:
-        # Interleaved experts alternate gate and up along the 2I axis (last here); ours put gate first.
-        return t if self.concatenated else torch.cat([t[..., 0::2], t[..., 1::2]], dim=-1)
+    def _split_gate_up(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        # Interleaved experts alternate gate and up along the 2I axis; the reference puts all gates first.
+        if self.concatenated:
+            return t
+        evens, odds = torch.arange(0, t.shape[dim], 2), torch.arange(1, t.shape[dim], 2)
+        return torch.cat([t.index_select(dim, evens), t.index_select(dim, odds)], dim=dim)
 
     def _expert_tensor(self, t: torch.Tensor, gate_up: bool) -> torch.Tensor:
-        if not self.transposed:  # [E, 2I, H] / [E, H, I] already
-            if gate_up and not self.concatenated:
-                return torch.cat([t[:, 0::2], t[:, 1::2]], dim=1)
-            return t
-        t = t.transpose(1, 2)  # [E, H, 2I] -> [E, 2I, H]; [E, I, H] -> [E, H, I]
-        if gate_up and not self.concatenated:
-            t = torch.cat([t[:, 0::2], t[:, 1::2]], dim=1)
+        if self.transposed:  # [E, H, 2I] -> [E, 2I, H]; [E, I, H] -> [E, H, I]
+            t = t.transpose(1, 2)
+        if gate_up:
+            t = self._split_gate_up(t, 1)
         return t.contiguous()
 
 
@@ -138,36 +181,39 @@ def _router_weight(router_name: str, router: nn.Module, spec: MoESpec) -> str:
     hits = [n for n, p in router.named_parameters() if tuple(p.shape) == shape and n.endswith("weight")]
     if len(hits) != 1:
         raise UnmappedBlock(f"router {type(router).__name__} holds {len(hits)} [E, H] weights, expected one")
-    return f"{router_name}.{hits[0]}" if hits[0] != "weight" else f"{router_name}.weight"
+    return f"{router_name}.{hits[0]}"
 
 
-def find_block(family: str, model: nn.Module, spec: MoESpec) -> HFBlock:
-    """The first MoE block of `model`; UnmappedBlock when its structure is not one the reference models."""
+def find_block(family: str, spec: MoESpec) -> nn.Module:
+    """The first MoE block module of the family's tiny model (shared, never modified: copy it to change it)."""
+    model = tiny_model(family)
     experts_path = next((n for n, m in model.named_modules()
                          if n.endswith("experts") and isinstance(getattr(m, "gate_up_proj", None), torch.Tensor)), None)
     if experts_path is None:
         raise UnmappedBlock(f"{family}: no experts module with a fused gate_up_proj")
-    path = experts_path.rsplit(".", 1)[0]
-    block = model.get_submodule(path)
-    experts = block.get_submodule("experts")
-    router = _child(block, ROUTER_NAMES)
-    if router is None:
-        raise UnmappedBlock(f"{family}: block {type(block).__name__} has no child named {' or '.join(ROUTER_NAMES)}")
-    on_layer = isinstance(getattr(block, "mlp", None), nn.Module) and getattr(block, "enable_moe_block", False)
-    shared = ("mlp", block.mlp) if on_layer else _child(block, SHARED_NAMES)
-    shared_gate = _child(block, SHARED_GATE_NAMES)
-    transposed, concatenated = LAYOUT_OVERRIDES.get(family, (
-        bool(getattr(experts, "is_transposed", False)), bool(getattr(experts, "is_concatenated", True))))
-    return HFBlock(family=family, path=path, block=block, router_weight=_router_weight(*router, spec),
-                   experts=experts, transposed=transposed, concatenated=concatenated,
-                   shared=shared[1] if shared else None, shared_gate=shared_gate[1] if shared_gate else None,
-                   on_layer=on_layer)
+    return model.get_submodule(experts_path.rsplit(".", 1)[0])
+
+
+def real_block(family: str, spec: MoESpec) -> RealMoEBlock:
+    """A fresh copy of the family's real MoE block, ready to be filled and run."""
+    if family in UNMODELLED_BLOCKS:
+        raise UnmappedBlock(f"{family}: {UNMODELLED_BLOCKS[family]}")
+    return RealMoEBlock(family, spec, copy.deepcopy(find_block(family, spec)))
 
 
 @functools.cache
 def tiny_model(family: str) -> nn.Module:
-    """The family's tiny causal LM (built once per process, eval mode, float32)."""
-    from transformers import AutoModelForCausalLM
+    """The family's tiny model (causal LM, else its base model), built once per process, eval mode, float32.
 
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **BUILD_OVERRIDES.get(family, {})))
-    return model.eval()
+    Sized on the `meta` device first; ModelTooLarge when the shrunk config still asks for too much.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    config = tiny_config(family, **BUILD_OVERRIDES.get(family, {}))
+    builder = AutoModelForCausalLM if type(config) in AutoModelForCausalLM._model_mapping else AutoModel
+    with torch.device("meta"):
+        count = sum(p.numel() for p in builder.from_config(config).parameters())
+    if count > MAX_TINY_PARAMS:
+        raise ModelTooLarge(f"{family}: the shrunk config still has {count:,} parameters "
+                            f"(limit {MAX_TINY_PARAMS:,}); a sub-config escaped shrinking")
+    return builder.from_config(config).eval()

@@ -1,0 +1,173 @@
+"""checkpoint-roundtrip: a loader fills every expert slot of a checkpoint on disk exactly once, exactly right."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+from harness.checks.base import Check
+from harness.families import Family
+from harness.strategies.checkpoint_files import FORMATS, GeneratedCheckpoint, as_bits
+from harness.strategies.checkpoints import checkpoints
+from harness.targets.base import Target
+from harness.verdict import CheckSkipped, PropertyViolation, TargetError
+from reference.checkpoint import parse_expert_key
+
+_PARAM_OF_PROJ = {"gate_proj": ("gate_up_proj", 0), "w1": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+                  "w3": ("gate_up_proj", 1), "down_proj": ("down_proj", None), "w2": ("down_proj", None)}
+
+SlotId = tuple[int, str, str, int | None, int | None]  # layer, param, suffix, expert, half (None: all)
+
+
+def slot_of(name: str) -> SlotId | None:
+    """The (layer, param, suffix, expert, half) an expert key or parameter name stands for, in any schema;
+    a fused name stands for the whole parameter (expert and half None)."""
+    parts = parse_expert_key(name)
+    if parts is None:
+        return None
+    if "fused" in parts:
+        return int(parts["layer"]), parts["fused"], parts.get("fsuffix", "weight"), None, None
+    param, half = _PARAM_OF_PROJ[parts["proj"]]
+    return int(parts["layer"]), param, parts["suffix"], int(parts["expert"]), half
+
+
+def _covers(reported: str, name: str) -> bool:
+    """`reported` names the slot of `name`, or the whole parameter holding it."""
+    a, b = slot_of(reported), slot_of(name)
+    return a is not None and b is not None and (a == b or (a[:3] == b[:3] and a[3] is None))
+
+
+def _same_expert(name: str, key: str) -> bool:
+    """`name` is the (layer, expert) of `key`, however the loader renamed it."""
+    a, b = slot_of(name), slot_of(key)
+    return name == key or (a is not None and b is not None and (a[0], a[3]) == (b[0], b[3]))
+
+
+def _offending(ckpt: GeneratedCheckpoint) -> list[str]:
+    """Every name a clear rejection may cite: duplicated parameters and their keys, dropped and extra keys."""
+    dup_keys = [key for key in ckpt.shard_of if any(_covers(p, key) or _covers(key, p) for p in ckpt.duplicated)]
+    return [*ckpt.duplicated, *dup_keys, *ckpt.dropped, *ckpt.extra]
+
+
+def check_roundtrip(target: Target, family: Family, ckpt: GeneratedCheckpoint) -> None:
+    """Load `ckpt` with the target; the report names exactly what the plan broke, every other expected
+    parameter is bit-exact, and no key is loaded twice or into a parameter no slot expects."""
+    cap = target.checkpoint_loader
+    assert cap is not None
+    try:
+        result = cap.load(ckpt.directory, ckpt.spec)
+    except CheckSkipped:
+        raise
+    except Exception as exc:
+        _judge_rejection(ckpt, exc)
+        return
+    report = result.report
+    _check_report(ckpt, report)
+    twice = sorted(key for key, count in Counter(report.loaded).items() if count > 1)
+    if twice:
+        raise PropertyViolation("a checkpoint key was loaded more than once", keys=twice[:4])
+    affected = {*ckpt.duplicated, *(name for name in ckpt.expected for key in ckpt.dropped if _covers(name, key))}
+    for name, want in ckpt.expected.items():
+        got = result.params.get(name)
+        if name in affected and got is None:
+            continue  # reported (checked above) and left out
+        if got is None:
+            raise PropertyViolation("an expected parameter was never written", parameter=name,
+                                    loaded_expert_params=sorted(p for p in result.params if slot_of(p))[:6])
+        if name in affected and any(_covers(m, name) or _covers(name, m) for m in report.missing):
+            continue  # reported missing, so whatever it holds is not silently used
+        _compare(ckpt, name, got, want)
+    stray = sorted(p for p in result.params if slot_of(p) and p not in ckpt.expected)
+    if stray:
+        raise PropertyViolation("the loader produced expert parameters no slot of the checkpoint expects",
+                                parameters=stray[:4], expected=sorted(ckpt.expected)[:4])
+
+
+def _judge_rejection(ckpt: GeneratedCheckpoint, exc: Exception) -> None:
+    """Raising is a correct answer to a duplicated, dropped or extra key, if the error names one (or the
+    parameter it belongs to, in any schema's spelling)."""
+    message = f"{type(exc).__name__}: {exc}"
+    offending = _offending(ckpt)
+    if not offending:
+        raise TargetError(f"checkpoint_loader raised {message}", exc) from exc
+    cited = re.findall(r"[\w.*]+", str(exc))
+    if not any(name == c or _covers(c, name) or _covers(name, c) for name in offending for c in cited):
+        raise PropertyViolation("the loader rejected the checkpoint with an error that names none of the "
+                                "duplicated, missing or extra keys", error=message[:400],
+                                should_name=offending[:4]) from exc
+
+
+def _check_report(ckpt: GeneratedCheckpoint, report: Any) -> None:
+    """Conflicts, missing and unexpected name exactly what the plan duplicated, dropped and added."""
+    unreported = [p for p in ckpt.duplicated if p not in report.conflicts]
+    if unreported:
+        raise PropertyViolation("a parameter written in two schemas was neither rejected nor reported as a "
+                                "conflict", parameters=unreported[:4], conflicts=sorted(report.conflicts)[:4])
+    spurious = sorted(set(report.conflicts) - set(ckpt.duplicated))
+    if spurious:
+        raise PropertyViolation("conflicts reported for parameters written once", parameters=spurious[:4],
+                                keys=[report.conflicts[p] for p in spurious[:2]])
+    for key in ckpt.extra:
+        if not any(_same_expert(u, key) for u in report.unexpected):
+            raise PropertyViolation("a key no slot takes is not reported unexpected by name", extra=key,
+                                    unexpected=sorted(report.unexpected)[:6])
+    wrongly = sorted(u for u in report.unexpected if not any(_same_expert(u, key) for key in ckpt.extra))
+    if wrongly:
+        renamed = getattr(report, "renamed", {})
+        raise PropertyViolation("the loader reports keys unexpected that belong to expected slots",
+                                unexpected=[f"{u} (renamed {renamed[u]})" if u in renamed else u for u in wrongly[:6]],
+                                written=sorted(ckpt.shard_of)[:6])
+    for key in ckpt.dropped:
+        if not any(_covers(m, key) for m in report.missing):
+            raise PropertyViolation("a key missing from the checkpoint is not reported missing by name",
+                                    dropped=key, missing=sorted(report.missing)[:6])
+    held = sorted(m for m in report.missing if not any(_covers(m, key) for key in ckpt.dropped))
+    if held:
+        raise PropertyViolation("the loader reports keys missing that the checkpoint holds",
+                                missing=held[:6], written=sorted(ckpt.shard_of)[:6])
+
+
+def _compare(ckpt: GeneratedCheckpoint, name: str, got: Any, want: Any) -> None:
+    if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
+        raise PropertyViolation("a parameter has the wrong dtype or shape", parameter=name,
+                                got=f"{got.dtype} {list(got.shape)}", expected=f"{want.dtype} {list(want.shape)}")
+    got_bits, want_bits = as_bits(got.detach().cpu()), as_bits(want)
+    wrong = (got_bits != want_bits).nonzero()
+    if len(wrong):
+        index = tuple(int(i) for i in wrong[0])
+        raise PropertyViolation(
+            "a slot holds the wrong tensor", parameter=name, index=list(index),
+            expected=ckpt.locate(want.dtype, int(want_bits[index])),
+            found=ckpt.locate(got.dtype, int(got_bits[index])),
+            wrong_elements=f"{len(wrong)} of {want.numel()}")
+
+
+def describe(ckpt: GeneratedCheckpoint) -> dict[str, Any]:
+    """The plan, its first keys, and the call that writes the same checkpoint again."""
+    out = ckpt.plan.describe()
+    out["first_keys"] = list(ckpt.shard_of)[:3]
+    out["rebuild"] = f"write_checkpoint({ckpt.plan!r})"
+    return out
+
+
+def _applies(target: Target, family: Family) -> str | None:
+    assert target.checkpoint_loader is not None
+    if not target.checkpoint_loader.schemas(family.name):
+        return f"{target.name}'s checkpoint loader claims no key schema for {family.name}"
+    return None
+
+
+CHECKPOINT_ROUNDTRIP = Check(
+    name="checkpoint-roundtrip",
+    capability="checkpoint_loader",
+    summary="every expert slot written once with exactly its tensor; missing, unexpected and two-layout keys "
+            "reported by name or rejected",
+    strategy=lambda target, family: checkpoints(
+        family.name, target.checkpoint_loader.schemas(family.name),  # type: ignore[union-attr]
+        formats=target.checkpoint_loader.formats or tuple(FORMATS)),  # type: ignore[union-attr]
+    prop=check_roundtrip,
+    describe=describe,
+    applies=_applies,
+    families=("qwen3_moe", "mixtral", "olmoe", "gemma4"),
+)

@@ -1,0 +1,103 @@
+"""The report of one run as data: what ran (versions, profile, seed), on which targets, and every result.
+
+`Report.to_json` / `Report.from_json` round-trip exactly; report.json is this, and `moe-harness report DIR`
+renders from it alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from harness.outcome import CaseResult
+from harness.targets.base import Target
+from harness.verdict import ERROR, FAIL, KNOWN, PASS, SKIP
+
+SCHEMA = 1
+
+# Columns of every summary, in order: a failure the suite expected counts as known, not as new.
+NEW_FAIL = "fail"
+COLUMNS = (PASS, NEW_FAIL, KNOWN, ERROR, SKIP)
+
+
+def column(result: CaseResult) -> str:
+    """The summary column a result counts in."""
+    if result.verdict.status == FAIL and result.expected:
+        return KNOWN
+    return result.verdict.status
+
+
+@dataclass
+class TargetInfo:
+    """A target as the run saw it; `status` is "loaded", "unavailable" (a dependency is missing) or "error"."""
+
+    spec: str
+    name: str
+    version: str = ""
+    description: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    status: str = "loaded"
+    reason: str = ""
+
+    @classmethod
+    def of(cls, spec: str, target: Target) -> TargetInfo:
+        return cls(spec, target.name, target.version, target.description, target.capabilities())
+
+    @classmethod
+    def unloaded(cls, spec: str, reason: str, error: bool) -> TargetInfo:
+        return cls(spec, spec, status="error" if error else "unavailable", reason=reason)
+
+
+@dataclass
+class RunInfo:
+    command: str
+    profile: str
+    seed: int
+    max_examples: int | None
+    workers: int
+    started: str
+    seconds: float
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    run: RunInfo
+    targets: list[TargetInfo]
+    results: list[CaseResult]
+
+    def to_json(self) -> str:
+        data = {"schema": SCHEMA, "run": asdict(self.run), "targets": [asdict(t) for t in self.targets],
+                "summary": self.totals(), "results": [r.to_dict() for r in self.results]}
+        return json.dumps(data, indent=2, default=str) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        data = json.loads(text)
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"report schema {data.get('schema')!r}; this moe-harness reads schema {SCHEMA}")
+        return cls(run=RunInfo(**_known(RunInfo, data["run"])),
+                   targets=[TargetInfo(**_known(TargetInfo, t)) for t in data["targets"]],
+                   results=[CaseResult.from_dict(r) for r in data["results"]])
+
+    def totals(self) -> dict[str, int]:
+        counts = dict.fromkeys(COLUMNS, 0)
+        for r in self.results:
+            counts[column(r)] += 1
+        return counts
+
+    def findings(self) -> list[CaseResult]:
+        """New failures and errors: each is shown as a bug report."""
+        return [r for r in self.results if r.new_failure or r.verdict.status == ERROR]
+
+    def known_failures(self) -> list[CaseResult]:
+        return [r for r in self.results if column(r) == KNOWN]
+
+    def stale(self) -> list[CaseResult]:
+        return [r for r in self.results if r.stale]
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

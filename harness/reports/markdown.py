@@ -1,0 +1,90 @@
+"""report.md: the run as a CI summary page renders it (GitHub-flavoured Markdown, no HTML)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+from harness.reports.document import COLUMNS, Report, column
+from harness.verdict import FAIL, SKIP
+
+
+def render(report: Report) -> str:
+    """Header with versions, targets, the targets × checks matrix, new failures, known, stale, skips."""
+    run, totals = report.run, report.totals()
+    headline = ", ".join(f"{totals[c]} {c}" for c in COLUMNS)
+    lines = [
+        "# moe-harness report",
+        "",
+        f"`{run.command}`: profile **{run.profile}**, seed {run.seed}, "
+        f"{len(report.results)} cases in {run.seconds:.1f} s on {run.workers} worker(s): {headline}.",
+        "",
+        " · ".join(f"{name} {version}" for name, version in run.versions.items()),
+        "",
+        "## Targets",
+        "",
+        "| target | version | capabilities | status |",
+        "|---|---|---|---|",
+    ]
+    for t in report.targets:
+        status = t.status if t.status == "loaded" else f"{t.status}: {t.reason}"
+        lines.append(f"| `{t.spec}` | {t.version} | {', '.join(t.capabilities)} | {_cell(status)} |")
+    lines += ["", "## Matrix", "", *_matrix(report), ""]
+    findings = report.findings()
+    lines += [f"## New failures and errors ({len(findings)})", ""]
+    lines += [_bug_report(r) for r in findings] or ["None.", ""]
+    known = report.known_failures()
+    if known:
+        lines += ["## Known failures", "", "| case | reason |", "|---|---|"]
+        lines += [f"| `{r.verdict.case_id}` | {_cell(r.verdict.known_reason or 'expected by the suite')} |"
+                  for r in known]
+        lines.append("")
+    stale = report.stale()
+    if stale:
+        lines += ["## Stale known failures (they pass now: remove the entries)", ""]
+        lines += [f"- `{r.verdict.case_id}`: {r.verdict.message}" for r in stale]
+        lines.append("")
+    skips = Counter(r.verdict.message for r in report.results if r.verdict.status == SKIP)
+    if skips:
+        lines += ["## Skipped", "", "| cases | reason |", "|---|---|"]
+        lines += [f"| {n} | {_cell(reason)} |" for reason, n in skips.most_common()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _matrix(report: Report) -> list[str]:
+    checks = list(dict.fromkeys(r.verdict.check for r in report.results))
+    cells: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for r in report.results:
+        cells[(r.verdict.target, r.verdict.check)][column(r)] += 1
+    rows = ["| target | " + " | ".join(checks) + " |", "|---|" + "---|" * len(checks)]
+    for target in dict.fromkeys(r.verdict.target for r in report.results):
+        counts = [cells.get((target, check), Counter()) for check in checks]
+        rows.append(f"| {target} | " + " | ".join(_counts(c) for c in counts) + " |")
+    return rows
+
+
+def _counts(counts: Counter[str]) -> str:
+    if not counts:
+        return "–"
+    return ", ".join(f"**{counts[c]} {c}**" if c in ("fail", "error") else f"{counts[c]} {c}"
+                     for c in COLUMNS if counts[c])
+
+
+def _bug_report(r) -> str:  # type: ignore[no-untyped-def]
+    v = r.verdict
+    label = "FAIL" if v.status == FAIL else "ERROR"
+    out = [f"### {label} `{v.case_id}` ({v.kind})", "", f"**{_cell(v.message)}**", "",
+           f"- property: `{v.check}`", f"- target: `{v.target}`", f"- family: `{v.family}`",
+           f"- tolerance: {v.tolerance or 'exact'}", ""]
+    if v.counterexample:
+        out += ["Minimal counterexample:", "", "```json", json.dumps(v.counterexample, indent=2, default=str), "```", ""]
+    out += ["Reproduce with:", "", "```sh", v.reproduce, "```", ""]
+    if r.blob:
+        out += [f"Hypothesis: `{r.blob}`", ""]
+    return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a table cell: no pipes, no line breaks."""
+    return text.replace("|", "\\|").replace("\n", " ")

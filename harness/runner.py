@@ -1,0 +1,91 @@
+"""Run a plan's cases in this process, or spread over N worker processes, yielding each result as it ends.
+
+Workers are spawned, not forked: the parent has already imported torch and transformers, whose thread
+pools do not survive a fork. Each worker re-loads the targets by the spec the user gave, so an adapter
+given as `module:object` works there too; only names cross the process boundary, and results come back
+as plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from harness.checks import CHECKS
+from harness.database import RegressionStore
+from harness.engine import execute, quiet_libraries
+from harness.families import get_family
+from harness.outcome import CaseResult
+from harness.selection import Case, Missing
+from harness.targets import load_target
+from harness.targets.base import Target
+from harness.verdict import ERROR, HARNESS_ERROR, SKIP, Verdict
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a case needs besides its names; the same in every worker."""
+
+    profile: str
+    max_examples: int | None
+    seed: int
+    store: RegressionStore | None
+
+
+def run_cases(cases: list[Case], options: RunOptions, workers: int = 1) -> Iterator[tuple[int, CaseResult]]:
+    """(index into `cases`, result) for every case: in order with one worker, as they finish with more."""
+    if workers <= 1:
+        for i, case in enumerate(cases):
+            yield i, _execute(case.check.name, case.target, case.family.name, case.spec, options)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(workers,)) as pool:
+        futures: dict[Future[CaseResult], int] = {
+            pool.submit(_run_in_worker, c.check.name, c.spec, c.family.name, options): i for i, c in enumerate(cases)
+        }
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                yield i, future.result()
+            except Exception as exc:  # the worker died (out of memory, a crash in native code)
+                yield i, _worker_failed(cases[i], exc)
+
+
+def _execute(check: str, target: Target, family: str, spec: str, options: RunOptions) -> CaseResult:
+    return execute(CHECKS[check], target, get_family(family), profile=options.profile,
+                   max_examples=options.max_examples, seed=options.seed, store=options.store, spec=spec)
+
+
+def _start_worker(workers: int) -> None:
+    import torch
+
+    quiet_libraries()
+    # Share the cores between the workers instead of each taking all of them.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@functools.cache
+def _target(spec: str) -> Target:
+    return load_target(spec)
+
+
+def _run_in_worker(check: str, spec: str, family: str, options: RunOptions) -> CaseResult:
+    return _execute(check, _target(spec), family, spec, options)
+
+
+def _worker_failed(case: Case, exc: Exception) -> CaseResult:
+    verdict = Verdict(case.check.name, case.target.name, case.family.name, ERROR, HARNESS_ERROR,
+                      f"worker process failed: {type(exc).__name__}: {exc}")
+    return CaseResult(verdict, spec=case.spec)
+
+
+def unavailable_results(missing: list[Missing], checks: list[str]) -> list[CaseResult]:
+    """One result per check for each target that did not load: skip when a dependency is missing here,
+    error when the target's own code raised. Family "*": no family of it ran."""
+    return [CaseResult(Verdict(check, m.spec, "*", ERROR if m.error else SKIP, HARNESS_ERROR if m.error else None,
+                               m.reason), spec=m.spec)
+            for m in missing for check in checks]

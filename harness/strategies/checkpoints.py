@@ -1,0 +1,190 @@
+"""Checkpoint directories on disk, drawn: any key schema, format, dims, sharding, duplicates and damage.
+
+`checkpoints(...)` draws a `CheckpointPlan` and writes it (see `checkpoint_files`); the example is a
+`GeneratedCheckpoint` whose directory is deleted with it. `bad_checkpoints(kind)` writes one and then
+breaks one file in a named way, for the loaders' error paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from harness.families import tiny_config
+from harness.strategies.checkpoint_files import (
+    DIM_UNIT,
+    FORMATS,
+    CheckpointPlan,
+    GeneratedCheckpoint,
+    write_checkpoint,
+)
+from reference.checkpoint import KeySchema
+
+PLAIN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DAMAGE = ("none", "drop", "extra")
+
+
+@functools.cache
+def _has_dense_layers_knob(family: str) -> bool:
+    return "mlp_only_layers" in tiny_config(family).to_dict()
+
+
+def _distinct(schema: KeySchema, other: KeySchema) -> bool:
+    return set(schema.keys(1, 1)) != set(other.keys(1, 1))
+
+
+@st.composite
+def checkpoint_plans(
+    draw: st.DrawFn,
+    family: str,
+    schemas: tuple[KeySchema, ...],
+    formats: tuple[str, ...] = tuple(FORMATS),
+    dtypes: tuple[torch.dtype, ...] = PLAIN_DTYPES,
+    duplicates: bool = True,
+    damage: tuple[str, ...] = DAMAGE,
+) -> CheckpointPlan:
+    """A checkpoint of `family` in one of `schemas`: 1–3 layers (some dense where the family's config can
+    say so), 1–6 experts, dims with hidden == intermediate and hidden == 2·intermediate drawn as often as
+    free ones, a plain dtype, a format of `formats` (quantization tensors instead of or beside plain
+    weights), 1–4 shards split contiguously or round-robin, maybe a second schema holding some layers
+    again, maybe one key dropped (outside the duplicated layers) or one extra. Shrinks toward the first
+    schema, one layer, one expert, the smallest dims, float32, no quantization, one unindexed shard, no
+    duplicate, no damage."""
+    schema = draw(st.sampled_from(schemas))
+    quant = draw(st.sampled_from(formats))
+    mode = draw(st.sampled_from(("instead", "beside"))) if quant != "none" else "instead"
+    unit = DIM_UNIT.get(quant, 1)
+    top = 12 if unit == 1 else 2
+    intermediate = unit * draw(st.integers(2 if unit == 1 else 1, top))
+    relation = draw(st.sampled_from(("free", "square", "double")))
+    hidden = {"square": intermediate, "double": 2 * intermediate}.get(relation) or unit * draw(
+        st.integers(2 if unit == 1 else 1, 2 * top))
+    num_layers = draw(st.integers(1, 3))
+    dense: tuple[int, ...] = ()
+    if num_layers > 1 and _has_dense_layers_knob(family):
+        dense = tuple(sorted(draw(st.sets(st.integers(0, num_layers - 1), max_size=num_layers - 1))))
+    moe_layers = [layer for layer in range(num_layers) if layer not in dense]
+    others = tuple(s for s in schemas if _distinct(s, schema))
+    duplicate = draw(st.none() | st.sampled_from(others)) if duplicates and others else None
+    duplicate_layers = tuple(sorted(draw(st.sets(st.sampled_from(moe_layers), min_size=1)))) if duplicate else ()
+    return CheckpointPlan(
+        family=family,
+        schema=schema,
+        num_layers=num_layers,
+        num_experts=draw(st.integers(1, 6)),
+        hidden=hidden,
+        intermediate=intermediate,
+        dtype=draw(st.sampled_from(dtypes)),
+        dense_layers=dense,
+        quant=quant,
+        mode=mode,
+        shards=draw(st.integers(1, 4)),
+        split=draw(st.sampled_from(("contiguous", "round_robin"))),
+        indexed=draw(st.booleans()),
+        duplicate=duplicate,
+        duplicate_layers=duplicate_layers,
+        damage=draw(st.sampled_from(damage if len(duplicate_layers) < len(moe_layers)
+                                    else tuple(d for d in damage if d != "drop") or ("none",))),
+        damage_at=draw(st.integers(0, 255)),
+    )
+
+
+def checkpoints(family: str, schemas: tuple[KeySchema, ...], **plan_options: object
+                ) -> st.SearchStrategy[GeneratedCheckpoint]:
+    """Drawn plans (see `checkpoint_plans`), each written to its own temporary directory."""
+    return checkpoint_plans(family, schemas, **plan_options).map(write_checkpoint)  # type: ignore[arg-type]
+
+
+# ---- bad files -------------------------------------------------------------------------------------
+
+BAD_KINDS = ("truncated", "dtype_lie", "dtype_lie_same_size", "shape_lie", "shape_lie_same_size", "offsets_lie",
+             "key_in_two_shards", "missing_shard", "empty_file", "not_safetensors")
+_SAME_SIZE_INT = {"F64": "I64", "F32": "I32", "F16": "I16", "BF16": "I16"}
+
+
+@dataclass
+class BadCheckpoint:
+    """A written checkpoint with one file broken on purpose: which kind, which file, which tensor."""
+
+    checkpoint: GeneratedCheckpoint
+    kind: str
+    file: str
+    key: str | None
+
+
+def _header(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + length]), raw[8 + length :]
+
+
+def _rewrite(path: Path, header: dict, body: bytes) -> None:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body)
+
+
+def break_checkpoint(ckpt: GeneratedCheckpoint, kind: str) -> BadCheckpoint:
+    """Break the shard holding the first expert key in the way `kind` names (see BAD_KINDS)."""
+    key = next(k for k in ckpt.shard_of if ".experts." in k)
+    shard = ckpt.directory / ckpt.shard_of[key]
+    header, body = _header(shard)
+    entry = header[key]
+    named: str | None = key
+    if kind == "truncated":
+        last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+        shard.write_bytes(shard.read_bytes()[:-3])
+        named = last
+    elif kind == "dtype_lie":  # claims 8-byte elements: the byte range no longer fits the shape
+        entry["dtype"] = "F64"
+        _rewrite(shard, header, body)
+    elif kind == "dtype_lie_same_size":  # the bytes still fit: only the other pieces can tell
+        entry["dtype"] = _SAME_SIZE_INT[entry["dtype"]]
+        _rewrite(shard, header, body)
+    elif kind == "shape_lie":
+        entry["shape"] = [*entry["shape"], 2]
+        _rewrite(shard, header, body)
+    elif kind == "shape_lie_same_size":
+        entry["shape"] = [math.prod(entry["shape"])]
+        _rewrite(shard, header, body)
+    elif kind == "offsets_lie":
+        begin, end = entry["data_offsets"]
+        entry["data_offsets"] = [begin + 1, end + 1]
+        _rewrite(shard, header, body)
+    elif kind == "key_in_two_shards":
+        other = next(n for n in sorted(set(ckpt.shard_of.values())) if n != ckpt.shard_of[key])
+        with safe_open(ckpt.directory / other, framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        with safe_open(shard, framework="pt") as f:
+            tensors[key] = f.get_tensor(key)
+        save_file(tensors, ckpt.directory / other)
+        shard = ckpt.directory / other
+    elif kind == "missing_shard":
+        shard.unlink()
+        named = next(k for k, name in ckpt.shard_of.items() if name == shard.name)  # the index's first
+    elif kind == "empty_file":
+        shard.write_bytes(b"")
+        named = None
+    elif kind == "not_safetensors":
+        torch.save({key: torch.zeros(1)}, shard)  # what a mislabelled pytorch_model.bin looks like
+        named = None
+    else:
+        raise ValueError(f"unknown bad-file kind {kind!r}; kinds: {', '.join(BAD_KINDS)}")
+    return BadCheckpoint(ckpt, kind, shard.name, named)
+
+
+def bad_checkpoints(kind: str, family: str, schemas: tuple[KeySchema, ...]) -> st.SearchStrategy[BadCheckpoint]:
+    """Clean plain checkpoints in two or more shards (every plan has at least three keys), broken as
+    `kind` says."""
+    plans = checkpoint_plans(family, schemas, formats=("none",), duplicates=False, damage=("none",))
+    return plans.map(lambda plan: write_checkpoint(replace(plan, shards=max(plan.shards, 2)))).map(
+        lambda ckpt: break_checkpoint(ckpt, kind))

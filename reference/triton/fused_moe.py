@@ -1,0 +1,297 @@
+"""A fused MoE in Triton with the signature and the math of `reference.moe.experts_forward`.
+
+out[t] = Σ_k weights[t, k] · down[ids[t, k]] @ (act(gate[ids[t, k]] @ x[t]) * (up[ids[t, k]] @ x[t]))
+with gate_up_proj [E, 2I, H] (gate rows first) and down_proj [E, H, I], for float32, bfloat16 and
+float16 (activations silu, gelu (erf), gelu_tanh). Steps:
+1. `align_pairs` (torch ops, no host sync): the T·K (token, pick) pairs sorted by expert, each expert's run
+   padded to a multiple of BLOCK_M rows, so every BLOCK_M block of rows belongs to one expert;
+2. `_gate_up_kernel`: per block, both projections of the gathered token rows in one pass over H, the
+   activation in fp32 and the product h written once, in the input dtype (as the reference rounds it);
+3. `_down_kernel`: h @ down[e]ᵀ times the pick's routing weight, written to the pair's row;
+4. a sum over the K picks of each token (torch; K rows per token, so no atomics and a fixed order).
+Accumulation is fp32; fp32 products use IEEE fp32 on the GPU (Triton would default to tf32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from reference.triton import INTERPRETED, check_device, launch_context
+from reference.triton.core_ops import sigmoid
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh")  # as reference.moe.ACTIVATION_FNS computes them
+
+# Deliberately broken variants, for tests that show the checks catch a kernel bug. Never use them.
+BUGS = ("gelu_erf_for_tanh", "ignores_routing_weight")
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """One kernel's launch shape: output columns and reduction depth per step, warps, pipeline stages."""
+
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """block_m rows of one expert per program (the alignment of the sort), each kernel's tile, and how
+    many row blocks sweep a column block together (L2 reuse of the weights)."""
+
+    block_m: int
+    gate_up: GemmTile
+    down: GemmTile
+    group_m: int = 8
+
+
+def default_config(pairs: int, num_experts: int) -> MoEConfig:
+    """Tiles by the average rows per expert: small blocks for decode, 128-row wgmma tiles for prefill."""
+    if INTERPRETED:
+        # The interpreter runs each program as numpy calls: few, small tiles keep CI fast.
+        return MoEConfig(16, GemmTile(32, 32, 4, 1), GemmTile(32, 32, 4, 1))
+    rows = pairs / num_experts
+    if rows <= 16:
+        return MoEConfig(16, GemmTile(64, 128, 4, 4), GemmTile(64, 128, 4, 4))
+    if rows <= 128:
+        return MoEConfig(64, GemmTile(64, 64, 4, 4), GemmTile(128, 64, 4, 4))
+    return MoEConfig(128, GemmTile(128, 64, 8, 3), GemmTile(128, 64, 8, 4))
+
+
+@triton.jit
+def _activation(g, ACT: tl.constexpr, BUG: tl.constexpr):
+    if ACT == "silu":
+        return g * sigmoid(g)
+    elif ACT == "gelu" or (ACT == "gelu_tanh" and BUG == "gelu_erf_for_tanh"):
+        return 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
+    else:  # gelu_tanh: 0.5·g·(1 + tanh(u)) == g·sigmoid(2u), u = sqrt(2/pi)·(g + 0.044715·g³)
+        return g * sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g))
+
+
+@triton.jit
+def _tile_of(pid, m_blocks, n_blocks, GROUP_M: tl.constexpr):
+    """(row block, column block) of program `pid`: GROUP_M row blocks (mostly of one expert) sweep each
+    column block together, so a weight tile is read from memory once and then from L2 GROUP_M times,
+    and the group's gathered rows stay in L2 across the column blocks."""
+    per_group = GROUP_M * n_blocks
+    first_m = (pid // per_group) * GROUP_M
+    rows_in_group = tl.minimum(m_blocks - first_m, GROUP_M)
+    return first_m + (pid % per_group) % rows_in_group, (pid % per_group) // rows_in_group
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, w_ptr, h_ptr, pairs_ptr, block_expert_ptr,
+    M_BLOCKS, P, TOP_K,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+    HIDDEN: tl.constexpr, WIDTH: tl.constexpr,
+    ACT: tl.constexpr, BUG: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """h[row] = act(x[tok] @ gate[e]ᵀ) * (x[tok] @ up[e]ᵀ) for the BLOCK_M sorted rows of one expert."""
+    pid_m, pid_n = _tile_of(tl.program_id(0), M_BLOCKS, (WIDTH + BLOCK_N - 1) // BLOCK_N, GROUP_M)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:  # past the last real block (the grid is sized without a host sync)
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(pairs_ptr + rows)
+    row_ok = pair < P
+    tok = tl.where(row_ok, pair // TOP_K, 0).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < WIDTH
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + tok[:, None] * stride_xt + ks[None, :] * stride_xh
+    g_ptrs = w_ptr + expert.to(tl.int64) * stride_we + cols[None, :] * stride_wn + ks[:, None] * stride_wh
+    u_ptrs = g_ptrs + WIDTH * stride_wn
+    acc_g = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    acc_u = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    for k0 in range(0, HIDDEN, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
+            u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = (k0 + ks) < HIDDEN
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            g = tl.load(g_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            u = tl.load(u_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
+        acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_xh
+        g_ptrs += BLOCK_K * stride_wh
+        u_ptrs += BLOCK_K * stride_wh
+    h = _activation(acc_g, ACT, BUG) * acc_u
+    h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * WIDTH + cols[None, :]
+    tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    h_ptr, w_ptr, y_ptr, weights_ptr, pairs_ptr, block_expert_ptr,
+    M_BLOCKS, P,
+    stride_we, stride_wn, stride_wi,
+    HIDDEN: tl.constexpr, WIDTH: tl.constexpr,
+    BUG: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """y[pair] = weight[pair] · h[row] @ down[e]ᵀ for the BLOCK_M sorted rows of one expert."""
+    pid_m, pid_n = _tile_of(tl.program_id(0), M_BLOCKS, (HIDDEN + BLOCK_N - 1) // BLOCK_N, GROUP_M)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(pairs_ptr + rows)
+    row_ok = pair < P
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < HIDDEN
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = h_ptr + rows.to(tl.int64)[:, None] * WIDTH + ks[None, :]
+    b_ptrs = w_ptr + expert.to(tl.int64) * stride_we + cols[None, :] * stride_wn + ks[:, None] * stride_wi
+    acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    for k0 in range(0, WIDTH, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = (k0 + ks) < WIDTH
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_wi
+    if BUG != "ignores_routing_weight":
+        acc = acc * tl.load(weights_ptr + pair, mask=row_ok, other=0.0)[:, None]
+    y_ptrs = y_ptr + pair.to(tl.int64)[:, None] * HIDDEN + cols[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def align_pairs(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (token, pick) pairs of `ids` [T, K] grouped by expert, each expert's run padded to block_m rows.
+
+    Returns (rows int32 [B·block_m]: the flat pair index t·K + k of each row, or T·K for padding;
+    block_expert int32 [B]: the expert of each block, -1 past the last). B is an upper bound on the
+    blocks needed, so nothing waits on the device. Within an expert, pairs keep their flat order.
+    """
+    flat = ids.reshape(-1).to(torch.int64)
+    pairs = flat.numel()
+    device = ids.device
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
+    blocks = (counts + block_m - 1) // block_m
+    block_end = blocks.cumsum(0)
+    padded_start = (block_end - blocks) * block_m
+    start = counts.cumsum(0) - counts
+    order = torch.argsort(flat, stable=True)
+    expert_of = flat[order]
+    position = torch.arange(pairs, device=device) - start[expert_of] + padded_start[expert_of]
+    # Each expert needs ceil(count / block_m) blocks: at most P blocks, and at most (P + E(block_m-1)) / block_m.
+    bound = max(1, min(pairs, (pairs + num_experts * (block_m - 1)) // block_m))
+    rows = torch.full((bound * block_m,), pairs, dtype=torch.int32, device=device)
+    rows[position] = order.to(torch.int32)
+    block_expert = torch.searchsorted(block_end, torch.arange(bound, device=device), right=True)
+    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
+    return rows, block_expert
+
+
+def _validate(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Tensor,
+              down_proj: torch.Tensor, activation: str) -> None:
+    if x.dim() != 2 or gate_up_proj.dim() != 3 or down_proj.dim() != 3:
+        raise ValueError(f"expected x [T, H], gate_up_proj [E, 2I, H], down_proj [E, H, I]; got "
+                         f"{tuple(x.shape)}, {tuple(gate_up_proj.shape)}, {tuple(down_proj.shape)}")
+    tokens, hidden = x.shape
+    experts, two_width, gu_hidden = gate_up_proj.shape
+    if two_width % 2 or gu_hidden != hidden or tuple(down_proj.shape) != (experts, hidden, two_width // 2):
+        raise ValueError(f"gate_up_proj {tuple(gate_up_proj.shape)} and down_proj {tuple(down_proj.shape)} "
+                         f"do not fit hidden size {hidden}")
+    if ids.dim() != 2 or ids.shape[0] != tokens or tuple(weights.shape) != tuple(ids.shape):
+        raise ValueError(f"weights {tuple(weights.shape)} and ids {tuple(ids.shape)} must both be [T={tokens}, K]")
+    if ids.dtype not in (torch.int32, torch.int64) or not weights.is_floating_point():
+        raise ValueError(f"ids must be int32/int64 and weights float, got {ids.dtype} and {weights.dtype}")
+    if x.dtype not in SUPPORTED_DTYPES or gate_up_proj.dtype != x.dtype or down_proj.dtype != x.dtype:
+        raise ValueError(f"x, gate_up_proj and down_proj must share one dtype of {SUPPORTED_DTYPES}; got "
+                         f"{x.dtype}, {gate_up_proj.dtype}, {down_proj.dtype}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+    check_device(x, weights, ids, gate_up_proj, down_proj)
+
+
+def launch_experts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    activation: str,
+    *,
+    config: MoEConfig | None = None,
+    bug: str = "",
+) -> torch.Tensor:
+    """`experts_forward` with its launch configuration exposed, for tuning and the benchmark."""
+    _validate(x, weights, ids, gate_up_proj, down_proj, activation)
+    if bug and bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
+    tokens, hidden = x.shape
+    experts, two_width, _ = gate_up_proj.shape
+    width = two_width // 2
+    top_k = ids.shape[1]
+    pairs = tokens * top_k
+    if pairs == 0:
+        return torch.zeros_like(x)
+    cfg = config or default_config(pairs, experts)
+    rows, block_expert = align_pairs(ids, experts, cfg.block_m)
+    h = torch.empty(rows.numel(), width, dtype=x.dtype, device=x.device)
+    y = torch.empty(pairs, hidden, dtype=x.dtype, device=x.device)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 only ever applies to fp32 operands
+    gu, dn = cfg.gate_up, cfg.down
+    with launch_context():
+        _gate_up_kernel[(block_expert.numel() * triton.cdiv(width, gu.block_n),)](
+            x, gate_up_proj, h, rows, block_expert,
+            block_expert.numel(), pairs, top_k,
+            x.stride(0), x.stride(1), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2),
+            HIDDEN=hidden, WIDTH=width, ACT=activation, BUG=bug, PRECISION=precision, EVEN_K=hidden % gu.block_k == 0,
+            BLOCK_M=cfg.block_m, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, GROUP_M=cfg.group_m,
+            num_warps=gu.num_warps, num_stages=gu.num_stages,
+        )
+        _down_kernel[(block_expert.numel() * triton.cdiv(hidden, dn.block_n),)](
+            h, down_proj, y, weights.reshape(-1).to(torch.float32).contiguous(), rows, block_expert,
+            block_expert.numel(), pairs,
+            down_proj.stride(0), down_proj.stride(1), down_proj.stride(2),
+            HIDDEN=hidden, WIDTH=width, BUG=bug, PRECISION=precision, EVEN_K=width % dn.block_k == 0,
+            BLOCK_M=cfg.block_m, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, GROUP_M=cfg.group_m,
+            num_warps=dn.num_warps, num_stages=dn.num_stages,
+        )
+    return y.view(tokens, top_k, hidden).sum(1)
+
+
+def experts_forward(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    activation: str,
+) -> torch.Tensor:
+    """Σ over the K picks of weight · down(act(gate x) · up x), [T, H] in x's dtype; see the module doc.
+
+    ids must lie in 0..E-1 (not checked: that would wait on the device). Raises ValueError before any
+    launch on mismatched shapes, dtypes, an unknown activation or tensors on the wrong device.
+    """
+    return launch_experts(x, weights, ids, gate_up_proj, down_proj, activation)
+
+
+def experts_forward_with_bug(bug: str) -> Callable[..., torch.Tensor]:
+    """An `experts_forward` whose kernels have the deliberate bug `bug` (one of BUGS), for tests."""
+    if bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
+
+    def broken(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Tensor,
+               down_proj: torch.Tensor, activation: str) -> torch.Tensor:
+        return launch_experts(x, weights, ids, gate_up_proj, down_proj, activation, bug=bug)
+
+    return broken

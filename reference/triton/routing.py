@@ -1,0 +1,358 @@
+"""Triton routing: logits [T, E] -> (weights float32 [T, K], ids int32 [T, K]) for the variants of NOTES §2.
+
+`route` has the signature and the semantics of `reference.routing.route` (without `oracle`) for every
+variant of ROUTING_VARIANTS. Guarantees:
+- the ids are the top K of the variant's float32 selection score in descending order; among equal
+  scores the LOWER expert index comes first, exactly as the reference's stable sort, so the ids equal
+  the reference's wherever both compute the same float32 scores (softmax_topk selects on the logits,
+  which orders experts as their softmax does, but the reference's rounded probabilities can tie where
+  the logits do not);
+- the weights are computed from the exact logits of the picked experts and match the reference's
+  float32 weights to about 1e-6 relative;
+- fp32, bf16, fp16 (and fp64, computed in fp32 like the reference) logits, any strides, E not a power
+  of two (padded lanes never win, not even over -inf), K == E;
+- bad inputs (wrong rank, non-float, K outside 1..E, bias or per-expert scale not [E], tensors on the
+  wrong device) raise RoutingInputError (a ValueError) before anything is launched.
+
+How the selection works: a program holds BLOCK_T tokens × BLOCK_E lanes in registers. Each score is
+mapped to an int32 whose signed order is the float order, its low log2(BLOCK_E) bits are replaced by
+(BLOCK_E - 1 - lane), and one max per round then yields both the best value and, among ties, the
+lowest lane; K rounds pick K experts. Replacing those low bits merges scores that differ only in them
+(relative gap under about 2^-(23 - log2 BLOCK_E)); where merged scores straddle the K-th place or sit
+among the picks, the kernel redoes that program's rows with an exact two-reduction selection, so the
+result is always exact. Scores that are 16-bit logits have those bits zero already and skip the test.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from reference.config import ROUTING_VARIANTS, RoutingKnobs
+from reference.routing import RoutingInputError, validate_routing_inputs
+from reference.triton import INTERPRETED, check_device, launch_context
+from reference.triton.core_ops import max_along, min_along, sigmoid, sum_along
+
+# Kernel-side variant codes: a variant's index in ROUTING_VARIANTS.
+VARIANT_CODE = {name: i for i, name in enumerate(ROUTING_VARIANTS)}
+SOFTMAX_TOPK = tl.constexpr(VARIANT_CODE["softmax_topk"])
+GEMMA4 = tl.constexpr(VARIANT_CODE["gemma4"])
+TOPK_SOFTMAX = tl.constexpr(VARIANT_CODE["topk_softmax"])
+SIGMOID_BIAS = tl.constexpr(VARIANT_CODE["sigmoid_bias"])
+GROUPED = tl.constexpr(VARIANT_CODE["grouped"])
+SIGMOID_TOPK_ON_LOGITS = tl.constexpr(VARIANT_CODE["sigmoid_topk_on_logits"])
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+# Deliberately broken variants, for tests that show the checks catch a kernel bug. Never route with them.
+BUGS = ("skip_renorm", "weights_from_biased_score")
+
+INT32_MIN = tl.constexpr(-(2**31))
+
+
+@triton.jit
+def _packed_keys(s, lanes, lane_ok, FULL_E: tl.constexpr, BLOCK_E: tl.constexpr):
+    """int32 keys ordered like the fp32 scores `s`, low bits (BLOCK_E - 1 - lane): unique per lane."""
+    s = tl.where(s == 0.0, 0.0, s)  # -0.0 and 0.0 are equal scores; give them one key
+    bits = s.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip magnitude bits
+    keys = (ordered & (-BLOCK_E)) | (BLOCK_E - 1 - lanes)[None, :]
+    if not FULL_E:
+        keys = tl.where(lane_ok[None, :], keys, INT32_MIN)  # padded lanes lose to every real one, -inf too
+    return keys
+
+
+@triton.jit
+def _exact_top_k(s, lanes, lane_ok, cols, K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+    """ids [BLOCK_T, BLOCK_K] of the top K of `s` by exact value, lower lane first among ties."""
+    free = tl.broadcast_to(lane_ok[None, :], s.shape)
+    ids = tl.full([BLOCK_T, BLOCK_K], 0, tl.int32)
+    for r in tl.static_range(K):
+        best = max_along(tl.where(free, s, float("-inf")), 1)
+        # A free lane equal to the best; -inf lanes still count when nothing better is left.
+        hit = free & (s == best[:, None])
+        pick = min_along(tl.where(hit, lanes[None, :], 2**30), 1)
+        ids = tl.where(cols[None, :] == r, pick[:, None], ids)
+        free = free & (lanes[None, :] != pick[:, None])
+    return ids
+
+
+@triton.jit
+def _group_mask(s, lanes, lane_ok, group_size, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr):
+    """`s` with every expert outside the TOPK_GROUP best groups set to -inf (DeepSeek-V3 noaux_tc).
+
+    A group scores the sum of its two best scores (its one score when it has one expert); among equal
+    group scores the lower group wins, as in the reference.
+    """
+    group = lanes // group_size
+    gscore = tl.full(s.shape, 0.0, tl.float32)
+    for g in tl.static_range(N_GROUP):
+        member = lane_ok & (group == g)
+        v = tl.where(member[None, :], s, float("-inf"))
+        top1 = max_along(v, 1)
+        first = min_along(tl.where(v == top1[:, None], lanes[None, :], 2**30), 1)
+        top2 = max_along(tl.where(lanes[None, :] == first[:, None], float("-inf"), v), 1)
+        score = tl.where(group_size > 1, top1 + top2, top1)
+        gscore = tl.where((group == g)[None, :], score[:, None], gscore)
+    free = tl.broadcast_to(lane_ok[None, :], s.shape)
+    keep = tl.full(s.shape, 0, tl.int1)
+    for _ in tl.static_range(TOPK_GROUP):
+        best = max_along(tl.where(free, gscore, float("-inf")), 1)
+        chosen = min_along(tl.where(free & (gscore == best[:, None]), group[None, :], 2**30), 1)
+        hit = group[None, :] == chosen[:, None]
+        keep = keep | (hit & free)
+        free = free & ~hit
+    return tl.where(keep, s, float("-inf"))
+
+
+@triton.jit
+def _load_tile(logits_ptr, tile, T, E, stride_t, stride_e,
+               FULL_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The logits of tokens [tile·BLOCK_T, +BLOCK_T) in their own dtype; padded lanes read -inf.
+    Rows past T repeat the last token (never stored), so any tile index reads valid memory."""
+    rows = tl.minimum(tile * BLOCK_T + tl.arange(0, BLOCK_T), T - 1).to(tl.int64)
+    lanes = tl.arange(0, BLOCK_E)
+    ptrs = logits_ptr + rows[:, None] * stride_t + lanes[None, :] * stride_e
+    if FULL_E:
+        tile_logits = tl.load(ptrs)
+    else:
+        tile_logits = tl.load(ptrs, mask=(lanes < E)[None, :], other=float("-inf"))
+    return tile_logits
+
+
+@triton.jit
+def _route_tile(
+    logits, tile, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr,
+    T, E, stride_t, stride_e, scaling_factor, group_size,
+    FULL_E: tl.constexpr, VARIANT: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr,
+    N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, KEYS_EXACT: tl.constexpr, BUG: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Route one tile whose logits are loaded: select, weight, store."""
+    rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    lanes = tl.arange(0, BLOCK_E)
+    cols = tl.arange(0, BLOCK_K)
+    row_ok = rows < T
+    lane_ok = lanes < E
+    row_base = logits_ptr + tl.minimum(rows, T - 1).to(tl.int64) * stride_t
+    logits = logits.to(tl.float32)
+
+    # The selection score; softmax is monotone, so softmax_topk selects on the logits themselves.
+    # The bias steers selection only. (Triton has no `in`, hence the two comparisons.)
+    if VARIANT == SIGMOID_BIAS or VARIANT == GROUPED:  # noqa: SIM109
+        bias = tl.load(bias_ptr + lanes, mask=lane_ok, other=0.0)
+        s = sigmoid(logits) + bias[None, :]
+        if VARIANT == GROUPED:
+            s = _group_mask(s, lanes, lane_ok, group_size, N_GROUP, TOPK_GROUP)
+    else:
+        s = logits
+
+    free = _packed_keys(s, lanes, lane_ok, FULL_E, BLOCK_E)
+    picks = tl.full([BLOCK_T, BLOCK_K], 0, tl.int32)
+    merged = tl.full([BLOCK_T], 0, tl.int1)  # two picks whose scores the packing merged
+    previous = tl.full([BLOCK_T], INT32_MIN, tl.int32)  # no real key has INT32_MIN's high bits
+    for r in tl.static_range(K):
+        best = max_along(free, 1)
+        picks = tl.where(cols[None, :] == r, best[:, None], picks)
+        free = tl.where(free == best[:, None], INT32_MIN, free)
+        merged = merged | ((best & (-BLOCK_E)) == (previous & (-BLOCK_E)))
+        previous = best
+    ids = (BLOCK_E - 1) - (picks & (BLOCK_E - 1))
+    if not KEYS_EXACT:
+        # The packing can misorder only scores it merged: picks sharing their high bits, or an unpicked
+        # lane sharing the K-th pick's. Every unpicked key is below the K-th pick's, so the latter holds
+        # exactly when the best unpicked key reaches the K-th pick's with its low bits cleared. Either
+        # way the program's rows are redone exactly (about 2% of programs on random fp32 scores at
+        # E = 128; always on exact ties, which is harmless).
+        straddle = max_along(free, 1) >= (best & (-BLOCK_E))
+        if max_along((straddle | merged).to(tl.int32), 0) > 0:
+            ids = _exact_top_k(s, lanes, lane_ok, cols, K, BLOCK_T, BLOCK_K)
+
+    # Weights from the exact logits of the picked experts (re-read; the tile is in cache).
+    col_ok = tl.broadcast_to((cols < K)[None, :], [BLOCK_T, BLOCK_K])
+    picked = tl.load(row_base[:, None] + ids * stride_e, mask=col_ok, other=float("-inf")).to(tl.float32)
+    if VARIANT == SOFTMAX_TOPK:
+        top = max_along(picked, 1)[:, None]  # the first pick: the row's max logit
+        e = tl.exp(picked - top)
+        if RENORM and BUG != "skip_renorm":
+            # softmax then renorm over the K == softmax over the K picked logits.
+            w = e / sum_along(e, 1)[:, None]
+        else:
+            w = e / sum_along(tl.exp(logits - top), 1)[:, None]
+    elif VARIANT == GEMMA4 or VARIANT == TOPK_SOFTMAX:  # noqa: SIM109 - softmax over the K picked
+        e = tl.exp(picked - max_along(picked, 1)[:, None])
+        w = e / sum_along(e, 1)[:, None]
+        if VARIANT == GEMMA4:  # scaled after the softmax
+            w = w * tl.load(scale_ptr + ids, mask=col_ok, other=0.0)
+    elif VARIANT == SIGMOID_TOPK_ON_LOGITS:
+        w = sigmoid(picked)
+    else:  # sigmoid_bias, grouped
+        w = sigmoid(picked)
+        if BUG == "weights_from_biased_score":
+            w = w + tl.load(bias_ptr + ids, mask=col_ok, other=0.0)
+        w = tl.where(col_ok, w, 0.0)
+        if RENORM and BUG != "skip_renorm":
+            w = w / sum_along(w, 1)[:, None]
+        w = w * scaling_factor
+    out = rows.to(tl.int64)[:, None] * K + cols[None, :]
+    tl.store(w_ptr + out, w, mask=row_ok[:, None] & col_ok)
+    tl.store(ids_ptr + out, ids, mask=row_ok[:, None] & col_ok)
+
+
+@triton.jit
+def _route_kernel(
+    logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr,
+    T, E, stride_t, stride_e, scaling_factor, group_size,
+    FULL_E: tl.constexpr, VARIANT: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr,
+    N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, KEYS_EXACT: tl.constexpr, BUG: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, PERSISTENT: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    logits = _load_tile(logits_ptr, tile, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E)
+    if PERSISTENT:
+        # A grid of a few programs per SM walks the tiles; each issues the next tile's loads before
+        # routing the current one, so the selection rounds overlap the memory traffic.
+        step = tl.num_programs(0)
+        for t in range(tile, (T + BLOCK_T - 1) // BLOCK_T, step):
+            ahead = _load_tile(logits_ptr, t + step, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E)
+            _route_tile(logits, t, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr, T, E, stride_t, stride_e,
+                        scaling_factor, group_size, FULL_E, VARIANT, K, RENORM, N_GROUP, TOPK_GROUP,
+                        KEYS_EXACT, BUG, BLOCK_T, BLOCK_E, BLOCK_K)
+            logits = ahead
+    else:
+        _route_tile(logits, tile, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr, T, E, stride_t, stride_e,
+                    scaling_factor, group_size, FULL_E, VARIANT, K, RENORM, N_GROUP, TOPK_GROUP,
+                    KEYS_EXACT, BUG, BLOCK_T, BLOCK_E, BLOCK_K)
+
+
+def _vector(name: str, value: torch.Tensor | None, num_experts: int, logits: torch.Tensor) -> torch.Tensor:
+    """`value` as a contiguous float32 [E] on the logits' device, or RoutingInputError."""
+    if value is None:
+        raise RoutingInputError(f"this routing needs {name} [num_experts]")
+    if value.dim() != 1 or value.shape[0] != num_experts or not value.is_floating_point():
+        raise RoutingInputError(f"{name} must be a float vector [num_experts={num_experts}], "
+                                f"got {value.dtype} of shape {tuple(value.shape)}")
+    return value.to(logits.device, torch.float32).contiguous()
+
+
+def _validate(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
+    validate_routing_inputs(logits, knobs)
+    if logits.dtype not in SUPPORTED_DTYPES:
+        raise RoutingInputError(f"logits dtype {logits.dtype} is not one of {SUPPORTED_DTYPES}")
+    if knobs.variant == "grouped":
+        assert knobs.n_group is not None  # validate_routing_inputs checked it
+        per_group = logits.shape[-1] // knobs.n_group
+        if knobs.topk_group is None or not 0 < knobs.topk_group <= knobs.n_group:
+            raise RoutingInputError(f"topk_group={knobs.topk_group} must lie in 1..n_group={knobs.n_group}")
+        if knobs.top_k > knobs.topk_group * per_group:
+            raise RoutingInputError(f"top_k={knobs.top_k} exceeds the {knobs.topk_group * per_group} experts "
+                                    f"of the kept groups")
+    try:
+        check_device(logits)
+    except ValueError as exc:
+        raise RoutingInputError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class RouteLaunch:
+    """How a routing launch is laid out: tokens per program, warps, and whether a persistent grid of a few
+    programs per SM walks the tiles (prefetching the next one) instead of one program per tile."""
+
+    block_t: int
+    num_warps: int
+    persistent: bool = False
+
+
+def default_launch(experts: int, element_size: int) -> RouteLaunch:
+    """The launch for E experts of `element_size`-byte logits (set from the sweep in bench/README.md)."""
+    block_e = max(16, triton.next_power_of_2(experts))
+    if INTERPRETED:
+        # The interpreter runs a program as numpy calls: few, large programs are fastest.
+        return RouteLaunch(64, 4)
+    # With 16-byte loads one warp covers 32·16/element_size lanes of a row; past that Triton spreads a
+    # row over several warps and every selection round reduces through shared memory: one warp then.
+    if block_e > 32 * 16 // element_size:
+        return RouteLaunch(8, 1)
+    return RouteLaunch(max(16, 2048 // block_e), 4)
+
+
+@functools.cache
+def _resident_slots(device: torch.device) -> int:
+    """Warps a persistent grid may fill: half of the 64 an H100 SM holds, on every SM; two programs'
+    worth in the interpreter, so a test still walks several tiles per program."""
+    if device.type != "cuda":
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count * 32
+
+
+def launch_route(
+    logits: torch.Tensor,
+    knobs: RoutingKnobs,
+    *,
+    bias: torch.Tensor | None = None,
+    per_expert_scale: torch.Tensor | None = None,
+    launch: RouteLaunch | None = None,
+    bug: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`route` with its launch layout exposed, for tuning and the benchmark."""
+    _validate(logits, knobs)
+    if bug and bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
+    tokens, experts = logits.shape
+    k = knobs.top_k
+    needs_bias = knobs.variant in ("sigmoid_bias", "grouped")
+    if needs_bias and bias is None:
+        bias = torch.zeros(experts)  # as the reference: no bias means a zero bias
+    bias_f = _vector("bias", bias, experts, logits) if needs_bias else None
+    scale_f = _vector("per_expert_scale", per_expert_scale, experts, logits) if knobs.variant == "gemma4" else None
+    weights = torch.empty(tokens, k, dtype=torch.float32, device=logits.device)
+    ids = torch.empty(tokens, k, dtype=torch.int32, device=logits.device)
+    if tokens == 0:
+        return weights, ids
+    block_e = max(16, triton.next_power_of_2(experts))
+    launch = launch or default_launch(experts, logits.element_size())
+    tiles = triton.cdiv(tokens, launch.block_t)
+    grid = min(tiles, max(1, _resident_slots(logits.device) // launch.num_warps)) if launch.persistent else tiles
+    # Scores that are 16-bit logits have their low 13 mantissa bits zero: packing loses nothing.
+    keys_exact = logits.element_size() == 2 and not needs_bias and block_e <= 2**13
+    dummy = weights  # an unused pointer argument still needs a tensor
+    with launch_context():
+        _route_kernel[(grid,)](
+            logits, bias_f if bias_f is not None else dummy, scale_f if scale_f is not None else dummy,
+            weights, ids,
+            tokens, experts, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
+            experts // knobs.n_group if knobs.variant == "grouped" and knobs.n_group else 1,
+            FULL_E=experts == block_e, VARIANT=VARIANT_CODE[knobs.variant], K=k, RENORM=bool(knobs.renormalize),
+            N_GROUP=knobs.n_group or 1, TOPK_GROUP=knobs.topk_group or 1, KEYS_EXACT=keys_exact, BUG=bug,
+            BLOCK_T=launch.block_t, BLOCK_E=block_e, BLOCK_K=max(2, triton.next_power_of_2(k)),
+            PERSISTENT=launch.persistent, num_warps=launch.num_warps,
+        )
+    return weights, ids
+
+
+def route(
+    logits: torch.Tensor,
+    knobs: RoutingKnobs,
+    *,
+    bias: torch.Tensor | None = None,
+    per_expert_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Route logits [T, E] with `knobs`: (weights float32 [T, K], ids int32 [T, K]); see the module doc."""
+    return launch_route(logits, knobs, bias=bias, per_expert_scale=per_expert_scale)
+
+
+def route_with_bug(bug: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """A `route` whose kernel has the deliberate bug `bug` (one of BUGS), for tests of the checks."""
+    if bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
+
+    def broken(logits: torch.Tensor, knobs: RoutingKnobs, *, bias: torch.Tensor | None = None,
+               per_expert_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return launch_route(logits, knobs, bias=bias, per_expert_scale=per_expert_scale, bug=bug)
+
+    return broken

@@ -1,0 +1,108 @@
+"""Target plumbing: registry names, entry points, a user's `module:object` adapter, and targets that cannot load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.cli import EXIT_OK, EXIT_USAGE, main
+from harness.targets import TargetUnavailable, UnknownTarget, load_target, registered_targets
+from harness.targets.loading import ENTRY_POINT_GROUP
+
+ADAPTER = "examples.my_engine_adapter:make_target"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def run(tmp_path: Path):
+    def call(*argv: str) -> int:
+        return main([*argv, "--db", str(tmp_path / "local"), "--regressions", str(tmp_path / "shared")])
+
+    return call
+
+
+def test_user_adapter_runs_through_module_object_spec(run, capsys) -> None:
+    assert run("run", "--target", ADAPTER, "--check", "routing-parity", "--family", "mixtral", "--quiet") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "my-engine  routing-parity" in out and "1 passed" in out
+
+
+def test_user_adapter_bug_is_reported_with_its_spec_in_the_reproducer(run, capsys, monkeypatch) -> None:
+    import examples.my_engine_adapter as adapter
+
+    original = adapter.route
+
+    def forgets_to_renormalise(logits, knobs, **kw):
+        return original(logits, dataclasses.replace(knobs, renormalize=False), **kw)
+
+    monkeypatch.setattr(adapter, "route", forgets_to_renormalise)
+    assert run("run", "--target", ADAPTER, "--check", "routing-parity", "--family", "mixtral", "--quiet") == 1
+    out = capsys.readouterr().out
+    assert "FAIL routing-parity[my-engine-mixtral]" in out
+    assert f"reproduce: moe-harness run --target {ADAPTER} --check routing-parity" in out
+
+
+def test_readme_shows_the_tested_adapter() -> None:
+    readme = (ROOT / "README.md").read_text()
+    source = (ROOT / "examples" / "my_engine_adapter.py").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert source in blocks, "README's adapter block must equal examples/my_engine_adapter.py"
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("no_such_module_xyz:target", "no module named 'no_such_module_xyz'"),
+    ("examples.my_engine_adapter:nope", "Targets or functions it defines: make_target, route"),
+    ("examples.my_engine_adapter", "unknown target"),
+    ("examples.my_engine_adapter:", "must read package.module:object"),
+    ("examples.my_engine_adapter:torch", "is a module, not a harness.targets.base.Target"),
+])
+def test_bad_spec_is_a_usage_error_saying_how_to_fix_it(run, capsys, spec, says) -> None:
+    assert run("run", "--target", spec) == EXIT_USAGE
+    assert says in capsys.readouterr().err
+
+
+def test_target_whose_dependency_is_missing_is_skipped_with_the_reason(run, capsys, tmp_path, monkeypatch) -> None:
+    (tmp_path / "needs_engine.py").write_text("import some_engine_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TargetUnavailable, match="some_engine_not_installed"):
+        load_target("needs_engine:make_target")
+    code = run("run", "--target", "needs_engine:make_target", "--target", "seeds-fixed",
+               "--check", "remap-idempotence", "--family", "gemma4", "--quiet")
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert "SKIP   target needs_engine:make_target: not available here" in out and "some_engine_not_installed" in out
+
+
+def test_entry_point_targets_are_discovered(tmp_path, monkeypatch, capsys) -> None:
+    dist = tmp_path / "my_engine_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-engine-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nmy-engine = {ADAPTER}\n"
+                                           f"broken-engine = some_engine_not_installed:target\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert {"reference", "my-engine", "broken-engine"} <= set(registered_targets())
+    assert load_target("my-engine").name == "my-engine"
+    assert main(["targets", "--json"]) == EXIT_OK
+    listed = {t["spec"]: t for t in json.loads(capsys.readouterr().out)}
+    assert listed["my-engine"]["capabilities"] == ["routing"] and listed["my-engine"]["version"] == "1.0"
+    assert listed["broken-engine"]["status"] == "unavailable"
+    assert "some_engine_not_installed" in listed["broken-engine"]["reason"]
+    assert listed["seeds-buggy"]["version"] == "pre-fix"
+
+
+def test_targets_lists_versions_and_capabilities(capsys) -> None:
+    assert main(["targets"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert re.search(r"seeds-fixed\s+merged\s+remap, expert_mapping", out)
+    assert main(["targets", ADAPTER, "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "my-engine"
+    assert main(["targets", "nope"]) == EXIT_USAGE
+
+
+def test_unknown_name_lists_registered_targets() -> None:
+    with pytest.raises(UnknownTarget, match="valid targets: reference, seeds-buggy"):
+        load_target("nope")
