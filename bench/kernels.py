@@ -56,11 +56,11 @@ ROUTING_SWEEP = {
     (256, 8): ((8, 1), (4, 1), (16, 4)),
 }
 # Fused-MoE configurations tried with --sweep at the prefill sizes (the 128-row tile won every prefill
-# size in the first sweep, recorded in bench/README.md; these vary its grouping, depth and width).
+# size in the first sweep, recorded in bench/README.md; these vary the default's row grouping (8), its
+# gate/up pipeline depth and its down-projection width).
 _BIG = GemmTile(128, 64, 8, 3), GemmTile(128, 64, 8, 4)
 MOE_SWEEP = {
     "m128-n128-w8-g1": MoEConfig(128, *_BIG, group_m=1),
-    "m128-n128-w8-g8": MoEConfig(128, *_BIG, group_m=8),
     "m128-n128-w8-g16": MoEConfig(128, *_BIG, group_m=16),
     "m128-n128-w8-g8-s4": MoEConfig(128, GemmTile(128, 64, 8, 4), GemmTile(128, 64, 8, 4), group_m=8),
     "m128-n128/256-w8-g8": MoEConfig(128, _BIG[0], GemmTile(256, 64, 8, 3), group_m=8),
@@ -152,12 +152,11 @@ def moe_inputs(tokens: int, experts: int, k: int, hidden: int, width: int) -> tu
     return x, weights, ids, gate_up, down
 
 
-def bench_moe(sweep: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    rows, sweeps = [], []
+def bench_moe() -> list[dict[str, Any]]:
+    rows = []
     for model, (experts, k, hidden, width, act) in MODELS.items():
         for tokens in MOE_TOKENS:
-            x, weights, ids, gate_up, down = moe_inputs(tokens, experts, k, hidden, width)
-            args = (x, weights, ids, gate_up, down, act)
+            args = moe_inputs(tokens, experts, k, hidden, width) + (act,)
             flops = 6 * tokens * k * hidden * width
             ours_out = launch_experts(*args)
             grouped_out = grouped_mm_experts(*args)
@@ -173,23 +172,27 @@ def bench_moe(sweep: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             print(f"moe {model} T={tokens}: ours {ours:.3f} ms ({flops / ours * 1e-9:.0f} TFLOP/s), grouped_mm "
                   f"{grouped:.3f} ms, eager {eager:.3f} ms, x{grouped / ours:.2f} vs grouped_mm, diff {err:.1e}",
                   flush=True)
-            if sweep and model == MOE_SWEEP_AT[0] and tokens in MOE_SWEEP_AT[1]:
-                sweeps += sweep_moe(model, tokens, args, flops)
-            del x, weights, ids, gate_up, down, args, ours_out, grouped_out
+            del args, ours_out, grouped_out
             torch.cuda.empty_cache()
-    return rows, sweeps
+    return rows
 
 
-def sweep_moe(model: str, tokens: int, args: tuple, flops: int) -> list[dict[str, Any]]:
+def sweep_moe() -> list[dict[str, Any]]:
+    model, token_counts = MOE_SWEEP_AT
+    experts, k, hidden, width, act = MODELS[model]
     found = []
-    for name, cfg in MOE_SWEEP.items():
-        try:
-            ms = median_ms(partial(launch_experts, *args, config=cfg))
-        except Exception as exc:  # a tile that does not fit this GPU's shared memory, say
-            found.append({"model": model, "tokens": tokens, "config": name, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        found.append({"model": model, "tokens": tokens, "config": name, "ms": ms, "tflops": flops / ms * 1e-9})
-        print(f"  sweep {name}: {ms:.3f} ms ({flops / ms * 1e-9:.0f} TFLOP/s)", flush=True)
+    for tokens in token_counts:
+        args = moe_inputs(tokens, experts, k, hidden, width) + (act,)
+        flops = 6 * tokens * k * hidden * width
+        for name, cfg in MOE_SWEEP.items():
+            try:
+                ms = median_ms(partial(launch_experts, *args, config=cfg))
+            except Exception as exc:  # a tile that does not fit this GPU's shared memory, say
+                found.append({"model": model, "tokens": tokens, "config": name,
+                              "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            found.append({"model": model, "tokens": tokens, "config": name, "ms": ms, "tflops": flops / ms * 1e-9})
+            print(f"moe sweep {model} T={tokens} {name}: {ms:.3f} ms ({flops / ms * 1e-9:.0f} TFLOP/s)", flush=True)
     return found
 
 
@@ -234,10 +237,13 @@ def main() -> None:
         result["routing_sweep"], launches = sweep_routing(bandwidth)
     result["routing"] = bench_routing(bandwidth, launches)
     _dump(result, args.out)  # each stage is kept even if a later one runs out of time
-    result["moe"], result["moe_sweep"] = bench_moe(args.sweep)
+    result["moe"] = bench_moe()
     result["seconds"] = time.perf_counter() - start
     _dump(result, args.out)
-    print(markdown(result))
+    print(markdown(result), flush=True)
+    if args.sweep:
+        result["moe_sweep"] = sweep_moe()
+        _dump(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from harness.families import discover_moe_families, tiny_spec
 from harness.targets.base import BlockCap, Target, load_known_failures
 from harness.targets.transformers_blocks import RealMoEBlock, UnmappedBlock, real_block
+from harness.targets.transformers_checkpoint import CHECKPOINT_LOADER
 from reference.config import UNSUPPORTED_FAMILIES, MoESpec
 from reference.moe import init_block
 
@@ -45,6 +46,7 @@ def make_target() -> Target:
         version=transformers.__version__,
         description="the installed transformers' own MoE blocks (every discovered family)",
         block=BlockCap(build, skip=skip_reason),
+        checkpoint_loader=CHECKPOINT_LOADER,
         families=discover_moe_families(),
         known_failures=load_known_failures("transformers"),
     )

@@ -118,11 +118,7 @@ def _load_tile(logits_ptr, tile, T, E, stride_t, stride_e,
     rows = tl.minimum(tile * BLOCK_T + tl.arange(0, BLOCK_T), T - 1).to(tl.int64)
     lanes = tl.arange(0, BLOCK_E)
     ptrs = logits_ptr + rows[:, None] * stride_t + lanes[None, :] * stride_e
-    if FULL_E:
-        tile_logits = tl.load(ptrs)
-    else:
-        tile_logits = tl.load(ptrs, mask=(lanes < E)[None, :], other=float("-inf"))
-    return tile_logits
+    return tl.load(ptrs) if FULL_E else tl.load(ptrs, mask=(lanes < E)[None, :], other=float("-inf"))
 
 
 @triton.jit
