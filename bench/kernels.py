@@ -49,7 +49,7 @@ MODELS = {  # E, K, H, I, activation
     "Qwen3-30B-A3B": (128, 8, 2048, 768, "silu"),
     "Mixtral-8x7B": (8, 2, 4096, 14336, "silu"),
 }
-# Routing launches tried per (E, K) at T = 2^20 with --sweep: (tokens per program, warps, persistent).
+# Routing launches tried per (E, K) at T = 2^20 with --sweep: (tokens per program, warps).
 ROUTING_SWEEP = {
     (128, 8): ((16, 4), (8, 2), (8, 1)),
     (64, 2): ((32, 4), (16, 2)),
@@ -107,20 +107,19 @@ def bench_routing(bandwidth: float, launches: dict[tuple[int, int], RouteLaunch]
 
 
 def sweep_routing(bandwidth: float) -> tuple[list[dict[str, Any]], dict[tuple[int, int], RouteLaunch]]:
-    """Every ROUTING_SWEEP launch, one-program-per-tile and persistent, at T = 2^20; the best per (E, K)."""
+    """Every ROUTING_SWEEP launch at T = 2^20; the best per (E, K)."""
     rows, best = [], {}
     for (experts, k), shapes in ROUTING_SWEEP.items():
         logits, knobs, scale = routing_inputs(2**20, experts, k)
         floor = (logits.numel() * 4 + logits.shape[0] * k * 8) / bandwidth * 1e3
         timed = []
         for block_t, warps in shapes:
-            for persistent in (False, True):
-                launch = RouteLaunch(block_t, warps, persistent)
-                ms = median_ms(partial(launch_route, logits, knobs, per_expert_scale=scale, launch=launch))
-                timed.append((ms, launch))
-                rows.append({"experts": experts, "top_k": k, "launch": repr(launch), "ms": ms,
-                             "pct_of_floor": 100 * floor / ms})
-                print(f"routing sweep E={experts} K={k} {launch}: {ms:.4f} ms ({100 * floor / ms:.0f}%)", flush=True)
+            launch = RouteLaunch(block_t, warps)
+            ms = median_ms(partial(launch_route, logits, knobs, per_expert_scale=scale, launch=launch))
+            timed.append((ms, launch))
+            rows.append({"experts": experts, "top_k": k, "launch": repr(launch), "ms": ms,
+                         "pct_of_floor": 100 * floor / ms})
+            print(f"routing sweep E={experts} K={k} {launch}: {ms:.4f} ms ({100 * floor / ms:.0f}%)", flush=True)
         best[(experts, k)] = min(timed, key=lambda t: t[0])[1]
     return rows, best
 

@@ -110,14 +110,16 @@ def test_routing_matches_reference_at_model_shapes(variant: str, shape: tuple[in
                                  exact_ids=variant.split("+")[0] in SELECT_ON_LOGITS)
 
 
-@pytest.mark.parametrize("variant", ("gemma4", "sigmoid_bias+renorm"))
-def test_persistent_launch_matches_one_program_per_tile(variant: str) -> None:
-    logits = _logits(300, 128, torch.float32)
-    knobs = knobs_for(variant, 8, 128)
-    bias, scale = _extras(128)
-    one = launch_route(logits, knobs, bias=bias, per_expert_scale=scale, launch=RouteLaunch(16, 4))
-    walked = launch_route(logits, knobs, bias=bias, per_expert_scale=scale, launch=RouteLaunch(16, 4, True))
-    assert torch.equal(one[1], walked[1]) and torch.equal(one[0], walked[0])
+@pytest.mark.parametrize("launch", [(1, 1), (4, 2), (16, 4)])
+def test_any_launch_layout_routes_alike(launch: tuple[int, int]) -> None:
+    logits = _logits(75, 128, torch.float32)
+    knobs = knobs_for("gemma4", 8, 128)
+    _, scale = _extras(128)
+    want = launch_route(logits, knobs, per_expert_scale=scale)
+    got = launch_route(logits, knobs, per_expert_scale=scale, launch=RouteLaunch(*launch))
+    assert torch.equal(want[1], got[1])
+    # Another layout sums the softmax in another order: the last bit may differ (seen on an H100).
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=0)
 
 
 @gpu

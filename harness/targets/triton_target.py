@@ -1,8 +1,8 @@
 """Target `reference-triton`: our Triton routing and fused-MoE kernels, judged against the torch reference.
 
 With a CUDA device the kernels are compiled for it; without one they run in Triton's interpreter on the
-CPU (`reference.triton` settles TRITON_INTERPRET before Triton is imported, so this module imports it
-only inside `make_target`). The checks hand over CPU tensors; the adapter moves them to the kernels'
+CPU (`reference.triton` settles TRITON_INTERPRET; this module imports it, and Triton, only inside
+`make_target`, so listing targets imports neither). The checks hand over CPU tensors; the adapter moves them to the kernels'
 device and the results back.
 """
 
@@ -36,12 +36,11 @@ def on_device(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any
 
 
 def make_target() -> Target:
-    import triton
-
+    from reference.triton import INTERPRETED, KERNEL_DEVICE  # noqa: I001 - first: it settles TRITON_INTERPRET
     from reference.config import ROUTING_VARIANTS
-    from reference.triton import INTERPRETED, KERNEL_DEVICE  # first: it settles TRITON_INTERPRET
     from reference.triton.fused_moe import ACTIVATIONS, experts_forward
     from reference.triton.routing import route
+    import triton
 
     # bf16 tl.dot returns garbage in the interpreter (NOTES §8): bf16 fused MoE is checked on the GPU only.
     moe_dtypes = (torch.float32, torch.float16) if INTERPRETED else (torch.float32, torch.bfloat16, torch.float16)

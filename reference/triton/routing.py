@@ -25,7 +25,6 @@ result is always exact. Scores that are 16-bit logits have those bits zero alrea
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -114,7 +113,7 @@ def _group_mask(s, lanes, lane_ok, group_size, N_GROUP: tl.constexpr, TOPK_GROUP
 def _load_tile(logits_ptr, tile, T, E, stride_t, stride_e,
                FULL_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     """The logits of tokens [tile·BLOCK_T, +BLOCK_T) in their own dtype; padded lanes read -inf.
-    Rows past T repeat the last token (never stored), so any tile index reads valid memory."""
+    Rows past T repeat the last token (never stored), so the last tile needs no row mask."""
     rows = tl.minimum(tile * BLOCK_T + tl.arange(0, BLOCK_T), T - 1).to(tl.int64)
     lanes = tl.arange(0, BLOCK_E)
     ptrs = logits_ptr + rows[:, None] * stride_t + lanes[None, :] * stride_e
@@ -206,24 +205,13 @@ def _route_kernel(
     T, E, stride_t, stride_e, scaling_factor, group_size,
     FULL_E: tl.constexpr, VARIANT: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr,
     N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, KEYS_EXACT: tl.constexpr, BUG: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tile = tl.program_id(0)
     logits = _load_tile(logits_ptr, tile, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E)
-    if PERSISTENT:
-        # A grid of a few programs per SM walks the tiles; each issues the next tile's loads before
-        # routing the current one, so the selection rounds overlap the memory traffic.
-        step = tl.num_programs(0)
-        for t in range(tile, (T + BLOCK_T - 1) // BLOCK_T, step):
-            ahead = _load_tile(logits_ptr, t + step, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E)
-            _route_tile(logits, t, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr, T, E, stride_t, stride_e,
-                        scaling_factor, group_size, FULL_E, VARIANT, K, RENORM, N_GROUP, TOPK_GROUP,
-                        KEYS_EXACT, BUG, BLOCK_T, BLOCK_E, BLOCK_K)
-            logits = ahead
-    else:
-        _route_tile(logits, tile, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr, T, E, stride_t, stride_e,
-                    scaling_factor, group_size, FULL_E, VARIANT, K, RENORM, N_GROUP, TOPK_GROUP,
-                    KEYS_EXACT, BUG, BLOCK_T, BLOCK_E, BLOCK_K)
+    _route_tile(logits, tile, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr, T, E, stride_t, stride_e,
+                scaling_factor, group_size, FULL_E, VARIANT, K, RENORM, N_GROUP, TOPK_GROUP, KEYS_EXACT, BUG,
+                BLOCK_T, BLOCK_E, BLOCK_K)
 
 
 def _vector(name: str, value: torch.Tensor | None, num_experts: int, logits: torch.Tensor) -> torch.Tensor:
@@ -256,34 +244,26 @@ def _validate(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
 
 @dataclass(frozen=True)
 class RouteLaunch:
-    """How a routing launch is laid out: tokens per program, warps, and whether a persistent grid of a few
-    programs per SM walks the tiles (prefetching the next one) instead of one program per tile."""
+    """How a routing launch is laid out: tokens per program and warps per program."""
 
     block_t: int
     num_warps: int
-    persistent: bool = False
 
 
 def default_launch(experts: int, element_size: int) -> RouteLaunch:
-    """The launch for E experts of `element_size`-byte logits (set from the sweep in bench/README.md)."""
+    """The launch for E experts of `element_size`-byte logits, from the sweep in bench/README.md.
+
+    With 16-byte loads one warp covers 32·16/element_size lanes of a row; a row that fills it gets one
+    warp per program (wider rows would be spread over warps, and every selection round would reduce
+    through shared memory), a narrower one two. About 32 scores per thread measured best (8 tokens per
+    program at E = 128, 4 at E = 256, 16 at E = 64 with two warps); a persistent grid prefetching its
+    next tile, also tried, ran 5-15% slower.
+    """
     block_e = max(16, triton.next_power_of_2(experts))
     if INTERPRETED:
         # The interpreter runs a program as numpy calls: few, large programs are fastest.
         return RouteLaunch(64, 4)
-    # With 16-byte loads one warp covers 32·16/element_size lanes of a row; past that Triton spreads a
-    # row over several warps and every selection round reduces through shared memory: one warp then.
-    if block_e > 32 * 16 // element_size:
-        return RouteLaunch(8, 1)
-    return RouteLaunch(max(16, 2048 // block_e), 4)
-
-
-@functools.cache
-def _resident_slots(device: torch.device) -> int:
-    """Warps a persistent grid may fill: half of the 64 an H100 SM holds, on every SM; two programs'
-    worth in the interpreter, so a test still walks several tiles per program."""
-    if device.type != "cuda":
-        return 2
-    return torch.cuda.get_device_properties(device).multi_processor_count * 32
+    return RouteLaunch(max(1, 1024 // block_e), 1 if block_e >= 32 * 16 // element_size else 2)
 
 
 def launch_route(
@@ -312,13 +292,11 @@ def launch_route(
         return weights, ids
     block_e = max(16, triton.next_power_of_2(experts))
     launch = launch or default_launch(experts, logits.element_size())
-    tiles = triton.cdiv(tokens, launch.block_t)
-    grid = min(tiles, max(1, _resident_slots(logits.device) // launch.num_warps)) if launch.persistent else tiles
     # Scores that are 16-bit logits have their low 13 mantissa bits zero: packing loses nothing.
     keys_exact = logits.element_size() == 2 and not needs_bias and block_e <= 2**13
     dummy = weights  # an unused pointer argument still needs a tensor
     with launch_context():
-        _route_kernel[(grid,)](
+        _route_kernel[(triton.cdiv(tokens, launch.block_t),)](
             logits, bias_f if bias_f is not None else dummy, scale_f if scale_f is not None else dummy,
             weights, ids,
             tokens, experts, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
@@ -326,7 +304,7 @@ def launch_route(
             FULL_E=experts == block_e, VARIANT=VARIANT_CODE[knobs.variant], K=k, RENORM=bool(knobs.renormalize),
             N_GROUP=knobs.n_group or 1, TOPK_GROUP=knobs.topk_group or 1, KEYS_EXACT=keys_exact, BUG=bug,
             BLOCK_T=launch.block_t, BLOCK_E=block_e, BLOCK_K=max(2, triton.next_power_of_2(k)),
-            PERSISTENT=launch.persistent, num_warps=launch.num_warps,
+            num_warps=launch.num_warps,
         )
     return weights, ids
 
