@@ -184,7 +184,7 @@ def _router_weight(router_name: str, router: nn.Module, spec: MoESpec) -> str:
     return f"{router_name}.{hits[0]}"
 
 
-def find_block(family: str, spec: MoESpec) -> nn.Module:
+def find_block(family: str) -> nn.Module:
     """The first MoE block module of the family's tiny model (shared, never modified: copy it to change it)."""
     model = tiny_model(family)
     experts_path = next((n for n, m in model.named_modules()
@@ -198,7 +198,7 @@ def real_block(family: str, spec: MoESpec) -> RealMoEBlock:
     """A fresh copy of the family's real MoE block, ready to be filled and run."""
     if family in UNMODELLED_BLOCKS:
         raise UnmappedBlock(f"{family}: {UNMODELLED_BLOCKS[family]}")
-    return RealMoEBlock(family, spec, copy.deepcopy(find_block(family, spec)))
+    return RealMoEBlock(family, spec, copy.deepcopy(find_block(family)))
 
 
 @functools.cache
