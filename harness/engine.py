@@ -23,6 +23,7 @@ from harness.checks.base import Check
 from harness.database import Record, RegressionStore, case_key
 from harness.families import Family
 from harness.outcome import CaseResult
+from harness.pinned import pins_for
 from harness.profiles import DEFAULT_PROFILE, profile_settings
 from harness.targets.base import Target
 from harness.verdict import (
@@ -106,6 +107,7 @@ def execute(
     failure's record is written. `spec` is how the target was named, for the reproducer.
     """
     spec = spec or target.name
+    max_examples = check.max_examples(profile, max_examples)
     verdict = Verdict(check=check.name, target=target.name, family=family.name, status=PASS,
                       reproduce=reproduce_command(check.name, spec, family.name, profile, seed, max_examples))
     result = CaseResult(verdict, spec=spec, target_version=target.version)
@@ -116,6 +118,7 @@ def execute(
             verdict.status, verdict.message = SKIP, reason
             return result
         strategy = check.strategy(target, family)
+        pinned = [pin.build() for pin in pins_for(check.name, target.name, family.name)]
     except Exception as exc:  # e.g. the family's tiny config cannot be built
         verdict.status, verdict.kind = ERROR, HARNESS_ERROR
         verdict.message = f"could not prepare {family.name}: {type(exc).__name__}: {exc}"
@@ -138,6 +141,8 @@ def execute(
     if store:
         result.stats["stored_examples"] = store.stored_examples(key)
     test = given(strategy)(body)
+    for value in reversed(pinned):  # decorators apply inside out: the first pin runs first
+        test = hypothesis.example(value)(test)
     # @seed clears the database from the settings it finds, so the settings go on after it.
     test = hypothesis.seed(seed)(test)
     test = settings(profile_settings(profile, max_examples, database))(test)

@@ -6,6 +6,7 @@ Every lookup goes through the spelling tables below, so an error can name what w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,13 @@ SHARED_WIDTH_SPELLINGS = (
     "shared_expert_intermediate_size",
     "shared_intermediate_size",
     "moe_shared_expert_intermediate_size",
+    "shared_experts_intermediate_size",
 )
 HIDDEN_SPELLINGS = ("hidden_size", "d_model", "n_embd")
 ACTIVATION_SPELLINGS = ("hidden_act", "hidden_activation", "activation_function", "ffn_act_fn")
 RENORM_SPELLINGS = ("norm_topk_prob", "moe_renormalize", "renormalize")
-SCALING_SPELLINGS = ("routed_scaling_factor", "moe_routed_scaling_factor")
+SCALING_SPELLINGS = ("routed_scaling_factor", "moe_routed_scaling_factor", "router_scaling_factor",
+                     "route_scale")
 NUM_LAYERS_SPELLINGS = ("num_hidden_layers", "n_layers", "num_layers")
 N_GROUP_SPELLINGS = ("n_group", "num_expert_group")
 
@@ -57,7 +60,19 @@ ROUTING_VARIANTS = (
     "sigmoid_bias",
     "grouped",
     "sigmoid_topk_on_logits",
+    # Appended, so the earlier variants keep their index (the Triton kernels' variant codes).
+    "softmax_bias",
+    "grouped_softmax",
+    "sigmoid_logit_bias",
 )
+# Variants whose selection adds a per-expert bias (weights never see it).
+BIASED_VARIANTS = ("sigmoid_bias", "grouped", "softmax_bias", "sigmoid_logit_bias")
+# Variants that keep the topk_group best of n_group expert groups before the top-K.
+GROUPED_VARIANTS = ("grouped", "grouped_softmax")
+# Variants whose weights are multiplied by the routed scaling factor.
+SCALED_VARIANTS = BIASED_VARIANTS + ("grouped_softmax",)
+# How a group is scored before groups are kept (grouped variants).
+GROUP_SCORES = ("top2_sum", "max")
 
 # Families whose routing the config cannot tell: variant, and whether renormalisation is fixed.
 # Everything else is inferred from the config's own knobs (scoring_func, n_group, norm_topk_prob).
@@ -72,6 +87,7 @@ ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
     "granitemoe": ("topk_softmax", True),
     "granitemoeshared": ("topk_softmax", True),
     "granitemoehybrid": ("topk_softmax", True),
+    "granitemoe_swa": ("topk_softmax", True),
     "aria": ("topk_softmax", True),
     "aria_text": ("topk_softmax", True),
     "llama4": ("sigmoid_topk_on_logits", False),
@@ -84,17 +100,31 @@ ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
     "inkling2_text": ("sigmoid_bias", True),
     "openai_privacy_filter": ("topk_softmax", True),
     "minimax_m2": ("sigmoid_bias", True),  # its router always renormalises; the config has no flag
+    "minimax_m3_vl": ("sigmoid_bias", True),
+    "minimax_m3_vl_text": ("sigmoid_bias", True),
+    "hy_v3": ("sigmoid_bias", True),
+    "laguna": ("sigmoid_bias", True),
+    "ernie4_5_moe": ("softmax_bias", True),  # renormalises always (sum clamped to moe_norm_min)
+    "mistral4": ("grouped_softmax", None),
+    "mistral_large4": ("grouped_softmax", True),
+    "mistral_large4_text": ("grouped_softmax", True),
+    "kolibri1": ("sigmoid_logit_bias", None),
+    "hunyuan_v1_moe": ("softmax_topk", True),
+    "afmoe": ("sigmoid_bias", True),
 }
 
 # Block facts a family's code fixes and its config does not state (NOTES §3).
 #   swiglu_oai: gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha * gate).
 #   weight_on_input: the routing weight scales the expert's input, not its output.
-#   shared_add: one shared expert of the expert width is always added.
+#   shared_add: one shared expert of the expert width is always added (no config field states it).
 BLOCK_BY_FAMILY: dict[str, dict[str, Any]] = {
     "gpt_oss": {"activation": "swiglu_oai", "router_bias": True, "expert_bias": True},
     "openai_privacy_filter": {"activation": "swiglu_oai", "router_bias": True, "expert_bias": True},
     "llama4": {"weight_on_input": True, "shared_add": True},
     "llama4_text": {"weight_on_input": True, "shared_add": True},
+    "minimax_m3_vl": {"activation": "swiglu_oai"},  # its shared MLP too
+    "minimax_m3_vl_text": {"activation": "swiglu_oai"},
+    "hunyuan_v1_moe": {"shared_add": True},  # its shared MLP exists whatever the expert counts say
 }
 
 # Families whose shared expert is scaled by sigmoid(shared_expert_gate(x)); the config does not say so.
@@ -103,19 +133,9 @@ SIGMOID_GATED_SHARED = ("qwen2_moe", "qwen3_next", "qwen3_5_moe", "qwen3_5_moe_t
 # Families whose config resolves but whose block computes something the reference does not model, and what.
 UNMODELLED_BLOCKS: dict[str, str] = {
     "phimoe": "sparsemixer routing (jitter-masked top-2 with a second pass) is not a modelled variant",
-    "deepseek_v2": "softmax scores with greedy / group-limited-greedy (group max) selection is not modelled",
-    "mistral4": "grouped selection over softmax scores is not modelled (grouped is DeepSeek-V3's sigmoid noaux_tc)",
-    "ernie4_5_moe": "softmax scores with a selection bias is not a modelled variant",
-    "hy_v3": "softmax scores with a selection bias is not a modelled variant",
-    "kolibri1": "softmax scores with a selection bias is not a modelled variant",
-    "laguna": "softmax scores with a selection bias is not a modelled variant",
     "deepseek_v4": "its first layers route by a hash of the token ids (forward needs input_ids); not modelled",
     "inkling2": "its experts use a softcapped SwiGLU, which is not a modelled activation",
     "inkling2_text": "its experts use a softcapped SwiGLU, which is not a modelled activation",
-    "hunyuan_v1_moe": "its shared MLP exists whatever the config's expert counts say; no field states it",
-    "granitemoeshared": "the shared MLP's fused input_linear / output_linear layout is not mapped",
-    "granitemoe_swa": "the shared MLP's fused input_linear / output_linear layout is not mapped",
-    "minimax_m3_vl_text": "softmax scores with a selection bias, and a fused shared gate_up, are not modelled",
 }
 
 ACTIVATIONS = {
@@ -159,6 +179,7 @@ class RoutingKnobs:
     topk_group: int | None = None
     selection_bias: bool = False
     per_expert_scale: bool = False
+    group_score: str = "top2_sum"  # grouped variants: a group's score is its top-2 sum, or its max
 
 
 @dataclass(frozen=True)
@@ -304,10 +325,21 @@ def _routing(cfg: Any, family: str, top_k: int, num_experts: int, where: str) ->
     topk_group = _get(cfg, "topk_group")
     scoring = _get(cfg, "scoring_func")
     selection_fn = _get(cfg, "expert_selection_fn")  # cohere2_moe: softmax or sigmoid over the top-K logits
+    topk_method = _get(cfg, "topk_method")  # DeepSeek-V2 style: softmax, greedy or group-limited (group max)
+    group_score = "top2_sum"
+    softcap = _get(cfg, "moe_router_logit_softcapping")
+    if isinstance(softcap, int | float) and softcap > 0:
+        raise UnsupportedConfig(f"{where}: router logits softcapped (moe_router_logit_softcapping={softcap}) "
+                                "are not modelled")
     if family in ROUTING_BY_FAMILY:
         variant, fixed_renorm = ROUTING_BY_FAMILY[family]
         if fixed_renorm is not None:
             renorm = fixed_renorm
+    elif topk_method in ("greedy", "group_limited_greedy"):
+        # The router applies no renormalisation whatever norm_topk_prob says; greedy keeps every group.
+        variant, renorm, group_score = "grouped_softmax", False, "max"
+        if topk_method == "greedy":
+            n_group, topk_group = None, None
     elif selection_fn in ("softmax", "sigmoid"):
         variant = "topk_softmax" if selection_fn == "softmax" else "sigmoid_topk_on_logits"
     elif isinstance(n_group, int) and n_group > 1 and isinstance(topk_group, int):
@@ -320,13 +352,16 @@ def _routing(cfg: Any, family: str, top_k: int, num_experts: int, where: str) ->
         variant=variant,
         top_k=top_k,
         renormalize=renorm,
-        scaling_factor=scaling if variant in ("sigmoid_bias", "grouped") else 1.0,
-        n_group=n_group if variant == "grouped" else None,
-        topk_group=topk_group if variant == "grouped" else None,
-        selection_bias=variant in ("sigmoid_bias", "grouped"),
+        scaling_factor=scaling if variant in SCALED_VARIANTS else 1.0,
+        n_group=n_group if variant in GROUPED_VARIANTS else None,
+        topk_group=topk_group if variant in GROUPED_VARIANTS else None,
+        selection_bias=variant in BIASED_VARIANTS,
         per_expert_scale=variant == "gemma4",
+        group_score=group_score,
     )
-    if variant == "grouped":
+    if variant == "grouped_softmax" and not (isinstance(n_group, int) and isinstance(topk_group, int)):
+        return dataclasses.replace(knobs, n_group=None, topk_group=None)
+    if variant in GROUPED_VARIANTS:
         assert isinstance(n_group, int) and isinstance(topk_group, int)
         if num_experts % n_group:
             raise ConfigError(f"{where}: n_group={n_group} does not divide num_experts={num_experts}")

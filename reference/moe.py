@@ -95,17 +95,19 @@ def experts_forward(
 
 
 class DenseMLP(nn.Module):
-    """down(act(gate x) * up x) with separate gate/up/down Linear layers (shared experts)."""
+    """down(glu(gate x, up x)) with separate gate/up/down Linear layers (shared experts)."""
 
-    def __init__(self, hidden: int, width: int, activation: str, dtype: torch.dtype) -> None:
+    def __init__(self, hidden: int, width: int, activation: str, dtype: torch.dtype,
+                 glu_alpha: float = 1.702, glu_limit: float = 7.0) -> None:
         super().__init__()
         self.activation = activation
+        self.glu_alpha, self.glu_limit = glu_alpha, glu_limit
         self.gate_proj = nn.Linear(hidden, width, bias=False, dtype=dtype)
         self.up_proj = nn.Linear(hidden, width, bias=False, dtype=dtype)
         self.down_proj = nn.Linear(width, hidden, bias=False, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(glu(self.gate_proj(x), self.up_proj(x), self.activation))
+        return self.down_proj(glu(self.gate_proj(x), self.up_proj(x), self.activation, self.glu_alpha, self.glu_limit))
 
 
 class MoEBlock(nn.Module):
@@ -124,7 +126,8 @@ class MoEBlock(nn.Module):
         self.shared_expert_gate: nn.Linear | None = None
         if spec.shared_combine != "none":
             width = spec.shared_intermediate_size or spec.intermediate_size
-            self.shared_experts = DenseMLP(spec.hidden_size, width, spec.activation, dtype)
+            self.shared_experts = DenseMLP(spec.hidden_size, width, spec.activation, dtype, spec.glu_alpha,
+                                           spec.glu_limit)
             if spec.shared_combine == "sigmoid_gate":
                 self.shared_expert_gate = nn.Linear(spec.hidden_size, 1, bias=False, dtype=dtype)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from reference.config import ROUTING_VARIANTS, RoutingKnobs
+from reference.config import BIASED_VARIANTS, GROUP_SCORES, GROUPED_VARIANTS, ROUTING_VARIANTS, RoutingKnobs
 
 
 class RoutingInputError(ValueError):
@@ -28,10 +28,14 @@ def _renorm(w: torch.Tensor) -> torch.Tensor:
 
 
 def _grouped_choice(scores: torch.Tensor, knobs: RoutingKnobs) -> torch.Tensor:
-    assert knobs.n_group is not None and knobs.topk_group is not None
+    if knobs.n_group is None or knobs.topk_group is None:
+        return scores  # no grouping (DeepSeek-V2's plain greedy)
     t, e = scores.shape
     per_group = scores.view(t, knobs.n_group, e // knobs.n_group)
-    group_score = topk_stable(per_group, min(2, e // knobs.n_group))[0].sum(-1)
+    if knobs.group_score == "max":
+        group_score = per_group.amax(-1)
+    else:  # top2_sum
+        group_score = topk_stable(per_group, min(2, e // knobs.n_group))[0].sum(-1)
     _, keep = topk_stable(group_score, knobs.topk_group)
     mask = torch.zeros(t, knobs.n_group, dtype=torch.bool, device=scores.device).scatter_(1, keep, True)
     # Masked experts get -inf: a kept expert with a negative biased score must still beat them.
@@ -46,6 +50,14 @@ def selection_scores(logits: torch.Tensor, knobs: RoutingKnobs, bias: torch.Tens
         assert bias is not None
         choice = torch.sigmoid(logits) + bias.to(logits.dtype)
         return _grouped_choice(choice, knobs) if knobs.variant == "grouped" else choice
+    if knobs.variant == "softmax_bias":
+        assert bias is not None
+        return torch.softmax(logits, dim=-1) + bias.to(logits.dtype)
+    if knobs.variant == "grouped_softmax":
+        return _grouped_choice(torch.softmax(logits, dim=-1), knobs)
+    if knobs.variant == "sigmoid_logit_bias":
+        assert bias is not None
+        return logits + bias.to(logits.dtype)
     return logits
 
 
@@ -69,7 +81,10 @@ def weights_for(
         return torch.softmax(picked, dim=-1)
     if knobs.variant == "sigmoid_topk_on_logits":
         return _renorm(torch.sigmoid(picked)) if knobs.renormalize else torch.sigmoid(picked)
-    w = torch.sigmoid(picked)  # sigmoid_bias, grouped
+    if knobs.variant in ("softmax_bias", "grouped_softmax"):
+        w = torch.softmax(logits, dim=-1).gather(-1, ids)  # the unbiased probabilities of the picks
+    else:  # sigmoid_bias, grouped, sigmoid_logit_bias
+        w = torch.sigmoid(picked)
     if knobs.renormalize:
         w = _renorm(w)
     return w * knobs.scaling_factor
@@ -86,8 +101,12 @@ def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
         raise RoutingInputError(f"top_k={knobs.top_k} must lie in 1..num_experts={num_experts}")
     if knobs.variant not in ROUTING_VARIANTS:
         raise RoutingInputError(f"unknown routing variant {knobs.variant!r}; known: {', '.join(ROUTING_VARIANTS)}")
-    if knobs.variant == "grouped" and (knobs.n_group is None or num_experts % knobs.n_group):
+    if knobs.variant == "grouped" and knobs.n_group is None:
+        raise RoutingInputError("grouped routing needs n_group")
+    if knobs.variant in GROUPED_VARIANTS and knobs.n_group is not None and num_experts % knobs.n_group:
         raise RoutingInputError(f"n_group={knobs.n_group} must divide num_experts={num_experts}")
+    if knobs.group_score not in GROUP_SCORES:
+        raise RoutingInputError(f"group_score={knobs.group_score!r} is not one of {', '.join(GROUP_SCORES)}")
 
 
 def route(
@@ -103,7 +122,7 @@ def route(
     dtype = torch.float64 if oracle else torch.float32
     num_experts = logits.shape[-1]
     extra: dict[str, torch.Tensor] = {}
-    if knobs.selection_bias or knobs.variant in ("sigmoid_bias", "grouped"):
+    if knobs.selection_bias or knobs.variant in BIASED_VARIANTS:
         extra["bias"] = (bias if bias is not None else torch.zeros(num_experts)).to(logits.device, dtype)
     if knobs.variant == "gemma4":
         if per_expert_scale is None:

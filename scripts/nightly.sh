@@ -16,7 +16,9 @@
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3); NIGHTLY_MAX_EXAMPLES
 # (override both profiles' example counts, e.g. to fit a time budget); NIGHTLY_REGRESSIONS
-# (the shared regression directory; default cases/regressions).
+# (the shared regression directory; default cases/regressions); NIGHTLY_WORKERS_PER_GPU (xdist workers
+# given each GPU in the nightly step, default 1: most nightly cases are CPU-bound, so on a many-core
+# machine several workers can share one GPU; the gpu step keeps one worker per GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -56,25 +58,32 @@ else
 fi
 devices=("${devices[@]:0:$count}")
 
+per_gpu=${NIGHTLY_WORKERS_PER_GPU:-1}
 dist=()
+nightly_dist=()
 if [ "$count" -gt 0 ]; then
     dist=(--dist load)
-    for dev in "${devices[@]}"; do dist+=(--tx "popen//env:CUDA_VISIBLE_DEVICES=$dev"); done
-    echo "nightly: $count GPU(s); one xdist worker per GPU, CUDA_VISIBLE_DEVICES=${devices[*]}"
+    nightly_dist=(--dist load)
+    for dev in "${devices[@]}"; do
+        dist+=(--tx "popen//env:CUDA_VISIBLE_DEVICES=$dev")
+        nightly_dist+=(--tx "$per_gpu*popen//env:CUDA_VISIBLE_DEVICES=$dev")
+    done
+    echo "nightly: $count GPU(s); gpu step: one xdist worker per GPU, nightly step: $per_gpu per GPU;" \
+         "CUDA_VISIBLE_DEVICES=${devices[*]}"
 else
     echo "nightly: no GPU visible; skipping the gpu step, running the nightly profile in one CPU process"
 fi
 
-pytest=("$PYTHON" -m pytest -q -p no:cacheprovider "${plugin[@]}" "${dist[@]}"
+pytest=("$PYTHON" -m pytest -q -p no:cacheprovider "${plugin[@]}"
         ${NIGHTLY_MAX_EXAMPLES:+--moe-max-examples "$NIGHTLY_MAX_EXAMPLES"})
 status=0
 if [ "$count" -gt 0 ]; then
-    "${pytest[@]}" -m gpu --moe-profile gpu --junitxml "$report_dir/gpu-junit.xml" tests cases
+    "${pytest[@]}" "${dist[@]}" -m gpu --moe-profile gpu --junitxml "$report_dir/gpu-junit.xml" tests cases
     rc=$?
     [ "$rc" -eq 5 ] && { echo "nightly: no test is marked gpu"; rc=0; }
     [ "$rc" -ne 0 ] && status=$rc
 fi
-"${pytest[@]}" cases --moe-profile nightly --moe-report-dir "$report_dir" --moe-regressions "$regressions"
+"${pytest[@]}" "${nightly_dist[@]}" cases --moe-profile nightly --moe-report-dir "$report_dir" --moe-regressions "$regressions"
 rc=$?
 [ "$rc" -ne 0 ] && status=$rc
 

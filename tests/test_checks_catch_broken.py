@@ -99,7 +99,46 @@ def _runner_trims_wrong_end(block, alignment):
     return forward
 
 
+def _transformers_cap(name: str, **changes):
+    """The real transformers capability `name`, with `changes` (a broken wrapper around the real thing)."""
+    from harness.targets import load_target
+
+    return dataclasses.replace(getattr(load_target("transformers"), name), **changes)
+
+
+def _json_loses_top_k(family, form, settings):
+    """The real build, but a config.json top-k key never arrives (the class default is used instead)."""
+    real = _transformers_cap("config_spelling")
+    return real.used(family, form, tuple((s, v) for s, v in settings
+                                         if not (form == "config.json" and s.quantity == "top_k")))
+
+
+def _router_ignores_norm_topk_prob(family, overrides, seed):
+    """The real router built without norm_topk_prob, handed back with the config that asked for it."""
+    from harness.targets.transformers_knobs import build, knob_config
+
+    run = build(family, tuple((n, v) for n, v in overrides if n != "norm_topk_prob"), seed)
+    return dataclasses.replace(run, config=knob_config(family, overrides))
+
+
+def _conversion_with_seed_002_rule():
+    """qwen3_moe's real conversion rules plus seed 002's unanchored `\\.experts\\.` -> `.moe.experts.` rule."""
+    from transformers.core_model_loading import WeightRenaming
+
+    from harness.targets.transformers_conversion import family_conversion
+    from tests.test_conversion_remap import _with
+
+    seed_rule = WeightRenaming(r"\.experts\.", ".moe.experts.")
+    return _with("qwen3_moe", _renamings=[*family_conversion("qwen3_moe")._renamings, seed_rule])
+
+
 BROKEN = {
+    "config-spelling/json-loses-top-k": ("config-spelling", "qwen3_moe",
+                                         {"config_spelling": _transformers_cap("config_spelling",
+                                                                               used=_json_loses_top_k)}),
+    "router-knobs/ignores-norm-topk-prob": ("router-knobs", "qwen3_moe", {"router_knobs": _transformers_cap(
+        "router_knobs", build=_router_ignores_norm_topk_prob)}),
+    "conversion-remap/seed-002-rule": ("conversion-remap", "qwen3_moe", {"conversion": _conversion_with_seed_002_rule()}),
     "routing-parity/int64-ids": ("routing-parity", "mixtral", {"routing": RoutingCap(_route_int64, ("softmax_topk",))}),
     "routing-parity/ignores-bias": ("routing-parity", "minimax_m2",
                                     {"routing": RoutingCap(_route_without_bias, ("sigmoid_bias",))}),

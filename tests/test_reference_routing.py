@@ -49,3 +49,67 @@ def test_grouped_masks_with_negative_infinity() -> None:
     bias = torch.full((4,), -10.0)
     _, ids = route(logits, knobs, bias=bias)
     assert sorted(ids[0].tolist()) == [2, 3]
+
+
+def _softmax_bias_by_hand(logits: list[float], bias: list[float], k: int, renorm: bool,
+                          scale: float) -> tuple[list[int], list[float]]:
+    """softmax_bias written out with math.exp: choose on p + bias, weigh with p (NOTES §2, ernie4_5_moe)."""
+    import math
+
+    exps = [math.exp(v - max(logits)) for v in logits]
+    probs = [v / sum(exps) for v in exps]
+    chosen = sorted(range(len(probs)), key=lambda e: (-(probs[e] + bias[e]), e))[:k]
+    weights = [probs[e] for e in chosen]
+    if renorm:
+        weights = [w / sum(weights) for w in weights]
+    return chosen, [w * scale for w in weights]
+
+
+def test_softmax_bias_matches_a_hand_computation() -> None:
+    from reference.config import RoutingKnobs
+
+    logits = [2.0, 1.5, 0.3, -1.0, 0.9]
+    # The bias promotes expert 3 (lowest probability) into the top 2 and demotes expert 0 (highest).
+    bias = [-1.0, 0.0, 0.0, 2.0, 0.1]
+    for renorm, scale in ((True, 1.0), (False, 1.0), (True, 2.5)):
+        knobs = RoutingKnobs("softmax_bias", 2, renormalize=renorm, scaling_factor=scale, selection_bias=True)
+        w, ids = route(torch.tensor([logits], dtype=torch.float64), knobs, bias=torch.tensor(bias), oracle=True)
+        want_ids, want_w = _softmax_bias_by_hand(logits, bias, 2, renorm, scale)
+        assert ids[0].tolist() == want_ids == [3, 1]
+        assert torch.allclose(w[0], torch.tensor(want_w, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_softmax_bias_weights_never_see_the_bias() -> None:
+    from reference.config import RoutingKnobs
+
+    knobs = RoutingKnobs("softmax_bias", 2, renormalize=False, selection_bias=True)
+    logits = torch.tensor([[0.5, 0.1, -0.2, 0.7]])
+    w_zero, ids = route(logits, knobs, bias=torch.zeros(4))
+    w_big, ids_big = route(logits, knobs, bias=torch.full((4,), 5.0))  # a uniform bias changes nothing
+    assert ids.tolist() == ids_big.tolist() and torch.equal(w_zero, w_big)
+    assert torch.allclose(w_zero, torch.softmax(logits, -1).gather(-1, ids.long()))
+
+
+def test_grouped_softmax_keeps_the_best_groups() -> None:
+    from reference.config import RoutingKnobs
+
+    # Groups {0,1} and {2,3}: group 0 holds the best expert, group 1 the larger top-2 sum.
+    logits = torch.tensor([[3.0, -4.0, 2.5, 2.5]])
+    p = torch.softmax(logits.double(), -1)[0]
+    assert p[2] + p[3] > p[0] + p[1] and p[0] > p[2]
+    top2 = RoutingKnobs("grouped_softmax", 2, n_group=2, topk_group=1, group_score="top2_sum")
+    by_max = RoutingKnobs("grouped_softmax", 2, n_group=2, topk_group=1, group_score="max")
+    _, ids = route(logits, top2, oracle=True)
+    assert sorted(ids[0].tolist()) == [2, 3]
+    w, ids = route(logits, by_max, oracle=True)
+    assert sorted(ids[0].tolist()) == [0, 1]  # group 0 holds the single best expert
+    assert torch.allclose(w[0], p[ids[0].long()])
+
+
+def test_sigmoid_logit_bias_selects_on_biased_logits() -> None:
+    from reference.config import RoutingKnobs
+
+    knobs = RoutingKnobs("sigmoid_logit_bias", 1, selection_bias=True)
+    logits = torch.tensor([[1.0, 0.0]])
+    w, ids = route(logits, knobs, bias=torch.tensor([0.0, 1.5]), oracle=True)
+    assert ids.tolist() == [[1]] and torch.allclose(w, torch.sigmoid(torch.tensor([[0.0]], dtype=torch.float64)))

@@ -21,9 +21,16 @@ from harness.tolerances import Tolerance, assert_close
 from reference.moe import MoEBlock, init_block
 from reference.routing import selection_scores, weights_for
 
-# One family or more per routing variant and shared-expert combination.
+# One family or more per routing variant and shared-expert combination: softmax_bias (ernie4_5_moe),
+# grouped_softmax with top-2-sum groups (mistral4) and DeepSeek-V2's greedy (deepseek_v2), sigmoid_logit_bias
+# (kolibri1), a shared MLP on the decoder layer (granitemoeshared), and a text model nested in a vision
+# config that used to escape shrinking (qwen3_vl_moe).
 PARITY_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss", "granitemoe", "deepseek_v3",
-                   "minimax_m2", "llama4_text", "gemma4_text")
+                   "minimax_m2", "llama4_text", "gemma4_text", "ernie4_5_moe", "mistral4", "deepseek_v2",
+                   "kolibri1", "granitemoeshared", "qwen3_vl_moe")
+# Block-level only: minimax_m3_vl_text's router leaves routed_scaling_factor to the block, which also holds
+# a fused swiglu_oai shared MLP.
+BLOCK_FAMILIES = PARITY_FAMILIES + ("minimax_m3_vl_text",)
 TOL = Tolerance(1e-5, 1e-6)
 # float32 on both sides, summed in a different order: NOTES §6's float32 tolerance.
 BLOCK_TOL = Tolerance(1.3e-6, 1e-5)
@@ -68,7 +75,7 @@ def test_router_matches_reference(family: str, tokens: int, seed: int) -> None:
     assert_close(weights.double(), want, TOL, f"{family} router weights vs reference {knobs.variant}")
 
 
-@pytest.mark.parametrize("family", PARITY_FAMILIES)
+@pytest.mark.parametrize("family", BLOCK_FAMILIES)
 @settings(max_examples=10, deadline=None)
 @given(tokens=st.integers(1, 16), seed=st.integers(0, 2**16))
 def test_block_matches_reference(family: str, tokens: int, seed: int) -> None:
@@ -82,3 +89,33 @@ def test_block_matches_reference(family: str, tokens: int, seed: int) -> None:
         want = ref(x.double().float(), router_logits=real.router_logits(x))
         got = real.forward(x)
     assert_close(got, want, BLOCK_TOL, f"{family} block output vs reference block with its weights")
+
+
+class _BiasInWeightsBlock(MoEBlock):
+    """softmax_bias done wrong: the selection bias also enters the weights (p[i] + bias[i])."""
+
+    def routing(self, logits: torch.Tensor, oracle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        weights, ids = super().routing(logits, oracle)
+        bias = self.e_score_correction_bias.to(weights.dtype)[ids.long()]
+        if self.spec.routing.renormalize:
+            biased = weights + bias
+            return biased / biased.sum(-1, keepdim=True), ids
+        return weights + bias, ids
+
+
+def test_block_parity_catches_the_bias_in_the_weights() -> None:
+    """block-parity fails on an ernie4_5_moe block whose softmax_bias routing weighs with the biased score."""
+    import dataclasses
+
+    from harness.checks import CHECKS
+    from harness.engine import run_case
+    from harness.families import get_family
+    from harness.targets.base import BlockCap
+    from harness.targets.reference_target import make_target
+    from harness.verdict import FAIL, PROPERTY_VIOLATION
+
+    assert tiny_spec("ernie4_5_moe").routing.variant == "softmax_bias"
+    broken = dataclasses.replace(make_target(), name="broken", known_failures=[], block=BlockCap(
+        lambda spec, seed=0, dtype=torch.float32: init_block(_BiasInWeightsBlock(spec, dtype), seed)))
+    verdict = run_case(CHECKS["block-parity"], broken, get_family("ernie4_5_moe"))
+    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict

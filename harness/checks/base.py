@@ -31,6 +31,13 @@ class Check:
     applies: Callable[[Target, Family], str | None] = lambda target, family: None
     # The families it runs over by default; None means DEFAULT_FAMILIES.
     families: tuple[str, ...] | None = None
+    # Example counts per profile for a check whose every example builds a model (an explicit
+    # --max-examples wins; a profile not named here keeps its own count).
+    example_caps: tuple[tuple[str, int], ...] = ()
+
+    def max_examples(self, profile: str, requested: int | None) -> int | None:
+        """The example count to run under `profile`: `requested` if given, else this check's cap, if any."""
+        return requested or dict(self.example_caps).get(profile)
 
     def skip_reason(self, target: Target, family: Family) -> str | None:
         """Why this check cannot run on target × family, or None when it can."""

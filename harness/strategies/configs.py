@@ -33,12 +33,25 @@ def _nest(inner: dict[str, Any], path: str, as_mapping: bool) -> Any:
     return node
 
 
+def synthetic_config(top_k_name: str, experts_name: str, path: str = "", as_mapping: bool = False,
+                     top_k: int = 1, experts: int = 1, layers: int = 1) -> ConfigCase:
+    """A "new family" config spelling top-k and the expert count with the given names, nested under `path`
+    ("" for the top level), as a PretrainedConfig or (`as_mapping`) a config.json mapping."""
+    inner = {top_k_name: top_k, experts_name: experts, "num_hidden_layers": layers, "hidden_size": 16,
+             "intermediate_size": 8, "num_attention_heads": 2, "model_type": "new_moe_family"}
+    return ConfigCase(
+        _nest(inner, path, as_mapping), top_k, layers,
+        {"top_k_spelling": top_k_name, "experts_spelling": experts_name, "nesting": path or "<top level>",
+         "form": "config.json mapping" if as_mapping else "PretrainedConfig", "top_k": top_k, "layers": layers},
+    )
+
+
 @st.composite
 def synthetic_configs(draw: st.DrawFn, spellings: tuple[str, ...] = TOP_K_SPELLINGS,
                       mappings: bool = False) -> ConfigCase:
-    """A "new family" config that uses one top-k spelling and one expert-count spelling, at the top level
-    or under any nesting path, as a PretrainedConfig (or, with `mappings`, also a config.json mapping).
-    Shrinks toward the first spelling, no nesting, a config object."""
+    """A `synthetic_config` with one drawn top-k and expert-count spelling, at the top level or under any
+    nesting path (with `mappings`, also as a config.json mapping). Shrinks toward the first spelling, no
+    nesting, a config object."""
     top_k_name = draw(st.sampled_from(spellings))
     experts_name = draw(st.sampled_from(NUM_EXPERTS_SPELLINGS))
     path = draw(st.sampled_from(("",) + NESTING_PATHS))
@@ -46,13 +59,7 @@ def synthetic_configs(draw: st.DrawFn, spellings: tuple[str, ...] = TOP_K_SPELLI
     top_k = draw(st.integers(1, 8))
     experts = draw(st.integers(top_k, 16))
     layers = draw(st.integers(1, 4))
-    inner = {top_k_name: top_k, experts_name: experts, "num_hidden_layers": layers, "hidden_size": 16,
-             "intermediate_size": 8, "model_type": "new_moe_family"}
-    return ConfigCase(
-        _nest(inner, path, as_mapping), top_k, layers,
-        {"top_k_spelling": top_k_name, "experts_spelling": experts_name, "nesting": path or "<top level>",
-         "form": "config.json mapping" if as_mapping else "PretrainedConfig", "top_k": top_k, "layers": layers},
-    )
+    return synthetic_config(top_k_name, experts_name, path, as_mapping, top_k, experts, layers)
 
 
 @st.composite

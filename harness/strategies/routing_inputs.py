@@ -7,10 +7,20 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
-from reference.config import ROUTING_VARIANTS, RoutingKnobs
+from reference.config import (
+    BIASED_VARIANTS,
+    GROUP_SCORES,
+    GROUPED_VARIANTS,
+    ROUTING_VARIANTS,
+    SCALED_VARIANTS,
+    RoutingKnobs,
+)
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STYLES = ("normal", "ties_at_k", "all_equal", "neg_inf", "huge")
+# Variants whose weights read the renormalize knob (the others fix it: gemma4 and topk_softmax always
+# normalise over the picks).
+RENORMALIZING_VARIANTS = ("softmax_topk", "sigmoid_topk_on_logits") + BIASED_VARIANTS + GROUPED_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -63,18 +73,21 @@ def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIAN
     experts = draw(st.integers(1, max_experts))
     kw: dict[str, object] = {}
     k_max = experts
-    if variant == "grouped":
+    # grouped must have groups; grouped_softmax may also route greedily over all experts (DeepSeek-V2).
+    if variant == "grouped" or (variant in GROUPED_VARIANTS and draw(st.booleans())):
         divisors = [d for d in range(1, experts + 1) if experts % d == 0]
         n_group = draw(st.sampled_from(divisors))
         topk_group = draw(st.integers(1, n_group))
         kw.update(n_group=n_group, topk_group=topk_group)
+        if variant == "grouped_softmax":  # DeepSeek-V2 scores a group by its max, V3-style by its top-2 sum
+            kw["group_score"] = draw(st.sampled_from(GROUP_SCORES))
         k_max = topk_group * (experts // n_group)
     top_k = draw(st.integers(1, k_max))
-    if variant in ("softmax_topk", "sigmoid_bias", "grouped"):
+    if variant in RENORMALIZING_VARIANTS:
         kw["renormalize"] = draw(st.booleans())
-    if variant in ("sigmoid_bias", "grouped"):
+    if variant in SCALED_VARIANTS:
         kw["scaling_factor"] = draw(st.sampled_from((1.0, 2.5)))
-    knobs = RoutingKnobs(variant=variant, top_k=top_k, selection_bias=variant in ("sigmoid_bias", "grouped"),
+    knobs = RoutingKnobs(variant=variant, top_k=top_k, selection_bias=variant in BIASED_VARIANTS,
                          per_expert_scale=variant == "gemma4", **kw)  # type: ignore[arg-type]
     tokens = draw(st.integers(1, max_tokens))
     dtype = draw(st.sampled_from(LOGIT_DTYPES))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.targets import loading, reference_target, seeds, transformers_target, triton_target
+from harness.targets import loading, reference_target, seeds, transformers_target, triton_target, vllm_target
 from harness.targets.base import Target
 from harness.targets.loading import TargetLoadError, TargetUnavailable, UnknownTarget
 
@@ -16,6 +16,7 @@ BUILTIN: dict[str, Callable[[], Target]] = {
     "seeds-fixed": seeds.make_fixed,
     "reference-triton": triton_target.make_target,
     "transformers": transformers_target.make_target,
+    "vllm": vllm_target.make_target,  # TargetUnavailable, with the reason, where vllm does not import
 }
 DEFAULT_TARGETS = ("reference", "seeds-fixed")
 

@@ -80,6 +80,101 @@ class CheckpointLoaderCap:
 
 
 @dataclass(frozen=True)
+class ConversionRules:
+    """One family's checkpoint conversion as applied at load time, with the names it starts from and ends at.
+
+    `rename(key)` is the key transformers loads `key` into; `own_names` the model's state_dict names (already
+    converted); `base_names` maps each own name spelled as the base model saves it to that own name;
+    `legacy_names` what `save_pretrained` writes (the reverse conversion); `groups` the own names by layer
+    (one group for the names outside layers), each with its legacy spelling; `schemas` the grammar schemas
+    (NOTES §5) with the family's prefixes and blocks; `merge(key)` the declared merge `key` enters as
+    (merge id, slot within it), or None; `explain(key)` the rules that fire on `key`, in order.
+    """
+
+    rename: Callable[[str], str]
+    own_names: tuple[str, ...]
+    base_names: dict[str, str]
+    legacy_names: tuple[str, ...]
+    groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
+    schemas: tuple[KeySchema, ...]
+    merge: Callable[[str], tuple[str, str] | None]
+    explain: Callable[[str], list[str]]
+
+
+@dataclass(frozen=True)
+class ConversionCap:
+    """rules(family) -> the family's ConversionRules; `skip(family)` says why a family has none, or None."""
+
+    rules: Callable[[str], ConversionRules]
+    skip: Callable[[str], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """One name a family's config accepts for `quantity` ("num_experts" or "top_k"), in the sub-config at
+    `path` ("" for the top level); `alias` when it is an `attribute_map` alias, not a field."""
+
+    quantity: str
+    name: str
+    path: str = ""
+    alias: bool = False
+
+    def __str__(self) -> str:
+        return (f"{self.path}.{self.name}" if self.path else self.name) + (" (alias)" if self.alias else "")
+
+
+class ValuesRejected(ValueError):
+    """The family's config rejects these values through its own constructor keyword too (a family limit,
+    such as a top-k fixed to 1), so no spelling of them can be checked."""
+
+
+@dataclass(frozen=True)
+class ConfigSpellingCap:
+    """spellings(family): the names its config accepts; used(family, form, ((spelling, value), ...)) ->
+    {quantity: [(where, value), ...]}: what the model built from a config with each value set through its
+    spelling in `form` (one of `forms`) uses, measured on the model (never read back from the config).
+    `used` raises ValuesRejected when the values are invalid for the family whatever the spelling."""
+
+    spellings: Callable[[str], tuple[Spelling, ...]]
+    used: Callable[[str, str, tuple[tuple[Spelling, int], ...]], dict[str, list[tuple[str, int]]]]
+    forms: tuple[str, ...] = ("constructor", "config.json", "setattr")
+    skip: Callable[[str], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A routing knob a family's config declares: `kind` is the reference knob it sets (renormalize,
+    scaling_factor, n_group, topk_group), `name` the config field, `default` its value in the tiny config."""
+
+    kind: str
+    name: str
+    default: Any
+
+
+@dataclass(frozen=True)
+class RouterRun:
+    """A family's real router built from a config: route(x [T,H]) -> (weights [T,K], ids [T,K]), logits(x)
+    -> [T,E], and the selection bias / per-expert scale tensors it holds (None when it has none)."""
+
+    config: Any
+    hidden_size: int
+    route: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    bias: torch.Tensor | None = None
+    per_expert_scale: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class RouterKnobsCap:
+    """knobs(family): the routing knobs its config declares; build(family, ((name, value), ...), seed) ->
+    the RouterRun of its real router built with those knob values (same seed: same router tensors)."""
+
+    knobs: Callable[[str], tuple[Knob, ...]]
+    build: Callable[[str, tuple[tuple[str, Any], ...], int], RouterRun]
+    skip: Callable[[str], str | None] | None = None
+
+
+@dataclass(frozen=True)
 class KnownFailure:
     check: str
     family: str
@@ -102,6 +197,9 @@ class Target:
     padded_runner: Callable[[Any, int], Callable[[torch.Tensor], torch.Tensor]] | None = None
     fused_moe: FusedMoECap | None = None
     checkpoint_loader: CheckpointLoaderCap | None = None
+    conversion: ConversionCap | None = None
+    config_spelling: ConfigSpellingCap | None = None
+    router_knobs: RouterKnobsCap | None = None
     known_failures: list[KnownFailure] = field(default_factory=list)
     # The families its cases run over when a check names none (None: DEFAULT_FAMILIES).
     families: tuple[str, ...] | None = None
@@ -119,7 +217,7 @@ class Target:
 
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
-                "checkpoint_loader")
+                "checkpoint_loader", "conversion", "config_spelling", "router_knobs")
 
 
 def load_known_failures(target_name: str) -> list[KnownFailure]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import inspect
 from typing import Any
 
@@ -21,6 +22,13 @@ from reference.config import UNMODELLED_BLOCKS, MoESpec
 ROUTER_NAMES = ("gate", "router")
 SHARED_NAMES = ("shared_experts", "shared_expert", "shared_mlp")
 SHARED_GATE_NAMES = ("shared_expert_gate",)
+# Reference names of the routing tensors and the name suffixes families give them.
+SELECTION_TENSORS = {"e_score_correction_bias": ("e_score_correction_bias", "expert_bias"),
+                     "per_expert_scale": ("per_expert_scale",)}
+# A shared MLP that sits on the decoder layer beside the MoE block and is added to its output (granite).
+LAYER_SHARED_NAMES = ("shared_mlp",)
+# Fused shared-MLP Linear names, as the reference's (gate_up_proj [2I, H], gate rows first).
+FUSED_SHARED_NAMES = {"input_linear": "gate_up_proj", "output_linear": "down_proj"}
 # Families whose experts module does not declare its layout: (transposed, concatenated gate/up).
 LAYOUT_OVERRIDES: dict[str, tuple[bool, bool]] = {
     "llama4": (True, True),
@@ -48,11 +56,13 @@ class RealMoEBlock(nn.Module):
     """A family's own MoE modules (router, experts, shared MLP, shared gate) as one x [T, H] -> [T, H] block.
 
     The children are the family's modules, copied out of its model; parameter names are theirs.
+    `layer_shared` is a shared MLP the decoder layer adds beside the block (granite's `shared_mlp`).
     """
 
-    def __init__(self, family: str, spec: MoESpec, block: nn.Module) -> None:
+    def __init__(self, family: str, spec: MoESpec, block: nn.Module, layer_shared: nn.Module | None = None) -> None:
         super().__init__()
         self.family = family
+        self.layer_shared = layer_shared
         experts = block.get_submodule("experts")
         router = _child(block, ROUTER_NAMES)
         if router is None:
@@ -89,10 +99,18 @@ class RealMoEBlock(nn.Module):
         return self.moe.get_submodule("experts")
 
     def route(self, x: torch.Tensor) -> Any:
-        """Whatever the family's router module returns for x [T, H] (picks, weights, scores)."""
-        if "e_score_correction_bias" in inspect.signature(self.router.forward).parameters:
-            return self.router(x, self.moe.e_score_correction_bias)  # minimax_m2 keeps the bias on the block
-        return self.router(x)
+        """Whatever the family's router module returns for x [T, H] (picks, weights, scores).
+
+        A router that takes the selection bias as an argument (minimax_m2, afmoe: the block holds it) gets
+        the block's tensor of that name; one that unpacks a [B, S, H] input gets x[None].
+        """
+        params = list(inspect.signature(self.router.forward).parameters.values())[1:]
+        extra = [getattr(self.moe, p.name) for p in params if p.default is inspect.Parameter.empty
+                 and isinstance(getattr(self.moe, p.name, None), torch.Tensor)]
+        try:
+            return self.router(x, *extra)
+        except ValueError:
+            return self.router(x[None], *extra)
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The router's logits [T, E] for x [T, H], taken from the family's own router code."""
@@ -115,8 +133,8 @@ class RealMoEBlock(nn.Module):
             _, weights, ids = self.route(x)
             return self.experts(x, ids, weights) + self.moe.get_submodule("mlp")(x)
         out = self.moe(x[None])
-        out = out[0] if isinstance(out, tuple) else out
-        return out.reshape(x.shape)
+        out = (out[0] if isinstance(out, tuple) else out).reshape(x.shape)
+        return out if self.layer_shared is None else out + self.layer_shared(x)
 
     def reference_state(self) -> dict[str, torch.Tensor]:
         """The block's tensors under the reference MoEBlock's names and layouts (NOTES §3).
@@ -130,10 +148,13 @@ class RealMoEBlock(nn.Module):
         if bias in tensors:
             taken["gate.bias"] = bias
         for name in tensors:
-            for ours in ("e_score_correction_bias", "per_expert_scale"):
-                if name.endswith(ours):
+            for ours, suffixes in SELECTION_TENSORS.items():
+                if name.endswith(suffixes):
                     taken[ours] = name
         state = {ours: tensors[theirs] for ours, theirs in taken.items()}
+        for ours in ("e_score_correction_bias", "per_expert_scale"):
+            if ours in state:  # ernie4_5_moe keeps its bias as [1, E]
+                state[ours] = state[ours].reshape(-1)
         for ours in ("gate_up_proj", "down_proj"):
             taken[f"experts.{ours}"] = f"experts.{ours}"
             state[f"experts.{ours}"] = self._expert_tensor(tensors[f"experts.{ours}"], ours == "gate_up_proj")
@@ -148,6 +169,16 @@ class RealMoEBlock(nn.Module):
                 if name.startswith(theirs + "."):
                     taken[ours + name[len(theirs):]] = name
                     state[ours + name[len(theirs):]] = tensors[name]
+        if self.layer_shared is not None:
+            for name, t in self.layer_shared.named_parameters():
+                head, _, tail = name.partition(".")
+                ours = f"shared_experts.{FUSED_SHARED_NAMES.get(head, head)}.{tail}"
+                taken[ours], state[ours] = f"layer_shared.{name}", t
+        for ours in ("shared_experts",):
+            fused = f"{ours}.gate_up_proj.weight"
+            if fused in state:  # one Linear [2I, H], gate rows first, as the reference's gate_proj and up_proj
+                gate, up = state.pop(fused).chunk(2, dim=0)
+                state[f"{ours}.gate_proj.weight"], state[f"{ours}.up_proj.weight"] = gate, up
         unmapped = sorted(n for n in tensors if n not in taken.values() and not n.startswith(self.router_name + "."))
         if unmapped:
             raise UnmappedBlock(f"{self.family}: tensors with no slot in the reference block: {', '.join(unmapped)}")
@@ -184,21 +215,58 @@ def _router_weight(router_name: str, router: nn.Module, spec: MoESpec) -> str:
     return f"{router_name}.{hits[0]}"
 
 
-def find_block(family: str) -> nn.Module:
-    """The first MoE block module of the family's tiny model (shared, never modified: copy it to change it)."""
+def _block_path(family: str) -> str:
     model = tiny_model(family)
     experts_path = next((n for n, m in model.named_modules()
                          if n.endswith("experts") and isinstance(getattr(m, "gate_up_proj", None), torch.Tensor)), None)
     if experts_path is None:
         raise UnmappedBlock(f"{family}: no experts module with a fused gate_up_proj")
-    return model.get_submodule(experts_path.rsplit(".", 1)[0])
+    return experts_path.rsplit(".", 1)[0]
+
+
+def find_block(family: str) -> nn.Module:
+    """The first MoE block module of the family's tiny model (shared, never modified: copy it to change it)."""
+    return tiny_model(family).get_submodule(_block_path(family))
+
+
+def find_layer_shared(family: str) -> nn.Module | None:
+    """The shared MLP on the first MoE block's decoder layer, beside the block (granite), or None."""
+    path = _block_path(family)
+    if "." not in path:
+        return None
+    layer = tiny_model(family).get_submodule(path.rsplit(".", 1)[0])
+    found = _child(layer, LAYER_SHARED_NAMES)
+    return None if found is None or found[1] is find_block(family) else found[1]
 
 
 def real_block(family: str, spec: MoESpec) -> RealMoEBlock:
-    """A fresh copy of the family's real MoE block, ready to be filled and run."""
+    """A fresh copy of the family's real MoE block (and any shared MLP beside it), ready to be filled and run."""
     if family in UNMODELLED_BLOCKS:
         raise UnmappedBlock(f"{family}: {UNMODELLED_BLOCKS[family]}")
-    return RealMoEBlock(family, spec, copy.deepcopy(find_block(family)))
+    layer_shared = find_layer_shared(family)
+    return RealMoEBlock(family, spec, copy.deepcopy(find_block(family)),
+                        None if layer_shared is None else copy.deepcopy(layer_shared))
+
+
+def model_builder(config: Any) -> Any:
+    """How to build a model for `config`: its causal LM or base model by Auto class, else its own model class.
+
+    A text sub-config with no Auto mapping (an omni model's thinker text, say) is built by the class in its
+    family's modeling module that declares that config class: the causal LM if there is one, else the model.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+
+    for auto in (AutoModelForCausalLM, AutoModel):
+        if type(config) in auto._model_mapping:
+            return auto.from_config
+    module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
+    classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, PreTrainedModel)
+               and c.__dict__.get("config_class", getattr(c, "config_class", None)) is type(config)
+               and not c.__name__.endswith("PreTrainedModel")]
+    classes.sort(key=lambda c: (not c.__name__.endswith("ForCausalLM"), not c.__name__.endswith("Model"), c.__name__))
+    if not classes:
+        raise UnmappedBlock(f"no Auto class and no model class in {module.__name__} declares {type(config).__name__}")
+    return classes[0]._from_config
 
 
 @functools.cache
@@ -207,13 +275,11 @@ def tiny_model(family: str) -> nn.Module:
 
     Sized on the `meta` device first; ModelTooLarge when the shrunk config still asks for too much.
     """
-    from transformers import AutoModel, AutoModelForCausalLM
-
     config = tiny_config(family, **BUILD_OVERRIDES.get(family, {}))
-    builder = AutoModelForCausalLM if type(config) in AutoModelForCausalLM._model_mapping else AutoModel
+    builder = model_builder(config)
     with torch.device("meta"):
-        count = sum(p.numel() for p in builder.from_config(config).parameters())
+        count = sum(p.numel() for p in builder(config).parameters())
     if count > MAX_TINY_PARAMS:
         raise ModelTooLarge(f"{family}: the shrunk config still has {count:,} parameters "
                             f"(limit {MAX_TINY_PARAMS:,}); a sub-config escaped shrinking")
-    return builder.from_config(config).eval()
+    return builder(config).eval()

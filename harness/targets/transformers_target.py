@@ -11,9 +11,11 @@ import functools
 import torch
 
 from harness.families import discover_moe_families, tiny_spec
-from harness.targets.base import BlockCap, Target, load_known_failures
+from harness.targets import transformers_config, transformers_knobs
+from harness.targets.base import BlockCap, ConfigSpellingCap, RouterKnobsCap, Target, load_known_failures
 from harness.targets.transformers_blocks import RealMoEBlock, UnmappedBlock, real_block
 from harness.targets.transformers_checkpoint import CHECKPOINT_LOADER
+from harness.targets.transformers_conversion import CONVERSION
 from reference.config import UNSUPPORTED_FAMILIES, MoESpec
 from reference.moe import init_block
 
@@ -44,9 +46,13 @@ def make_target() -> Target:
     return Target(
         name="transformers",
         version=transformers.__version__,
-        description="the installed transformers' own MoE blocks (every discovered family)",
+        description="the installed transformers' own MoE blocks, configs, routers, conversion rules and loader",
         block=BlockCap(build, skip=skip_reason),
         checkpoint_loader=CHECKPOINT_LOADER,
+        conversion=CONVERSION,
+        config_spelling=ConfigSpellingCap(transformers_config.spellings, transformers_config.used,
+                                          transformers_config.FORMS, skip=transformers_config.skip_reason),
+        router_knobs=RouterKnobsCap(transformers_knobs.knobs, transformers_knobs.build, skip=transformers_knobs.skip_reason),
         families=discover_moe_families(),
         known_failures=load_known_failures("transformers"),
     )

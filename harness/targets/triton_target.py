@@ -37,9 +37,8 @@ def on_device(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any
 
 def make_target() -> Target:
     from reference.triton import INTERPRETED, KERNEL_DEVICE  # noqa: I001 - first: it settles TRITON_INTERPRET
-    from reference.config import ROUTING_VARIANTS
     from reference.triton.fused_moe import ACTIVATIONS, experts_forward
-    from reference.triton.routing import route
+    from reference.triton.routing import KERNEL_VARIANTS, route
     import triton
 
     # bf16 tl.dot returns garbage in the interpreter (NOTES §8): bf16 fused MoE is checked on the GPU only.
@@ -49,7 +48,7 @@ def make_target() -> Target:
         name="reference-triton",
         version=f"triton {triton.__version__}",
         description=f"moe-harness's Triton routing and fused-MoE kernels ({mode})",
-        routing=RoutingCap(on_device(route, KERNEL_DEVICE), ROUTING_VARIANTS),
+        routing=RoutingCap(on_device(route, KERNEL_DEVICE), KERNEL_VARIANTS),
         fused_moe=FusedMoECap(on_device(experts_forward, KERNEL_DEVICE), moe_dtypes, ACTIVATIONS),
         known_failures=load_known_failures("reference-triton"),
     )

@@ -45,6 +45,8 @@ TOPK_SOFTMAX = tl.constexpr(VARIANT_CODE["topk_softmax"])
 SIGMOID_BIAS = tl.constexpr(VARIANT_CODE["sigmoid_bias"])
 GROUPED = tl.constexpr(VARIANT_CODE["grouped"])
 SIGMOID_TOPK_ON_LOGITS = tl.constexpr(VARIANT_CODE["sigmoid_topk_on_logits"])
+# The variants the kernel has code for; `route` refuses the rest rather than mis-route them.
+KERNEL_VARIANTS = ("softmax_topk", "gemma4", "topk_softmax", "sigmoid_bias", "grouped", "sigmoid_topk_on_logits")
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -185,7 +187,9 @@ def _route_tile(
         if VARIANT == GEMMA4:  # scaled after the softmax
             w = w * tl.load(scale_ptr + ids, mask=col_ok, other=0.0)
     elif VARIANT == SIGMOID_TOPK_ON_LOGITS:
-        w = sigmoid(picked)
+        w = tl.where(col_ok, sigmoid(picked), 0.0)
+        if RENORM and BUG != "skip_renorm":
+            w = w / sum_along(w, 1)[:, None]
     else:  # sigmoid_bias, grouped
         w = sigmoid(picked)
         if BUG == "weights_from_biased_score":
@@ -228,6 +232,11 @@ def _validate(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
     validate_routing_inputs(logits, knobs)
     if logits.dtype not in SUPPORTED_DTYPES:
         raise RoutingInputError(f"logits dtype {logits.dtype} is not one of {SUPPORTED_DTYPES}")
+    if knobs.variant not in KERNEL_VARIANTS:
+        raise RoutingInputError(f"the kernel has no code for variant {knobs.variant!r}; "
+                                f"it routes {', '.join(KERNEL_VARIANTS)}")
+    if knobs.variant == "grouped" and knobs.group_score != "top2_sum":
+        raise RoutingInputError(f"the kernel scores groups by their top-2 sum only, not {knobs.group_score!r}")
     if knobs.variant == "grouped":
         assert knobs.n_group is not None  # validate_routing_inputs checked it
         per_group = logits.shape[-1] // knobs.n_group

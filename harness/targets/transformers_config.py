@@ -1,0 +1,297 @@
+"""Config spellings of the installed transformers: every name a family's config accepts for its expert
+count and top-k, and what the model built from a config set through one of them actually uses.
+
+Names are read from the family's own config class (constructor parameters, stored `to_dict()` keys,
+`attribute_map` aliases) and kept when they are spellings of NOTES §4. What the model uses is measured
+on the built model: the experts tensors' leading dim for the expert count, the expert slots each token
+fills in a forward pass for the top-k. Nothing is read back from the config.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.families import moe_path, tiny_config
+from harness.targets.base import Spelling, ValuesRejected
+from harness.targets.transformers_blocks import (
+    BUILD_OVERRIDES,
+    MAX_TINY_PARAMS,
+    ROUTER_NAMES,
+    ModelTooLarge,
+    model_builder,
+)
+from reference.config import NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS, UNSUPPORTED_FAMILIES
+from reference.moe import init_block
+
+QUANTITIES: dict[str, tuple[str, ...]] = {"num_experts": NUM_EXPERTS_SPELLINGS, "top_k": TOP_K_SPELLINGS}
+FORMS = ("constructor", "config.json", "setattr")
+# Tokens fed through the built model to see which experts each one is sent to.
+PROBE_TOKENS = 12
+
+Settings = tuple[tuple[Spelling, int], ...]
+Observations = dict[str, list[tuple[str, int]]]
+
+
+def _node(tree: dict[str, Any], path: str) -> dict[str, Any]:
+    for part in path.split(".") if path else ():
+        tree = tree[part]
+    return tree
+
+
+def _sub(config: Any, path: str) -> Any:
+    for part in path.split(".") if path else ():
+        config = getattr(config, part)
+    return config
+
+
+@functools.cache
+def base_config(family: str) -> Any:
+    """The family's tiny config (the one every other transformers check builds from)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tiny_config(family, **BUILD_OVERRIDES.get(family, {}))
+
+
+@functools.cache
+def spellings(family: str) -> tuple[Spelling, ...]:
+    """Every name the family's MoE (sub-)config accepts for the expert count and the top-k.
+
+    A name counts when it is a spelling of NOTES §4 that the config class takes as a constructor
+    parameter or stores, or an `attribute_map` alias of such a field.
+    """
+    config = base_config(family)
+    path = moe_path(config) or ""
+    sub = _sub(config, path)
+    cls = type(sub)
+    params = set(inspect.signature(cls.__init__).parameters)
+    stored = set(sub.to_dict())
+    aliases: dict[str, str] = dict(getattr(cls, "attribute_map", {}) or {})
+    found: list[Spelling] = []
+    for quantity, table in QUANTITIES.items():
+        fields = [n for n in table if n in params or n in stored]
+        found += [Spelling(quantity, n, path, alias=n in aliases) for n in fields]
+        found += [Spelling(quantity, a, path, alias=True) for a, t in aliases.items()
+                  if a not in fields and (t in fields or (a in table and t in params | stored))]
+    return tuple(found)
+
+
+def _all_names(family: str, quantity: str) -> set[str]:
+    return {s.name for s in spellings(family) if s.quantity == quantity} | set(QUANTITIES[quantity])
+
+
+def _unset_tree(family: str, quantities: set[str]) -> tuple[Any, dict[str, Any], str]:
+    """(config class, serialised tiny config with every spelling of `quantities` removed, MoE path)."""
+    config = base_config(family)
+    path = moe_path(config) or ""
+    tree = copy.deepcopy(config.to_dict())
+    tree.pop("transformers_version", None)
+    node = _node(tree, path)
+    for quantity in quantities:
+        for name in _all_names(family, quantity):
+            node.pop(name, None)
+    return type(config), tree, path
+
+
+def build_config(family: str, form: str, settings: Settings) -> Any:
+    """The family's tiny config with each value set through its spelling, and only through it.
+
+    `constructor`: the config class called on the serialised tree; `config.json`: the tree written to a
+    directory and read back by `AutoConfig.from_pretrained` (local files only); `setattr`: assigned on
+    the built (sub-)config, top-k first (so no validator sees a top-k above the expert count).
+    """
+    from transformers import AutoConfig
+
+    cls, tree, path = _unset_tree(family, {s.quantity for s, _ in settings})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if form == "setattr":
+            kwargs = {k: v for k, v in tree.items() if k != "model_type"}
+            config = cls(**kwargs)
+            for spelling, value in sorted(settings, key=lambda sv: sv[0].quantity != "top_k"):
+                setattr(_sub(config, spelling.path), spelling.name, value)
+            return config
+        node = _node(tree, path)
+        for spelling, value in settings:
+            node[spelling.name] = value
+        if form == "constructor":
+            return cls(**{k: v for k, v in tree.items() if k != "model_type"})
+        if form == "config.json":
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "config.json").write_text(json.dumps(tree))
+                return AutoConfig.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+    raise ValueError(f"unknown form {form!r}; known: {', '.join(FORMS)}")
+
+
+def build_model(config: Any, seed: int = 0) -> nn.Module:
+    """The model of `config` (causal LM, else base model), eval mode, every MoE block's tensors seeded."""
+    builder = model_builder(config)
+    with torch.device("meta"):
+        count = sum(p.numel() for p in builder(config).parameters())
+    if count > MAX_TINY_PARAMS:
+        raise ModelTooLarge(f"the config asks for {count:,} parameters (limit {MAX_TINY_PARAMS:,})")
+    torch.manual_seed(seed)
+    model = builder(config).eval()
+    for block in moe_blocks(model).values():
+        init_block(block, seed)
+    return model
+
+
+def moe_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Every MoE block of the model (the parent of an experts module holding 3-D expert tensors), by name."""
+    blocks = {}
+    for name, module in model.named_modules():
+        if name.endswith("experts") and _expert_tensors(module):
+            parent = name.rsplit(".", 1)[0] if "." in name else ""
+            blocks[parent] = model.get_submodule(parent)
+    return blocks
+
+
+def _expert_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(n, p) for n, p in module.named_parameters(recurse=False) if p.dim() == 3]
+
+
+def _router(block: nn.Module) -> nn.Module | None:
+    for name in ROUTER_NAMES:
+        child = getattr(block, name, None)
+        if isinstance(child, nn.Module):
+            return child
+    return None
+
+
+def _hidden_size(config: Any, path: str) -> int:
+    sub = _sub(config, path)
+    return int(getattr(sub, "hidden_size", None) or config.hidden_size)
+
+
+def _selected_per_token(inputs: tuple[Any, ...], router_out: Any, experts: int) -> list[int] | None:
+    """How many expert slots each token fills: the in-range ids among the [T, K] ids the experts receive,
+    else the nonzero entries of a dense [T, E] routing-score matrix the router returns. Slots, not distinct
+    experts or nonzero weights: a hash router with an untrained table may fill two slots with one expert,
+    and a skip slot (zaya) carries a zero weight by design."""
+    ints = [t for t in inputs if isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dim() == 2]
+    if ints:
+        ids = ints[0]
+        return [int(n) for n in ((ids >= 0) & (ids < experts)).sum(-1).tolist()]
+    outs = router_out if isinstance(router_out, tuple) else (router_out,)
+    dense = [t for t in outs if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 2
+             and t.shape[-1] == experts]
+    if dense:
+        return [int(n) for n in (dense[0] != 0).sum(-1).tolist()]
+    return None
+
+
+def _keep(captured: dict[str, dict[str, Any]], block: str, what: str) -> Any:
+    """A hook storing the first call's outputs (router) or inputs (experts) of one block; returns None."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
+        if what == "router":
+            captured.setdefault(block, {}).setdefault(what, rest[0])
+        else:
+            captured.setdefault(block, {}).setdefault(what, (*args, *rest[0].values()))
+
+    return hook
+
+
+def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, seed: int = 0) -> Observations:
+    """What the model uses, per MoE block: its expert tensors' leading dim, and how many experts each of
+    PROBE_TOKENS tokens is sent to in a forward pass (of the whole model,
+    or, where a layer outside the MoE blocks fails on the tiny config, of each MoE block alone)."""
+    seen: Observations = {"num_experts": [], "top_k": []}
+    handles = []
+    captured: dict[str, dict[str, Any]] = {}
+    for name, block in moe_blocks(model).items():
+        experts = block.get_submodule("experts")
+        for tensor_name, tensor in _expert_tensors(experts):
+            seen["num_experts"].append((f"{name}.experts.{tensor_name} leading dim", int(tensor.shape[0])))
+        router = _router(block)
+        if router is not None:
+            handles.append(router.register_forward_hook(_keep(captured, name, "router")))
+        handles.append(experts.register_forward_pre_hook(_keep(captured, name, "experts"), with_kwargs=True))
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab_size, (1, PROBE_TOKENS), generator=gen)
+    try:
+        with torch.no_grad():
+            try:
+                model(input_ids=input_ids, use_cache=False)
+            except Exception:  # noqa: BLE001 - a layer outside the MoE blocks failed: run the blocks alone
+                captured.clear()
+                for block in moe_blocks(model).values():
+                    hidden = int(_expert_tensors(block.get_submodule("experts"))[0][1].shape[-1])
+                    block(torch.randn(1, PROBE_TOKENS, hidden_size or hidden, generator=gen))
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, block in moe_blocks(model).items():
+        got = captured.get(name, {})
+        if not got:
+            continue  # a block the forward never reached (a layer the model skips) uses nothing
+        num = int(_expert_tensors(block.get_submodule("experts"))[0][1].shape[0])
+        counts = _selected_per_token(got.get("experts", ()), got.get("router"), num)
+        if counts is None:
+            raise RuntimeError(f"{name}: neither expert ids nor a dense routing matrix seen; cannot count picks")
+        for value in sorted(set(counts)):
+            seen["top_k"].append((f"{name}: experts per token ({counts.count(value)} of {len(counts)} tokens)", value))
+    return seen
+
+
+def _vocab(config: Any, path: str) -> int:
+    for cfg in (config, _sub(config, path)):
+        vocab = getattr(cfg, "vocab_size", None)
+        if isinstance(vocab, int):
+            return vocab
+    return 2
+
+
+@functools.lru_cache(maxsize=64)
+def used(family: str, form: str, settings: Settings) -> Observations:
+    """What the model built from the family's tiny config, with `settings` set in `form`, uses."""
+    try:
+        config = build_config(family, form, settings)
+    except Exception as exc:
+        canonical = tuple((_keyword(family, s.quantity), v) for s, v in settings)
+        try:
+            build_config(family, "constructor", canonical)
+        except Exception as also:  # noqa: BLE001 - the values, not the spelling, are what the family rejects
+            raise ValuesRejected(f"{family} rejects {dict((str(s), v) for s, v in settings)} through its own "
+                                 f"keywords too: {type(also).__name__}: {str(also).splitlines()[-1][:200]}") from exc
+        raise
+    path = moe_path(config) or ""
+    model = build_model(config)
+    return measure(model, _vocab(config, path), _hidden_size(config, path))
+
+
+def _keyword(family: str, quantity: str) -> Spelling:
+    """The family's first non-alias spelling of `quantity` (its own constructor keyword or stored key)."""
+    names = [s for s in spellings(family) if s.quantity == quantity]
+    return next((s for s in names if not s.alias), names[0])
+
+
+@functools.cache
+def skip_reason(family: str) -> str | None:
+    """Why the family has no spelling to check here (no top-k field, no buildable model), or None."""
+    if family in UNSUPPORTED_FAMILIES:
+        return f"not a routed top-k MoE the harness models: {UNSUPPORTED_FAMILIES[family]}"
+    try:
+        quantities = {s.quantity for s in spellings(family)}
+        missing = set(QUANTITIES) - quantities
+        if missing:
+            return f"its config has no {' or '.join(sorted(missing))} spelling"
+        model = build_model(base_config(family))
+        if not moe_blocks(model):
+            return "its tiny model has no experts module with 3-D expert tensors"
+        path = moe_path(base_config(family)) or ""
+        measure(model, _vocab(base_config(family), path), _hidden_size(base_config(family), path))
+    except Exception as exc:  # noqa: BLE001 - our shrunk config or probe, not a finding by itself
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return f"its tiny model cannot be built and run here ({type(exc).__name__}: {first_line})"
+    return None

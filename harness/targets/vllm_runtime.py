@@ -1,0 +1,83 @@
+"""What building and running vLLM modules on the CPU needs: one gloo process group, a forward context,
+and the CPU build's weight processing (NOTES §7). Imports vLLM only inside functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@functools.cache
+def vllm_config() -> Any:
+    """The process's one default VllmConfig, with a one-rank gloo group and model parallel of 1 set up."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+
+    config = VllmConfig()
+    with set_current_vllm_config(config):
+        fd, path = tempfile.mkstemp(prefix="moe-harness-vllm-dist-")
+        os.close(fd)
+        init_distributed_environment(world_size=1, rank=0, distributed_init_method=f"file://{path}",
+                                     local_rank=0, backend="gloo")
+        initialize_model_parallel(1, 1)
+    return config
+
+
+@contextmanager
+def building() -> Iterator[Any]:
+    """Inside: vLLM layers can be constructed (current vLLM config set, process group up)."""
+    from vllm.config import set_current_vllm_config
+
+    config = vllm_config()
+    with set_current_vllm_config(config):
+        yield config
+
+
+@contextmanager
+def running() -> Iterator[None]:
+    """Inside: vLLM layers can run forward (no attention metadata; MoE runners need the context)."""
+    from vllm.forward_context import set_forward_context
+
+    config = vllm_config()
+    with set_forward_context(None, config):
+        yield
+
+
+def seed_parameters(module: nn.Module, seed: int, scale: float = 0.5) -> None:
+    """Every parameter gets seeded normal values (`per_expert_scale` positive, around 1); buffers keep
+    vLLM's values, since the non-persistent ones are constants such as Gemma4's 1/sqrt(H)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith("per_expert_scale"):
+                values = torch.rand(param.shape, generator=gen, dtype=torch.float64) + 0.5
+            else:
+                fan_in = param.shape[-1] if param.dim() > 1 else 1
+                values = torch.randn(param.shape, generator=gen, dtype=torch.float64) * scale / fan_in**0.5
+            param.copy_(values.to(param.dtype))
+
+
+def process_weights(module: nn.Module) -> None:
+    """Run vLLM's own after-loading processing on every layer that has a quant method, as its loader does.
+
+    Linear layers are marked `_cpu_skip_gemm_dispatch`, vLLM's own switch (set for MLA's kv_b_proj) that
+    keeps them on `F.linear(x, layer.weight)`: the packed CPU GEMMs otherwise drop the weight argument,
+    so no substitution of a Linear weight could reach the output (NOTES §7).
+    """
+    from vllm.model_executor.layers.linear import LinearBase
+
+    for sub in list(module.modules()):
+        method = getattr(sub, "quant_method", None)
+        if method is None or not hasattr(method, "process_weights_after_loading"):
+            continue
+        if isinstance(sub, LinearBase):
+            sub._cpu_skip_gemm_dispatch = True
+        method.process_weights_after_loading(sub)

