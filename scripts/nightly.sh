@@ -59,6 +59,10 @@ fi
 devices=("${devices[@]:0:$count}")
 
 per_gpu=${NIGHTLY_WORKERS_PER_GPU:-1}
+# Each worker's torch would otherwise start one thread per core: many workers then oversubscribe the
+# CPU and every CPU-side case slows down many times over.
+threads=$(( $(nproc) / (count > 0 ? count * per_gpu : 1) ))
+[ "$threads" -lt 1 ] && threads=1
 dist=()
 nightly_dist=()
 if [ "$count" -gt 0 ]; then
@@ -66,10 +70,10 @@ if [ "$count" -gt 0 ]; then
     nightly_dist=(--dist load)
     for dev in "${devices[@]}"; do
         dist+=(--tx "popen//env:CUDA_VISIBLE_DEVICES=$dev")
-        nightly_dist+=(--tx "$per_gpu*popen//env:CUDA_VISIBLE_DEVICES=$dev")
+        nightly_dist+=(--tx "$per_gpu*popen//env:CUDA_VISIBLE_DEVICES=$dev//env:OMP_NUM_THREADS=$threads")
     done
-    echo "nightly: $count GPU(s); gpu step: one xdist worker per GPU, nightly step: $per_gpu per GPU;" \
-         "CUDA_VISIBLE_DEVICES=${devices[*]}"
+    echo "nightly: $count GPU(s); gpu step: one xdist worker per GPU, nightly step: $per_gpu per GPU" \
+         "($threads CPU threads each); CUDA_VISIBLE_DEVICES=${devices[*]}"
 else
     echo "nightly: no GPU visible; skipping the gpu step, running the nightly profile in one CPU process"
 fi
@@ -83,7 +87,7 @@ if [ "$count" -gt 0 ]; then
     [ "$rc" -eq 5 ] && { echo "nightly: no test is marked gpu"; rc=0; }
     [ "$rc" -ne 0 ] && status=$rc
 fi
-"${pytest[@]}" "${nightly_dist[@]}" cases --moe-profile nightly --moe-report-dir "$report_dir" --moe-regressions "$regressions"
+"${pytest[@]}" "${nightly_dist[@]}" --durations 10 cases --moe-profile nightly --moe-report-dir "$report_dir" --moe-regressions "$regressions"
 rc=$?
 [ "$rc" -ne 0 ] && status=$rc
 
