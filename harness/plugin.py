@@ -31,6 +31,7 @@ from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE, register_hypothesis_profiles
 from harness.reports.directory import write_report_dir
 from harness.reports.document import Report, RunInfo, TargetInfo
+from harness.targets import load_target
 from harness.verdict import FAIL
 from harness.versions import library_versions
 
@@ -127,8 +128,8 @@ class _ReportWriter:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         config = self.config
-        targets = {r.spec: TargetInfo(r.spec, r.verdict.target, r.target_version) for r in self.results}
-        workers = len(getattr(config.option, "tx", None) or []) or 1
+        targets = {r.spec: _target_info(r) for r in {r.spec: r for r in self.results}.values()}
+        workers = _workers(config)
         run = RunInfo("pytest " + shlex.join(config.invocation_params.args), _profile(config),
                       config.getoption("--moe-seed"), config.getoption("--moe-max-examples"), workers,
                       self.started, round(time.perf_counter() - self.clock, 3), library_versions())
@@ -136,3 +137,20 @@ class _ReportWriter:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"moe-harness report: {', '.join(map(str, self.paths))}")
+
+
+def _target_info(result: CaseResult) -> TargetInfo:
+    """The target's description and capabilities, loaded again here (results come from worker processes);
+    what the result itself says when it does not load here."""
+    try:
+        return TargetInfo.of(result.spec, load_target(result.spec))
+    except Exception:  # noqa: BLE001 - the report keeps the result's own name and version
+        return TargetInfo(result.spec, result.verdict.target, result.target_version)
+
+
+def _workers(config: pytest.Config) -> int:
+    """Worker processes of the run: `-n N`, or the sum over `--tx [N*]spec` entries; 1 without xdist."""
+    tx = getattr(config.option, "tx", None) or []
+    from_tx = sum(int(t.split("*", 1)[0]) if "*" in t else 1 for t in tx)
+    numprocesses = getattr(config.option, "numprocesses", None)
+    return from_tx or (numprocesses if isinstance(numprocesses, int) and numprocesses > 0 else 1)
