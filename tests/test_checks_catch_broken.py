@@ -19,6 +19,7 @@ from reference.checkpoint import make_expert_params_mapping, remap
 from reference.loader import load_checkpoint
 from reference.moe import MoEBlock, PaddedMoERunner, experts_forward, init_block, pad_to
 from reference.routing import route
+from tests.broken_targets import transformers_with
 
 
 def _broken(**caps) -> Target:
@@ -101,9 +102,7 @@ def _runner_trims_wrong_end(block, alignment):
 
 def _transformers_cap(name: str, **changes):
     """The real transformers capability `name`, with `changes` (a broken wrapper around the real thing)."""
-    from harness.targets import load_target
-
-    return dataclasses.replace(getattr(load_target("transformers"), name), **changes)
+    return getattr(transformers_with(name, **changes), name)
 
 
 def _json_loses_top_k(family, form, settings):

@@ -3,26 +3,18 @@ and a wrapper around the real capability that loses one spelling is caught."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from harness.checks import CHECKS
 from harness.engine import run_case
 from harness.families import get_family
 from harness.targets import load_target
-from harness.targets.base import ConfigSpellingCap, Spelling, Target
+from harness.targets.base import ConfigSpellingCap, Spelling
 from harness.targets.transformers_config import spellings
 from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION
+from tests.broken_targets import transformers_with
 
 CHECK = CHECKS["config-spelling"]
-
-
-def _with_used(used) -> Target:
-    real = load_target("transformers")
-    assert real.config_spelling is not None
-    return dataclasses.replace(real, name="broken-transformers", known_failures=[],
-                               config_spelling=dataclasses.replace(real.config_spelling, used=used))
 
 
 def _json_drops_top_k(family: str, form: str, settings: tuple[tuple[Spelling, int], ...]):
@@ -60,7 +52,7 @@ def test_ignored_top_k_is_a_known_failure() -> None:
 
 @pytest.mark.parametrize(("used", "family"), [(_json_drops_top_k, "qwen3_moe"), (_alias_dropped, "ernie4_5_moe")])
 def test_broken_spelling_is_caught(used, family: str) -> None:
-    verdict = run_case(CHECK, _with_used(used), get_family(family), max_examples=15)
+    verdict = run_case(CHECK, transformers_with("config_spelling", used=used), get_family(family), max_examples=15)
     assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
     assert verdict.counterexample["set"] != verdict.counterexample["used"]
 

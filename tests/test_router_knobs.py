@@ -13,18 +13,12 @@ from harness.checks.router_knobs import flip_values
 from harness.engine import run_case
 from harness.families import get_family, tiny_spec
 from harness.targets import load_target
-from harness.targets.base import RouterRun, Target
+from harness.targets.base import RouterRun
 from harness.targets.transformers_knobs import knob_config, knobs
 from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
+from tests.broken_targets import transformers_with
 
 CHECK = CHECKS["router-knobs"]
-
-
-def _with_build(build) -> Target:
-    real = load_target("transformers")
-    assert real.router_knobs is not None
-    return dataclasses.replace(real, name="broken-transformers", known_failures=[],
-                               router_knobs=dataclasses.replace(real.router_knobs, build=build))
 
 
 def _ignores_renormalize(family: str, overrides: tuple[tuple[str, Any], ...], seed: int) -> RouterRun:
@@ -64,11 +58,11 @@ def test_real_routers_pass(family: str) -> None:
 
 
 def test_router_ignoring_a_knob_is_caught() -> None:
-    verdict = run_case(CHECK, _with_build(_ignores_renormalize), get_family("qwen3_moe"), max_examples=5)
+    verdict = run_case(CHECK, transformers_with("router_knobs", build=_ignores_renormalize), get_family("qwen3_moe"), max_examples=5)
     assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
     assert verdict.message.startswith("knob with no effect: norm_topk_prob"), verdict.message
 
 
 def test_router_applying_a_knob_wrongly_is_caught() -> None:
-    verdict = run_case(CHECK, _with_build(_always_renormalizes), get_family("qwen3_moe"), max_examples=5)
+    verdict = run_case(CHECK, transformers_with("router_knobs", build=_always_renormalizes), get_family("qwen3_moe"), max_examples=5)
     assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
