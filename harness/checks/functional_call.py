@@ -31,7 +31,8 @@ def substitutable(block: torch.nn.Module) -> list[str]:
 
 def _new_value(tensor: torch.Tensor, gen: torch.Generator, scale: float) -> torch.Tensor:
     # Sign-mixed values well off the original: selection biases and scales must move the routing.
-    spread = tensor.double().std().nan_to_num(1.0) + 1.0
+    # A scalar has no spread (std() would warn and give nan): take 1, as for a constant tensor's nan.
+    spread = tensor.double().std().nan_to_num(1.0) + 1.0 if tensor.numel() > 1 else 2.0
     return (torch.randn(tensor.shape, generator=gen, dtype=torch.float64) * spread * scale).to(tensor.dtype)
 
 
