@@ -5,6 +5,8 @@
 #
 # Step 1 (gpu profile): tests and cases marked `gpu`. Step 2 (nightly profile): every case, writing
 # REPORT_DIR/{report.json,report.md,junit.xml} and promoting new failures into cases/regressions.
+# Step 3 (nightly profile): `moe-harness run` on each real target of NIGHTLY_TARGETS (default
+# "transformers vllm"), writing REPORT_DIR/<target>/.
 # Each worker is pinned to one GPU through CUDA_VISIBLE_DEVICES, set by xdist before the worker's
 # Python starts, so torch can never see another worker's device. With no GPU visible, step 1 is
 # skipped and step 2 runs in one process on the CPU.
@@ -90,6 +92,17 @@ fi
 "${pytest[@]}" "${nightly_dist[@]}" --durations 10 cases --moe-profile nightly --moe-report-dir "$report_dir" --moe-regressions "$regressions"
 rc=$?
 [ "$rc" -ne 0 ] && status=$rc
+
+# Step 3: the real targets (the suite's cases hold only our own and the seed targets), nightly profile,
+# one report directory each. A target that cannot load here is reported as skipped, not failed.
+workers=$(( count > 0 ? count * per_gpu : 1 ))
+for target in ${NIGHTLY_TARGETS-transformers vllm}; do
+    OMP_NUM_THREADS=$threads "$PYTHON" -m harness.cli run --target "$target" --profile nightly --quiet \
+        --workers "$workers" --report-dir "$report_dir/$target" --regressions "$regressions" \
+        ${NIGHTLY_MAX_EXAMPLES:+--max-examples "$NIGHTLY_MAX_EXAMPLES"}
+    rc=$?
+    [ "$rc" -ne 0 ] && status=$rc
+done
 
 echo
 "$PYTHON" -m harness.cli report "$report_dir" || true

@@ -12,7 +12,7 @@ from harness.engine import run_case
 from harness.families import get_family
 from harness.pinned import PINS, Pin
 from harness.targets import TargetUnavailable, load_target
-from harness.verdict import FAIL, KNOWN, PASS
+from harness.verdict import FAIL, KNOWN, PASS, SKIP
 
 
 def _target(name: str):
@@ -27,6 +27,8 @@ def test_pin_replays_its_finding_without_generation(pin: Pin) -> None:
     target = _target(pin.target)
     check, family = CHECKS[pin.check], get_family(pin.family)
     verdict = run_case(check, target, family, profile="repro")
+    if verdict.status == SKIP:  # e.g. an older transformers without the family or the API the check calls
+        pytest.skip(verdict.message)
     assert verdict.examples >= 1, "the pin did not run"
     if target.known_failure(pin.check, pin.family) is None:
         assert verdict.status == PASS, f"a fixed finding came back: {verdict}"

@@ -162,9 +162,22 @@ def conversion_rules(family: str) -> ConversionRules:
     return family_conversion(family).rules()
 
 
+# The functions of transformers.core_model_loading the rename, merge and legacy-name code calls.
+LOADING_API = ("WeightConverter", "WeightRenaming", "revert_weight_conversion", "rename_source_key", "Concatenate",
+               "MergeModulelist", "apply_converters", "apply_renamings")
+
+
 @functools.cache
 def skip_reason(family: str) -> str | None:
-    """Why the family has no conversion to check here (its tiny model cannot be built), or None."""
+    """Why the family has no conversion to check here (this transformers lacks the loading functions the
+    check calls, or the family's tiny model cannot be built), or None."""
+    import transformers
+    import transformers.core_model_loading as loading
+
+    missing = [n for n in LOADING_API if not hasattr(loading, n)]
+    if missing:
+        return (f"transformers {transformers.__version__} has no core_model_loading.{', '.join(missing)} "
+                "(the load-time rename functions this check calls)")
     try:
         family_conversion(family)
     except Exception as exc:  # noqa: BLE001 - our shrunk config, not a finding about the conversion
