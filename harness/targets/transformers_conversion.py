@@ -167,17 +167,25 @@ LOADING_API = ("WeightConverter", "WeightRenaming", "revert_weight_conversion", 
                "MergeModulelist", "apply_converters", "apply_renamings")
 
 
-@functools.cache
-def skip_reason(family: str) -> str | None:
-    """Why the family has no conversion to check here (this transformers lacks the loading functions the
-    check calls, or the family's tiny model cannot be built), or None."""
+def missing_loading_api() -> str | None:
+    """Which of LOADING_API this transformers lacks, said in a line, or None when it has them all."""
     import transformers
     import transformers.core_model_loading as loading
 
     missing = [n for n in LOADING_API if not hasattr(loading, n)]
+    if not missing:
+        return None
+    return (f"transformers {transformers.__version__} has no core_model_loading.{', '.join(missing)} "
+            "(the load-time rename functions this check calls)")
+
+
+@functools.cache
+def skip_reason(family: str) -> str | None:
+    """Why the family has no conversion to check here (this transformers lacks the loading functions the
+    check calls, or the family's tiny model cannot be built), or None."""
+    missing = missing_loading_api()
     if missing:
-        return (f"transformers {transformers.__version__} has no core_model_loading.{', '.join(missing)} "
-                "(the load-time rename functions this check calls)")
+        return missing
     try:
         family_conversion(family)
     except Exception as exc:  # noqa: BLE001 - our shrunk config, not a finding about the conversion
