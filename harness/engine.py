@@ -44,12 +44,14 @@ DEFAULT_SEED = 20260514
 
 
 def quiet_libraries() -> None:
-    """Silence transformers' config warnings: tiny configs trip many of them, and none is a finding."""
+    """Silence transformers' config warnings (tiny configs trip many of them, and none is a finding) and
+    its per-load progress bars (hundreds of tiny loads in a run)."""
     import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", module="transformers")
 
 
