@@ -73,6 +73,16 @@ def _synthetic_capture(top_k_name: str, path: str = "") -> Callable[[], Any]:
     return build
 
 
+def _knob(name: str, kind: str, default: Any, value: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        from harness.checks.router_knobs import KnobCase
+        from harness.targets.base import Knob
+
+        return KnobCase(Knob(kind, name, default), value, tokens=8, seed=0, scale=1.0)
+
+    return build
+
+
 def _sigmoid_on_logits_renormalized() -> Any:
     from harness.strategies.routing_inputs import RoutingExample
     from reference.config import RoutingKnobs
@@ -102,6 +112,8 @@ PINS: tuple[Pin, ...] = (
         _spelling("num_local_experts", 4, "num_experts_per_tok", 1)),
     Pin("config-spelling", "transformers", "longcat_flash", "moe_topk=1 is accepted, then the forward raises",
         _spelling("n_routed_experts", 4, "moe_topk", 1)),
+    Pin("router-knobs", "transformers", "deepseek_v2", "norm_topk_prob=True is declared and ignored",
+        _knob("norm_topk_prob", "renormalize", False, True)),
     Pin("capturer-shape", "vllm", "synthetic", "experts per token spelled moe_k resolves to 0",
         _synthetic_capture("moe_k")),
     Pin("capturer-shape", "vllm", "synthetic", "experts per token under ffn_config resolves to 0",

@@ -336,8 +336,9 @@ def _routing(cfg: Any, family: str, top_k: int, num_experts: int, where: str) ->
         if fixed_renorm is not None:
             renorm = fixed_renorm
     elif topk_method in ("greedy", "group_limited_greedy"):
-        # The router applies no renormalisation whatever norm_topk_prob says; greedy keeps every group.
-        variant, renorm, group_score = "grouped_softmax", False, "max"
+        # DeepSeek-V2: softmax scores, groups scored by their max (greedy keeps every group), and the
+        # picks renormalised when the config's norm_topk_prob says so (its released configs say False).
+        variant, group_score = "grouped_softmax", "max"
         if topk_method == "greedy":
             n_group, topk_group = None, None
     elif selection_fn in ("softmax", "sigmoid"):
