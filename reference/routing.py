@@ -101,10 +101,17 @@ def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
         raise RoutingInputError(f"top_k={knobs.top_k} must lie in 1..num_experts={num_experts}")
     if knobs.variant not in ROUTING_VARIANTS:
         raise RoutingInputError(f"unknown routing variant {knobs.variant!r}; known: {', '.join(ROUTING_VARIANTS)}")
-    if knobs.variant == "grouped" and knobs.n_group is None:
-        raise RoutingInputError("grouped routing needs n_group")
-    if knobs.variant in GROUPED_VARIANTS and knobs.n_group is not None and num_experts % knobs.n_group:
-        raise RoutingInputError(f"n_group={knobs.n_group} must divide num_experts={num_experts}")
+    if knobs.variant == "grouped" and (knobs.n_group is None or knobs.topk_group is None):
+        raise RoutingInputError("grouped routing needs n_group and topk_group")
+    if knobs.variant in GROUPED_VARIANTS and (knobs.n_group is None) != (knobs.topk_group is None):
+        raise RoutingInputError(f"n_group={knobs.n_group} and topk_group={knobs.topk_group}: give both or neither")
+    if knobs.variant in GROUPED_VARIANTS and knobs.n_group is not None and knobs.topk_group is not None:
+        if num_experts % knobs.n_group:
+            raise RoutingInputError(f"n_group={knobs.n_group} must divide num_experts={num_experts}")
+        kept = knobs.topk_group * (num_experts // knobs.n_group)
+        if not 0 < knobs.topk_group <= knobs.n_group or knobs.top_k > kept:
+            raise RoutingInputError(f"top_k={knobs.top_k} must fit the {kept} experts of the topk_group="
+                                    f"{knobs.topk_group} kept groups of n_group={knobs.n_group}")
     if knobs.group_score not in GROUP_SCORES:
         raise RoutingInputError(f"group_score={knobs.group_score!r} is not one of {', '.join(GROUP_SCORES)}")
 

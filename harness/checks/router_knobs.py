@@ -115,21 +115,23 @@ def check_router_knobs(target: Target, family: Family, case: KnobCase) -> None:
     label_d = f"{family.name} with {name}={case.knob.default!r} (default)"
     label_f = f"{family.name} with {name}={case.value!r}"
     seen_d, seen_f = _observe(default, x, label_d), _observe(flipped, x, label_f)
-    if torch.equal(seen_d[0], seen_f[0]):  # same router tensors: the knob is all that differs
-        extra: dict[str, torch.Tensor] = {}
-        if default.per_expert_scale is not None:
-            extra["per_expert_scale"] = default.per_expert_scale
-        ref = [_dense(*route(seen_d[0], s.routing, bias=default.bias, oracle=True, **extra), spec_d.num_experts)
-               for s in (spec_d, spec_f)]
-        ref_change = float((ref[0] - ref[1]).abs().max())
-        real_change = float((_dense(*seen_d[1:], spec_d.num_experts) - _dense(*seen_f[1:], spec_d.num_experts))
-                            .abs().max())
-        if ref_change > REFERENCE_CHANGE and real_change <= WEIGHT_TOLERANCE.atol:
-            raise PropertyViolation(
-                f"knob with no effect: {name} flipped {case.knob.default!r} -> {case.value!r} changes nothing in "
-                f"{family.name}'s real router (max routing change {real_change:.3g}), while the reference "
-                f"({spec_d.routing} -> {spec_f.routing}) moves the routing by {ref_change:.3g}",
-                tolerance=str(WEIGHT_TOLERANCE), knob=name, reference_change=ref_change, real_change=real_change)
+    if not torch.equal(seen_d[0], seen_f[0]):
+        # No knob of Knob.kind changes the router's own tensors; if one did, "no effect" could not be judged.
+        raise RuntimeError(f"flipping {name} changed {family.name}'s router logits, not only its routing")
+    extra: dict[str, torch.Tensor] = {}
+    if default.per_expert_scale is not None:
+        extra["per_expert_scale"] = default.per_expert_scale
+    ref = [_dense(*route(seen_d[0], s.routing, bias=default.bias, oracle=True, **extra), spec_d.num_experts)
+           for s in (spec_d, spec_f)]
+    ref_change = float((ref[0] - ref[1]).abs().max())
+    real_change = float((_dense(*seen_d[1:], spec_d.num_experts) - _dense(*seen_f[1:], spec_d.num_experts))
+                        .abs().max())
+    if ref_change > REFERENCE_CHANGE and real_change <= WEIGHT_TOLERANCE.atol:
+        raise PropertyViolation(
+            f"knob with no effect: {name} flipped {case.knob.default!r} -> {case.value!r} changes nothing in "
+            f"{family.name}'s real router (max routing change {real_change:.3g}), while the reference "
+            f"({spec_d.routing} -> {spec_f.routing}) moves the routing by {ref_change:.3g}",
+            tolerance=str(WEIGHT_TOLERANCE), knob=name, reference_change=ref_change, real_change=real_change)
     _assert_parity(default, spec_d, seen_d, label_d)
     _assert_parity(flipped, spec_f, seen_f, label_f)
 

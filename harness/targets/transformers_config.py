@@ -287,11 +287,12 @@ def skip_reason(family: str) -> str | None:
         if missing:
             return f"its config has no {' or '.join(sorted(missing))} spelling"
         model = build_model(base_config(family))
-        if not moe_blocks(model):
-            return "its tiny model has no experts module with 3-D expert tensors"
-        path = moe_path(base_config(family)) or ""
-        measure(model, _vocab(base_config(family), path), _hidden_size(base_config(family), path))
-    except Exception as exc:  # noqa: BLE001 - our shrunk config or probe, not a finding by itself
+    except Exception as exc:  # noqa: BLE001 - our shrunk config, not a finding by itself
         first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return f"its tiny model cannot be built and run here ({type(exc).__name__}: {first_line})"
+        return f"its tiny model cannot be built here ({type(exc).__name__}: {first_line})"
+    if not moe_blocks(model):
+        return "its tiny model has no experts module with 3-D expert tensors"
+    # Outside the try: the family's own tiny model failing to run is an error to see, not a skip.
+    path = moe_path(base_config(family)) or ""
+    measure(model, _vocab(base_config(family), path), _hidden_size(base_config(family), path))
     return None
