@@ -202,10 +202,11 @@ def _keep(captured: dict[str, dict[str, Any]], block: str, what: str) -> Any:
     return hook
 
 
-def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, seed: int = 0) -> Observations:
+def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, seed: int = 0,
+            blocks_alone: bool = False) -> Observations:
     """What the model uses, per MoE block: its expert tensors' leading dim, and how many experts each of
-    PROBE_TOKENS tokens is sent to in a forward pass (of the whole model,
-    or, where a layer outside the MoE blocks fails on the tiny config, of each MoE block alone)."""
+    PROBE_TOKENS tokens is sent to in a forward pass of the whole model; with `blocks_alone` (for a family
+    whose own tiny model fails outside its MoE blocks, see `full_forward_runs`), of each MoE block alone."""
     seen: Observations = {"num_experts": [], "top_k": []}
     handles = []
     captured: dict[str, dict[str, Any]] = {}
@@ -221,10 +222,9 @@ def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, s
     input_ids = torch.randint(0, vocab_size, (1, PROBE_TOKENS), generator=gen)
     try:
         with torch.no_grad():
-            try:
+            if not blocks_alone:
                 model(input_ids=input_ids, use_cache=False)
-            except Exception:  # noqa: BLE001 - a layer outside the MoE blocks failed: run the blocks alone
-                captured.clear()
+            else:
                 for block in moe_blocks(model).values():
                     hidden = int(_expert_tensors(block.get_submodule("experts"))[0][1].shape[-1])
                     block(torch.randn(1, PROBE_TOKENS, hidden_size or hidden, generator=gen))
@@ -267,7 +267,21 @@ def used(family: str, form: str, settings: Settings) -> Observations:
         raise
     path = moe_path(config) or ""
     model = build_model(config)
-    return measure(model, _vocab(config, path), _hidden_size(config, path))
+    return measure(model, _vocab(config, path), _hidden_size(config, path), blocks_alone=not full_forward_runs(family))
+
+
+@functools.cache
+def full_forward_runs(family: str) -> bool:
+    """Whether the family's own tiny model (no spelling set) runs a whole forward pass here. Where it does
+    not (tiny attention shapes some families reject), spellings are measured on the MoE blocks alone;
+    where it does, a forward that fails once a spelling is set is that spelling's finding."""
+    config = base_config(family)
+    path = moe_path(config) or ""
+    try:
+        measure(build_model(config), _vocab(config, path), _hidden_size(config, path))
+    except Exception:  # noqa: BLE001 - any failure of the unchanged model: our shrink, not a finding
+        return False
+    return True
 
 
 def _keyword(family: str, quantity: str) -> Spelling:
@@ -294,5 +308,6 @@ def skip_reason(family: str) -> str | None:
         return "its tiny model has no experts module with 3-D expert tensors"
     # Outside the try: the family's own tiny model failing to run is an error to see, not a skip.
     path = moe_path(base_config(family)) or ""
-    measure(model, _vocab(base_config(family), path), _hidden_size(base_config(family), path))
+    measure(model, _vocab(base_config(family), path), _hidden_size(base_config(family), path),
+            blocks_alone=not full_forward_runs(family))
     return None
