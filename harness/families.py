@@ -76,8 +76,9 @@ TINY_WHEN_NONE: dict[str, Any] = {"n_shared_experts": 1}
 HIDDEN_WIDTH = 32
 
 
-def _subconfig(config: Any, path: str) -> Any:
-    for part in path.split("."):
+def sub_config(config: Any, path: str) -> Any:
+    """The (sub-)config at dotted `path` of `config` ("" for the config itself), or None where it has none."""
+    for part in path.split(".") if path else ():
         config = getattr(config, part, None)
         if config is None:
             return None
@@ -87,7 +88,7 @@ def _subconfig(config: Any, path: str) -> Any:
 def moe_path(config: Any) -> str | None:
     """The nesting path of the sub-config that declares routed experts (even as None), or None."""
     for path in ("",) + NESTING_PATHS:
-        sub = config if path == "" else _subconfig(config, path)
+        sub = sub_config(config, path)
         if sub is None or isinstance(sub, dict | str | int):
             continue
         try:

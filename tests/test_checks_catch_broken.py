@@ -19,7 +19,7 @@ from reference.checkpoint import make_expert_params_mapping, remap
 from reference.loader import load_checkpoint
 from reference.moe import MoEBlock, PaddedMoERunner, experts_forward, init_block, pad_to
 from reference.routing import route
-from tests.broken_targets import transformers_with
+from tests.broken_targets import conversion_with, transformers_with
 
 
 def _broken(**caps) -> Target:
@@ -114,10 +114,11 @@ def _json_loses_top_k(family, form, settings):
 
 def _router_ignores_norm_topk_prob(family, overrides, seed):
     """The real router built without norm_topk_prob, handed back with the config that asked for it."""
-    from harness.targets.transformers_knobs import build, knob_config
+    from harness.targets.transformers_config import with_moe_fields
+    from harness.targets.transformers_knobs import build
 
     run = build(family, tuple((n, v) for n, v in overrides if n != "norm_topk_prob"), seed)
-    return dataclasses.replace(run, config=knob_config(family, overrides))
+    return dataclasses.replace(run, config=with_moe_fields(family, dict(overrides)))
 
 
 def _conversion_with_seed_002_rule():
@@ -125,10 +126,9 @@ def _conversion_with_seed_002_rule():
     from transformers.core_model_loading import WeightRenaming
 
     from harness.targets.transformers_conversion import family_conversion
-    from tests.test_conversion_remap import _with
 
     seed_rule = WeightRenaming(r"\.experts\.", ".moe.experts.")
-    return _with("qwen3_moe", _renamings=[*family_conversion("qwen3_moe")._renamings, seed_rule])
+    return conversion_with("qwen3_moe", _renamings=[*family_conversion("qwen3_moe")._renamings, seed_rule])
 
 
 BROKEN = {

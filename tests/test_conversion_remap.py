@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 
@@ -21,6 +20,7 @@ from harness.targets.transformers_conversion import (
 )
 from harness.targets.transformers_target import make_target
 from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION, PropertyViolation
+from tests.broken_targets import conversion_with
 
 CHECK = CHECKS["conversion-remap"]
 # On a transformers without the load-time rename functions the check calls, the check skips (with this
@@ -32,15 +32,6 @@ EXAMPLES = 15
 def _target(conversion: ConversionCap = CONVERSION, known: bool = True) -> Target:
     target = dataclasses.replace(make_target(), conversion=conversion)
     return target if known else dataclasses.replace(target, name="transformers-unrecorded", known_failures=[])
-
-
-def _with(family: str, **fields: object) -> ConversionCap:
-    """The family's real conversion with some of its parts replaced (a broken variant of transformers)."""
-    broken = copy.copy(family_conversion(family))
-    for name, value in fields.items():
-        setattr(broken, name, value)
-    rules = broken.rules()
-    return ConversionCap(rules=lambda name: rules)
 
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss", "minimax_m2"])
@@ -74,7 +65,7 @@ def test_seed_regex_added_to_the_rules_is_caught() -> None:
 
     real = family_conversion("qwen3_moe")
     seed = WeightRenaming(r"\.experts\.", ".moe.experts.")
-    verdict = run_case(CHECK, _target(_with("qwen3_moe", _renamings=[*real._renamings, seed]), known=False),
+    verdict = run_case(CHECK, _target(conversion_with("qwen3_moe", _renamings=[*real._renamings, seed]), known=False),
                        get_family("qwen3_moe"), max_examples=EXAMPLES)
     assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
     assert ".moe." in str(verdict.counterexample)
@@ -83,7 +74,7 @@ def test_seed_regex_added_to_the_rules_is_caught() -> None:
 def test_rename_without_the_load_loops_fallback_is_caught() -> None:
     """The rules alone (no exact-name fallback) move axk1's own `mlp.post_mlp_layernorm` to `mlp.mlp.`."""
     real = family_conversion("axk1")
-    verdict = run_case(CHECK, _target(_with("axk1", rename=real._rules), known=False), get_family("axk1"),
+    verdict = run_case(CHECK, _target(conversion_with("axk1", rename=real._rules), known=False), get_family("axk1"),
                        max_examples=EXAMPLES)
     assert verdict.status == FAIL and "mlp.mlp.post_mlp_layernorm" in str(verdict.counterexample), verdict
 
@@ -96,7 +87,7 @@ def test_two_converters_writing_one_name_are_caught() -> None:
     wrong = WeightConverter("mlp.experts.*.down_proj.weight", "mlp.experts.gate_up_proj",
                             operations=[MergeModulelist(dim=0)])
     converters = [real._converters[0], wrong]
-    broken = _with("qwen3_moe", _converters=converters, _converter_of={p: c for c in converters
+    broken = conversion_with("qwen3_moe", _converters=converters, _converter_of={p: c for c in converters
                                                                         for p in c.source_patterns})
     verdict = run_case(CHECK, _target(broken, known=False), get_family("qwen3_moe"), max_examples=EXAMPLES)
     assert verdict.status == FAIL and "no declared merge" in verdict.message, verdict
@@ -108,7 +99,7 @@ def test_scale_folded_onto_weight_is_caught() -> None:
 
     real = family_conversion("qwen3_moe")
     fold = WeightRenaming(r"\.weight_scale_inv", ".weight")
-    rules = _with("qwen3_moe", _renamings=[*real._renamings, fold]).rules("qwen3_moe")
+    rules = conversion_with("qwen3_moe", _renamings=[*real._renamings, fold]).rules("qwen3_moe")
     keys = ("model.layers.0.mlp.experts.0.gate_proj.weight", "model.layers.0.mlp.experts.0.gate_proj.weight_scale_inv")
     with pytest.raises(PropertyViolation, match="no declared merge"):
         check_conversion(_target(ConversionCap(lambda name: rules)), get_family("qwen3_moe"),

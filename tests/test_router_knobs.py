@@ -14,7 +14,8 @@ from harness.engine import run_case
 from harness.families import get_family, tiny_spec
 from harness.targets import load_target
 from harness.targets.base import RouterRun
-from harness.targets.transformers_knobs import knob_config, knobs
+from harness.targets.transformers_config import with_moe_fields
+from harness.targets.transformers_knobs import knobs
 from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
 from tests.broken_targets import transformers_with
 
@@ -28,7 +29,7 @@ def _ignores_renormalize(family: str, overrides: tuple[tuple[str, Any], ...], se
     kept = tuple((n, v) for n, v in overrides if n != "norm_topk_prob")
     run = build(family, kept, seed)
     # The config still says what was asked for; only the router ignores it.
-    return dataclasses.replace(run, config=knob_config(family, overrides))
+    return dataclasses.replace(run, config=with_moe_fields(family, dict(overrides)))
 
 
 def _always_renormalizes(family: str, overrides: tuple[tuple[str, Any], ...], seed: int) -> RouterRun:

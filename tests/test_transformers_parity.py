@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from harness.checks.routing_parity import assert_valid_selection
 from harness.families import discover_moe_families, tiny_spec
 from harness.targets.transformers_blocks import RealMoEBlock, real_block
+from harness.targets.transformers_knobs import router_picks
 from harness.tolerances import Tolerance, assert_close
 from reference.moe import MoEBlock, init_block
 from reference.routing import selection_scores, weights_for
@@ -51,19 +52,6 @@ def _real_block(family: str) -> RealMoEBlock:
     return init_block(real_block(family, tiny_spec(family)), seed=7)
 
 
-def _picks(out: tuple, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights, ids) from a router's outputs: an int [T,K] ids tensor with its float [T,K] weights, or a
-    dense [T,E] score matrix whose nonzero entries are the picks (llama4)."""
-    ints = [t for t in out if isinstance(t, torch.Tensor) and not t.is_floating_point()]
-    if ints:
-        ids = ints[0]
-        weights = [t for t in out if isinstance(t, torch.Tensor) and t.is_floating_point() and t.shape == ids.shape]
-        return weights[0], ids
-    dense = out[0]
-    ids = dense.topk(k, dim=-1).indices
-    return dense.gather(-1, ids), ids
-
-
 @pytest.mark.parametrize("family", _installed(PARITY_FAMILIES))
 @settings(max_examples=10, deadline=None)
 @given(tokens=st.integers(1, 16), seed=st.integers(0, 2**16))
@@ -74,7 +62,7 @@ def test_router_matches_reference(family: str, tokens: int, seed: int) -> None:
     with torch.no_grad():
         logits = real.router_logits(x).double()
         out = real.route(x)
-    weights, ids = _picks(out if isinstance(out, tuple) else (out,), spec.top_k)
+    weights, ids = router_picks(out, spec.top_k)
     state = real.reference_state()
     bias = state.get("e_score_correction_bias", torch.zeros(spec.num_experts)).double()
     scale = state.get("per_expert_scale")

@@ -81,14 +81,10 @@ def family_configs(draw: st.DrawFn, family: str) -> ConfigCase:
 @functools.cache
 def _present_names(family: str) -> frozenset[str]:
     """The field names of the family's MoE sub-config (its tiny config is built once per process)."""
-    from harness.families import moe_path
+    from harness.families import moe_path, sub_config
 
     config = tiny_config(family)
-    path = moe_path(config) or ""
-    sub = config
-    for part in path.split(".") if path else ():
-        sub = getattr(sub, part)
-    return frozenset(sub.to_dict())
+    return frozenset(sub_config(config, moe_path(config) or "").to_dict())
 
 
 def config_cases(family: str) -> st.SearchStrategy[ConfigCase]:

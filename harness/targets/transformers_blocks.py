@@ -269,17 +269,19 @@ def model_builder(config: Any) -> Any:
     return classes[0]._from_config
 
 
-@functools.cache
-def tiny_model(family: str) -> nn.Module:
-    """The family's tiny model (causal LM, else its base model), built once per process, eval mode, float32.
-
-    Sized on the `meta` device first; ModelTooLarge when the shrunk config still asks for too much.
-    """
-    config = tiny_config(family, **BUILD_OVERRIDES.get(family, {}))
+def build_sized(config: Any) -> nn.Module:
+    """The model of `config` (see `model_builder`) in eval mode, float32; sized on the `meta` device first,
+    ModelTooLarge (and nothing allocated) when it asks for more than MAX_TINY_PARAMS."""
     builder = model_builder(config)
     with torch.device("meta"):
         count = sum(p.numel() for p in builder(config).parameters())
     if count > MAX_TINY_PARAMS:
-        raise ModelTooLarge(f"{family}: the shrunk config still has {count:,} parameters "
+        raise ModelTooLarge(f"{config.model_type}: the config asks for {count:,} parameters "
                             f"(limit {MAX_TINY_PARAMS:,}); a sub-config escaped shrinking")
     return builder(config).eval()
+
+
+@functools.cache
+def tiny_model(family: str) -> nn.Module:
+    """The family's tiny model (causal LM, else its base model), built once per process by `build_sized`."""
+    return build_sized(tiny_config(family, **BUILD_OVERRIDES.get(family, {})))

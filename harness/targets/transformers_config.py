@@ -21,14 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.families import moe_path, tiny_config
+from harness.families import moe_path, sub_config, tiny_config
 from harness.targets.base import Spelling, ValuesRejected
 from harness.targets.transformers_blocks import (
     BUILD_OVERRIDES,
-    MAX_TINY_PARAMS,
     ROUTER_NAMES,
-    ModelTooLarge,
-    model_builder,
+    build_sized,
 )
 from reference.config import NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS, UNSUPPORTED_FAMILIES
 from reference.moe import init_block
@@ -48,10 +46,24 @@ def _node(tree: dict[str, Any], path: str) -> dict[str, Any]:
     return tree
 
 
-def _sub(config: Any, path: str) -> Any:
-    for part in path.split(".") if path else ():
-        config = getattr(config, part)
-    return config
+def config_tree(family: str) -> tuple[Any, dict[str, Any], str]:
+    """(config class, a fresh serialised copy of the family's tiny config, its MoE path)."""
+    config = base_config(family)
+    tree = copy.deepcopy(config.to_dict())
+    tree.pop("transformers_version", None)
+    return type(config), tree, moe_path(config) or ""
+
+
+def from_tree(cls: Any, tree: dict[str, Any]) -> Any:
+    """The config class called on a serialised tree (its `model_type` is the class's own)."""
+    return cls(**{k: v for k, v in tree.items() if k != "model_type"})
+
+
+def with_moe_fields(family: str, fields: dict[str, Any]) -> Any:
+    """The family's tiny config rebuilt by its constructor with `fields` set on its MoE (sub-)config."""
+    cls, tree, path = config_tree(family)
+    _node(tree, path).update(fields)
+    return from_tree(cls, tree)
 
 
 @functools.cache
@@ -71,7 +83,7 @@ def spellings(family: str) -> tuple[Spelling, ...]:
     """
     config = base_config(family)
     path = moe_path(config) or ""
-    sub = _sub(config, path)
+    sub = sub_config(config, path)
     cls = type(sub)
     params = set(inspect.signature(cls.__init__).parameters)
     stored = set(sub.to_dict())
@@ -91,15 +103,12 @@ def _all_names(family: str, quantity: str) -> set[str]:
 
 def _unset_tree(family: str, quantities: set[str]) -> tuple[Any, dict[str, Any], str]:
     """(config class, serialised tiny config with every spelling of `quantities` removed, MoE path)."""
-    config = base_config(family)
-    path = moe_path(config) or ""
-    tree = copy.deepcopy(config.to_dict())
-    tree.pop("transformers_version", None)
+    cls, tree, path = config_tree(family)
     node = _node(tree, path)
     for quantity in quantities:
         for name in _all_names(family, quantity):
             node.pop(name, None)
-    return type(config), tree, path
+    return cls, tree, path
 
 
 def build_config(family: str, form: str, settings: Settings) -> Any:
@@ -115,16 +124,15 @@ def build_config(family: str, form: str, settings: Settings) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if form == "setattr":
-            kwargs = {k: v for k, v in tree.items() if k != "model_type"}
-            config = cls(**kwargs)
+            config = from_tree(cls, tree)
             for spelling, value in sorted(settings, key=lambda sv: sv[0].quantity != "top_k"):
-                setattr(_sub(config, spelling.path), spelling.name, value)
+                setattr(sub_config(config, spelling.path), spelling.name, value)
             return config
         node = _node(tree, path)
         for spelling, value in settings:
             node[spelling.name] = value
         if form == "constructor":
-            return cls(**{k: v for k, v in tree.items() if k != "model_type"})
+            return from_tree(cls, tree)
         if form == "config.json":
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "config.json").write_text(json.dumps(tree))
@@ -134,13 +142,8 @@ def build_config(family: str, form: str, settings: Settings) -> Any:
 
 def build_model(config: Any, seed: int = 0) -> nn.Module:
     """The model of `config` (causal LM, else base model), eval mode, every MoE block's tensors seeded."""
-    builder = model_builder(config)
-    with torch.device("meta"):
-        count = sum(p.numel() for p in builder(config).parameters())
-    if count > MAX_TINY_PARAMS:
-        raise ModelTooLarge(f"the config asks for {count:,} parameters (limit {MAX_TINY_PARAMS:,})")
     torch.manual_seed(seed)
-    model = builder(config).eval()
+    model = build_sized(config)
     for block in moe_blocks(model).values():
         init_block(block, seed)
     return model
@@ -169,7 +172,7 @@ def _router(block: nn.Module) -> nn.Module | None:
 
 
 def _hidden_size(config: Any, path: str) -> int:
-    sub = _sub(config, path)
+    sub = sub_config(config, path)
     return int(getattr(sub, "hidden_size", None) or config.hidden_size)
 
 
@@ -245,7 +248,7 @@ def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, s
 
 
 def _vocab(config: Any, path: str) -> int:
-    for cfg in (config, _sub(config, path)):
+    for cfg in (config, sub_config(config, path)):
         vocab = getattr(cfg, "vocab_size", None)
         if isinstance(vocab, int):
             return vocab

@@ -16,10 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.families import moe_path
+from harness.families import moe_path, sub_config
 from harness.targets.base import Knob, RouterRun
 from harness.targets.transformers_blocks import RealMoEBlock
-from harness.targets.transformers_config import _sub, base_config, build_model, moe_blocks
+from harness.targets.transformers_config import (
+    base_config,
+    build_model,
+    moe_blocks,
+    with_moe_fields,
+)
 from reference.config import N_GROUP_SPELLINGS, RENORM_SPELLINGS, SCALING_SPELLINGS, resolve_moe_spec
 
 KNOB_SPELLINGS: dict[str, tuple[str, ...]] = {
@@ -34,7 +39,7 @@ KNOB_SPELLINGS: dict[str, tuple[str, ...]] = {
 def knobs(family: str) -> tuple[Knob, ...]:
     """The routing knobs the family's tiny MoE (sub-)config declares with a value, under its stored names."""
     config = base_config(family)
-    sub = _sub(config, moe_path(config) or "")
+    sub = sub_config(config, moe_path(config) or "")
     stored = sub.to_dict()
     aliases: dict[str, str] = dict(getattr(type(sub), "attribute_map", {}) or {})
     found = []
@@ -46,18 +51,6 @@ def knobs(family: str) -> tuple[Knob, ...]:
     return tuple(found)
 
 
-def knob_config(family: str, overrides: tuple[tuple[str, Any], ...]) -> Any:
-    """The family's tiny config with each (field, value) of `overrides` set on its MoE (sub-)config."""
-    config = base_config(family)
-    cls, tree = type(config), config.to_dict()
-    node = tree
-    for part in (moe_path(config) or "").split(".") if moe_path(config) else ():
-        node = node[part]
-    node.update(dict(overrides))
-    tree.pop("transformers_version", None)
-    return cls(**{k: v for k, v in tree.items() if k != "model_type"})
-
-
 def _first_block(model: nn.Module) -> nn.Module:
     blocks = moe_blocks(model)
     if not blocks:
@@ -65,7 +58,7 @@ def _first_block(model: nn.Module) -> nn.Module:
     return next(iter(blocks.values()))
 
 
-def _picks_from_router(out: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def router_picks(out: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights, ids) from a router's outputs: int [T,K] ids with their float [T,K] weights, or the
     nonzero entries of a dense [T,E] score matrix (the first output)."""
     outs = out if isinstance(out, tuple) else (out,)
@@ -124,7 +117,7 @@ class _RealRouter:
         ints = [t for t in inputs if isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dim() == 2]
         if not ints:
             with torch.no_grad():
-                return _picks_from_router(self.block.route(x), self.top_k)
+                return router_picks(self.block.route(x), self.top_k)
         ids = ints[0]
         weights = [t for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point() and t.shape == ids.shape][0]
         handle = experts.register_forward_hook(silence)
@@ -143,7 +136,7 @@ class _RealRouter:
 @functools.lru_cache(maxsize=32)
 def build(family: str, overrides: tuple[tuple[str, Any], ...], seed: int = 0) -> RouterRun:
     """The family's real router (as its first MoE block uses it) from its tiny config with `overrides` set."""
-    config = knob_config(family, overrides)
+    config = with_moe_fields(family, dict(overrides))
     spec = resolve_moe_spec(config)
     real = RealMoEBlock(family, spec, _first_block(build_model(config, seed)))
     state = real.reference_state()

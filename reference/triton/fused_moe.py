@@ -14,6 +14,7 @@ Accumulation is fp32; fp32 products use IEEE fp32 on the GPU (Triton would defau
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -289,9 +290,4 @@ def experts_forward_with_bug(bug: str) -> Callable[..., torch.Tensor]:
     """An `experts_forward` whose kernels have the deliberate bug `bug` (one of BUGS), for tests."""
     if bug not in BUGS:
         raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
-
-    def broken(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Tensor,
-               down_proj: torch.Tensor, activation: str) -> torch.Tensor:
-        return launch_experts(x, weights, ids, gate_up_proj, down_proj, activation, bug=bug)
-
-    return broken
+    return functools.partial(launch_experts, bug=bug)
