@@ -7,7 +7,7 @@ import pytest
 from cases.expectations import MUST_FAIL, MUST_PASS_TARGETS
 from harness.checks import CHECKS
 from harness.engine import run_case
-from harness.report import render_failure
+from harness.reports.text import render_failure
 from harness.selection import select_cases
 from harness.verdict import FAIL, KNOWN, PASS, SKIP
 

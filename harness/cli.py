@@ -28,10 +28,10 @@ from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE
 from harness.replay import ERROR as REPLAY_ERROR
 from harness.replay import FAILED, prune, replay
-from harness.report import render_failure, render_report
 from harness.reports import junit, markdown
 from harness.reports.directory import load_report, write_report_dir
 from harness.reports.document import Report, RunInfo, TargetInfo
+from harness.reports.text import render_failure, render_report
 from harness.runner import RunOptions, run_cases, unavailable_results
 from harness.selection import Missing, UsageError, plan, try_load
 from harness.targets import DEFAULT_TARGETS, registered_targets

@@ -22,7 +22,7 @@ def transformers_with(capability: str, **changes: Any) -> Target:
 
 def conversion_with(family: str, **fields: Any) -> ConversionCap:
     """The family's real conversion (transformers' own rules) with some of its parts replaced."""
-    from harness.targets.transformers_conversion import family_conversion
+    from harness.targets.transformers.conversion import family_conversion
 
     broken = copy.copy(family_conversion(family))
     for name, value in fields.items():

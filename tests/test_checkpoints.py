@@ -28,8 +28,8 @@ from harness.strategies.checkpoint_files import (
 )
 from harness.strategies.checkpoints import BAD_KINDS, bad_checkpoints, break_checkpoint, checkpoint_plans
 from harness.targets.base import CheckpointLoaderCap, Target
-from harness.targets.reference_target import ALL_SCHEMAS, make_target
-from harness.targets.transformers_checkpoint import CHECKPOINT_LOADER, SCHEMAS, resave
+from harness.targets.reference import ALL_SCHEMAS, make_target
+from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER, SCHEMAS, resave
 from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION, TARGET_ERROR
 from reference.checkpoint import ExpertParamEntry, KeySchema, make_expert_params_mapping, parse_expert_key
 from reference.loader import load_checkpoint

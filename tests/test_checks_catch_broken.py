@@ -13,7 +13,7 @@ from harness.checks import CHECKS
 from harness.engine import run_case
 from harness.families import Family, get_family
 from harness.targets.base import BlockCap, ExpertMappingCap, FusedMoECap, RoutingCap, Target
-from harness.targets.reference_target import make_target
+from harness.targets.reference import make_target
 from harness.verdict import FAIL, PROPERTY_VIOLATION
 from reference.checkpoint import make_expert_params_mapping, remap
 from reference.loader import load_checkpoint
@@ -114,8 +114,8 @@ def _json_loses_top_k(family, form, settings):
 
 def _router_ignores_norm_topk_prob(family, overrides, seed):
     """The real router built without norm_topk_prob, handed back with the config that asked for it."""
-    from harness.targets.transformers_config import with_moe_fields
-    from harness.targets.transformers_knobs import build
+    from harness.targets.transformers.knobs import build
+    from harness.targets.transformers.spellings import with_moe_fields
 
     run = build(family, tuple((n, v) for n, v in overrides if n != "norm_topk_prob"), seed)
     return dataclasses.replace(run, config=with_moe_fields(family, dict(overrides)))
@@ -125,7 +125,7 @@ def _conversion_with_seed_002_rule():
     """qwen3_moe's real conversion rules plus seed 002's unanchored `\\.experts\\.` -> `.moe.experts.` rule."""
     from transformers.core_model_loading import WeightRenaming
 
-    from harness.targets.transformers_conversion import family_conversion
+    from harness.targets.transformers.conversion import family_conversion
 
     seed_rule = WeightRenaming(r"\.experts\.", ".moe.experts.")
     return conversion_with("qwen3_moe", _renamings=[*family_conversion("qwen3_moe")._renamings, seed_rule])

@@ -11,7 +11,7 @@ import pytest
 
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
 from harness.outcome import CaseResult
-from harness.report import render_failure, render_matrix, render_totals
+from harness.reports.text import render_failure, render_matrix, render_totals
 from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION, Verdict
 
 

@@ -10,7 +10,7 @@ from harness.engine import run_case
 from harness.families import get_family
 from harness.targets import load_target
 from harness.targets.base import ConfigSpellingCap, Spelling
-from harness.targets.transformers_config import spellings
+from harness.targets.transformers.spellings import spellings
 from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION
 from tests.broken_targets import transformers_with
 

@@ -12,13 +12,13 @@ from harness.checks.conversion_remap import ConversionExample, ConversionKeys, c
 from harness.engine import run_case
 from harness.families import get_family
 from harness.targets.base import ConversionCap, ConversionRules, Target
-from harness.targets.transformers_conversion import (
+from harness.targets.transformers import make_target
+from harness.targets.transformers.conversion import (
     CONVERSION,
     FamilyConversion,
     family_conversion,
     missing_loading_api,
 )
-from harness.targets.transformers_target import make_target
 from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION, PropertyViolation
 from tests.broken_targets import conversion_with
 

@@ -12,7 +12,7 @@ import pytest
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
 from harness.database import SHARED_DIR, Record, RegressionStore, case_key
 from harness.targets.base import RemapCap, Target
-from harness.targets.seed_code import gemma4_remap
+from harness.targets.seeds import seed_002_gemma4_remap as gemma4_remap
 
 SPEC = f"{__name__}:planted_target"
 CASE = "remap-idempotence[planted-gemma4]"

@@ -14,8 +14,8 @@ from harness.engine import run_case
 from harness.families import get_family, tiny_spec
 from harness.targets import load_target
 from harness.targets.base import RouterRun
-from harness.targets.transformers_config import with_moe_fields
-from harness.targets.transformers_knobs import knobs
+from harness.targets.transformers.knobs import knobs
+from harness.targets.transformers.spellings import with_moe_fields
 from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
 from tests.broken_targets import transformers_with
 
@@ -24,7 +24,7 @@ CHECK = CHECKS["router-knobs"]
 
 def _ignores_renormalize(family: str, overrides: tuple[tuple[str, Any], ...], seed: int) -> RouterRun:
     """Builds the real router but drops norm_topk_prob: the router keeps the default, whatever was set."""
-    from harness.targets.transformers_knobs import build
+    from harness.targets.transformers.knobs import build
 
     kept = tuple((n, v) for n, v in overrides if n != "norm_topk_prob")
     run = build(family, kept, seed)
@@ -34,7 +34,7 @@ def _ignores_renormalize(family: str, overrides: tuple[tuple[str, Any], ...], se
 
 def _always_renormalizes(family: str, overrides: tuple[tuple[str, Any], ...], seed: int) -> RouterRun:
     """The real router with its top-K weights renormalised whatever the config says."""
-    from harness.targets.transformers_knobs import build
+    from harness.targets.transformers.knobs import build
 
     run = build(family, overrides, seed)
 

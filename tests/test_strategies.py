@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from harness.strategies.keys import checkpoint_keys
 from harness.strategies.padding import padded_dims
 from harness.strategies.routing_inputs import routing_examples
-from harness.targets.reference_target import ALL_SCHEMAS
+from harness.targets.reference import ALL_SCHEMAS
 from reference.checkpoint import REFERENCE_SCHEMA, parse_expert_key
 
 

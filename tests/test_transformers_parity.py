@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from harness.checks.routing_parity import assert_valid_selection
 from harness.families import discover_moe_families, tiny_spec
-from harness.targets.transformers_blocks import RealMoEBlock, real_block
-from harness.targets.transformers_knobs import router_picks
+from harness.targets.transformers.blocks import RealMoEBlock, real_block
+from harness.targets.transformers.knobs import router_picks
 from harness.tolerances import Tolerance, assert_close
 from reference.moe import MoEBlock, init_block
 from reference.routing import selection_scores, weights_for
@@ -108,7 +108,7 @@ def test_block_parity_catches_the_bias_in_the_weights() -> None:
     from harness.engine import run_case
     from harness.families import get_family
     from harness.targets.base import BlockCap
-    from harness.targets.reference_target import make_target
+    from harness.targets.reference import make_target
     from harness.verdict import FAIL, PROPERTY_VIOLATION
 
     assert tiny_spec("ernie4_5_moe").routing.variant == "softmax_bias"

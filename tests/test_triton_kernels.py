@@ -19,13 +19,13 @@ import torch
 
 import reference.triton as rt  # first: it settles TRITON_INTERPRET before Triton is imported
 from harness.checks import CHECKS
-from harness.checks.moe_output import assert_close_to_terms, term_magnitude
+from harness.checks.moe_output_parity import assert_close_to_terms, term_magnitude
 from harness.checks.routing_parity import WEIGHT_TOLERANCE, assert_valid_selection
 from harness.engine import run_case
 from harness.families import get_family
 from harness.targets import load_target
 from harness.targets.base import FusedMoECap, RoutingCap
-from harness.targets.triton_target import on_device
+from harness.targets.triton import on_device
 from harness.tolerances import assert_close, tolerance_for
 from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
 from reference.config import RoutingKnobs

@@ -66,7 +66,7 @@ def test_new_family_spellings_are_a_known_failure(vllm_target) -> None:
 @pytest.mark.parametrize("family", list(DEFAULT_FAMILIES))
 def test_each_model_class_mapper_chain(vllm_target, family: str) -> None:
     """RemapCap takes no family, so each family's vLLM mapper chain runs as its own copy of the target."""
-    from harness.targets import vllm_mappers
+    from harness.targets.vllm import mappers as vllm_mappers
 
     if (reason := vllm_mappers.skip_reason(family)) is not None:
         pytest.skip(reason)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from harness.checks.base import Check
 from harness.checks.block_parity import BLOCK_PARITY
-from harness.checks.capturer import CAPTURER
+from harness.checks.capturer_shape import CAPTURER
 from harness.checks.checkpoint_roundtrip import CHECKPOINT_ROUNDTRIP
 from harness.checks.config_spelling import CONFIG_SPELLING
 from harness.checks.conversion_remap import CONVERSION_REMAP
 from harness.checks.expert_mapping import EXPERT_MAPPING
 from harness.checks.functional_call import FUNCTIONAL_CALL
-from harness.checks.moe_output import MOE_OUTPUT_PARITY
-from harness.checks.remap import REMAP
+from harness.checks.moe_output_parity import MOE_OUTPUT_PARITY
+from harness.checks.remap_idempotence import REMAP
 from harness.checks.router_knobs import ROUTER_KNOBS
 from harness.checks.routing_parity import ROUTING_PARITY
-from harness.checks.unpad import UNPAD
+from harness.checks.unpad_before_add import UNPAD
 
 CHECKS: dict[str, Check] = {c.name: c for c in (ROUTING_PARITY, REMAP, EXPERT_MAPPING, CAPTURER, FUNCTIONAL_CALL, UNPAD,
                                                 MOE_OUTPUT_PARITY, CHECKPOINT_ROUNDTRIP, BLOCK_PARITY,

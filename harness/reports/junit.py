@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 
 from harness.outcome import CaseResult
-from harness.report import render_failure
 from harness.reports.document import COLUMNS, NEW_FAIL, Report, column
+from harness.reports.text import render_failure
 from harness.verdict import ERROR, KNOWN, SKIP
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.targets import loading, reference_target, seeds, transformers_target, triton_target, vllm_target
+from harness.targets import loading, reference, seeds, transformers, triton, vllm
 from harness.targets.base import Target
 from harness.targets.loading import TargetLoadError, TargetUnavailable, UnknownTarget
 
 BUILTIN: dict[str, Callable[[], Target]] = {
-    "reference": reference_target.make_target,
+    "reference": reference.make_target,
     "seeds-buggy": seeds.make_buggy,
     "seeds-lookahead": seeds.make_lookahead,
     "seeds-fixed": seeds.make_fixed,
-    "reference-triton": triton_target.make_target,
-    "transformers": transformers_target.make_target,
-    "vllm": vllm_target.make_target,  # TargetUnavailable, with the reason, where vllm does not import
+    "reference-triton": triton.make_target,
+    "transformers": transformers.make_target,
+    "vllm": vllm.make_target,  # TargetUnavailable, with the reason, where vllm does not import
 }
 DEFAULT_TARGETS = ("reference", "seeds-fixed")
 

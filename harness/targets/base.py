@@ -13,8 +13,6 @@ import torch
 from reference.checkpoint import KeySchema
 from reference.config import MoESpec
 
-KNOWN_FAILURES_DIR = Path(__file__).parent / "known_failures"
-
 RoutingFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -220,9 +218,10 @@ CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padd
                 "checkpoint_loader", "conversion", "config_spelling", "router_knobs")
 
 
-def load_known_failures(target_name: str) -> list[KnownFailure]:
-    """Entries of `known_failures/<target>.toml`: [[failure]] check, family, reason, reproducer."""
-    path = KNOWN_FAILURES_DIR / f"{target_name}.toml"
+def load_known_failures(package_file: str, target_name: str) -> list[KnownFailure]:
+    """Entries of `findings/<target>.toml` beside the target package whose `__init__` is `package_file`:
+    [[failure]] check, family, reason, reproducer."""
+    path = Path(package_file).parent / "findings" / f"{target_name}.toml"
     if not path.exists():
         return []
     data = tomllib.loads(path.read_text())

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from harness.families import tiny_config
-from harness.targets.vllm_runtime import building, process_weights, running, seed_parameters
+from harness.targets.vllm.runtime import building, process_weights, running, seed_parameters
 from reference.config import MoESpec
 
 BLOCK_FAMILIES = ("gemma4",)

@@ -54,5 +54,5 @@ def make_target() -> Target:
         block=BlockCap(build_block),
         padded_runner=PaddedMoERunner,
         checkpoint_loader=CheckpointLoaderCap(load_checkpoint, lambda family: ALL_SCHEMAS, formats=None),
-        known_failures=load_known_failures("reference"),
+        known_failures=load_known_failures(__file__, "reference"),
     )

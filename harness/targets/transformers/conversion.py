@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 from harness.targets.base import ConversionCap, ConversionRules
-from harness.targets.transformers_blocks import tiny_model
+from harness.targets.transformers.tiny_model import tiny_model, unbuildable
 from reference.checkpoint import BLOCKS, PREFIXES, PROJ_NAMES, KeySchema
 
 # `<prefix>layers.<L>.<block>.experts.`: where a family keeps its experts, in any of its spellings.
@@ -188,12 +188,7 @@ def skip_reason(family: str) -> str | None:
     missing = missing_loading_api()
     if missing:
         return missing
-    try:
-        tiny_model(family)
-    except Exception as exc:  # noqa: BLE001 - our shrunk config; the conversion itself runs in the case
-        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return f"its tiny model cannot be built here ({type(exc).__name__}: {first_line})"
-    return None
+    return unbuildable(lambda: tiny_model(family))
 
 
 CONVERSION = ConversionCap(rules=conversion_rules, skip=skip_reason)

@@ -18,8 +18,9 @@ from torch import nn
 
 from harness.families import moe_path, sub_config
 from harness.targets.base import Knob, RouterRun
-from harness.targets.transformers_blocks import RealMoEBlock
-from harness.targets.transformers_config import (
+from harness.targets.transformers.blocks import RealMoEBlock
+from harness.targets.transformers.blocks import skip_reason as block_skip
+from harness.targets.transformers.spellings import (
     base_config,
     build_model,
     moe_blocks,
@@ -147,8 +148,6 @@ def build(family: str, overrides: tuple[tuple[str, Any], ...], seed: int = 0) ->
 
 def skip_reason(family: str) -> str | None:
     """Why the family's router is not run here (no block the reference models, or no declared knob), or None."""
-    from harness.targets.transformers_target import skip_reason as block_skip
-
     reason = block_skip(family)
     if reason:
         return reason

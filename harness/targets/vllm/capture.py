@@ -37,7 +37,7 @@ def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
     from transformers import PretrainedConfig
     from vllm.model_executor.layers.fused_moe.routed_experts_capturer import RoutedExpertsCapturer
 
-    from harness.targets.vllm_runtime import vllm_config
+    from harness.targets.vllm.runtime import vllm_config
 
     if not isinstance(config, PretrainedConfig):
         raise TypeError(f"vLLM resolves transformers configs, not {type(config).__name__}")

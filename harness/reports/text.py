@@ -51,7 +51,7 @@ def render_known(results: list[CaseResult]) -> str:
         if r.stale:
             v = r.verdict
             lines.append(f"STALE  {v.case_id}: listed as a known failure but passes now; remove its entry from "
-                         f"harness/targets/known_failures/{v.target}.toml ({v.message})")
+                         f"the findings/{v.target}.toml of its target package ({v.message})")
     return "\n".join(lines)
 
 

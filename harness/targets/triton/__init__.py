@@ -50,5 +50,5 @@ def make_target() -> Target:
         description=f"moe-harness's Triton routing and fused-MoE kernels ({mode})",
         routing=RoutingCap(on_device(route, KERNEL_DEVICE), KERNEL_VARIANTS),
         fused_moe=FusedMoECap(on_device(experts_forward, KERNEL_DEVICE), moe_dtypes, ACTIVATIONS),
-        known_failures=load_known_failures("reference-triton"),
+        known_failures=load_known_failures(__file__, "reference-triton"),
     )

@@ -3,7 +3,7 @@
 - routing: Gemma4's torch routing function (on a CUDA machine with CUDA vLLM, its Triton kernel, picked
   as `Gemma4Router.routing_function` picks it);
 - remap: the Gemma4ForCausalLM -> Gemma4Model mapper chain
-  (other families' chains: `vllm_mappers.remap_cap(family)`, run by tests/test_vllm_target.py);
+  (other families' chains: `mappers.remap_cap(family)`, run by tests/test_vllm_target.py);
 - expert_mapping: `fused_moe_make_expert_params_mapping` (new) against `RoutedExperts.make_expert_params_mapping`;
 - capturer: vLLM's own config resolution for the routed-experts capture buffer;
 - block: vLLM's Gemma4 router + MoERunner + dense MLP built on the CPU (functional-call, block-parity).
@@ -69,7 +69,7 @@ def _bind_model(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
 
 def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
     """vLLM's routed-experts capture buffer for `config`, shaped as its capturer shapes it."""
-    from harness.targets.vllm_capture import capture_buffer as real
+    from harness.targets.vllm.capture import capture_buffer as real
 
     return real(config, max_tokens)
 
@@ -79,9 +79,9 @@ def make_target() -> Target:
     vllm = _import_vllm()
     from vllm.model_executor.layers.fused_moe import RoutedExperts, fused_moe_make_expert_params_mapping
 
-    from harness.targets import vllm_blocks, vllm_mappers
+    from harness.targets.vllm import blocks, mappers
 
-    gemma4_remap = vllm_mappers.remap_cap("gemma4")
+    gemma4_remap = mappers.remap_cap("gemma4")
     return Target(
         name="vllm",
         version=vllm.__version__,
@@ -92,6 +92,6 @@ def make_target() -> Target:
         expert_mapping=ExpertMappingCap(new=_bind_model(fused_moe_make_expert_params_mapping),
                                         old=_bind_model(RoutedExperts.make_expert_params_mapping)),
         capturer=capture_buffer,
-        block=BlockCap(vllm_blocks.build, vllm_blocks.BLOCK_FAMILIES, skip=vllm_blocks.skip_reason),
-        known_failures=load_known_failures("vllm"),
+        block=BlockCap(blocks.build, blocks.BLOCK_FAMILIES, skip=blocks.skip_reason),
+        known_failures=load_known_failures(__file__, "vllm"),
     )

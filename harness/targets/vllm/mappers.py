@@ -126,4 +126,4 @@ def skip_reason(family: str) -> str | None:
     """Why no vLLM mapper chain is checked for `family`, or None."""
     if family in CHAINS:
         return None
-    return UNSPELLABLE.get(family, f"no vLLM model class is wired to {family} in vllm_mappers.CHAINS")
+    return UNSPELLABLE.get(family, f"no vLLM model class is wired to {family} in harness/targets/vllm/mappers.py CHAINS")

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.families import tiny_config
-from reference.config import UNMODELLED_BLOCKS, MoESpec
+from harness.families import tiny_spec
+from harness.targets.transformers.tiny_model import tiny_model, unbuildable
+from reference.config import UNMODELLED_BLOCKS, UNSUPPORTED_FAMILIES, MoESpec
 
 ROUTER_NAMES = ("gate", "router")
 SHARED_NAMES = ("shared_experts", "shared_expert", "shared_mlp")
@@ -34,22 +34,10 @@ LAYOUT_OVERRIDES: dict[str, tuple[bool, bool]] = {
     "llama4": (True, True),
     "llama4_text": (True, True),
 }
-# Families whose tiny config needs a field set for its MoE block to exist at all.
-BUILD_OVERRIDES: dict[str, dict[str, Any]] = {
-    "gemma4": {"enable_moe_block": True},
-    "gemma4_text": {"enable_moe_block": True},
-}
-# A shrunk config that still asks for more parameters than this is not built: a sub-config that
-# escaped shrinking (a full-size vision tower, say) would take the machine's memory.
-MAX_TINY_PARAMS = 50_000_000
 
 
 class UnmappedBlock(Exception):
     """The family's block holds tensors, or a structure, that the reference block does not model."""
-
-
-class ModelTooLarge(UnmappedBlock):
-    """The family's shrunk config still describes a model too large to build here."""
 
 
 class RealMoEBlock(nn.Module):
@@ -248,40 +236,12 @@ def real_block(family: str, spec: MoESpec) -> RealMoEBlock:
                         None if layer_shared is None else copy.deepcopy(layer_shared))
 
 
-def model_builder(config: Any) -> Any:
-    """How to build a model for `config`: its causal LM or base model by Auto class, else its own model class.
-
-    A text sub-config with no Auto mapping (an omni model's thinker text, say) is built by the class in its
-    family's modeling module that declares that config class: the causal LM if there is one, else the model.
-    """
-    from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
-
-    for auto in (AutoModelForCausalLM, AutoModel):
-        if type(config) in auto._model_mapping:
-            return auto.from_config
-    module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
-    classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, PreTrainedModel)
-               and c.__dict__.get("config_class", getattr(c, "config_class", None)) is type(config)
-               and not c.__name__.endswith("PreTrainedModel")]
-    classes.sort(key=lambda c: (not c.__name__.endswith("ForCausalLM"), not c.__name__.endswith("Model"), c.__name__))
-    if not classes:
-        raise UnmappedBlock(f"no Auto class and no model class in {module.__name__} declares {type(config).__name__}")
-    return classes[0]._from_config
-
-
-def build_sized(config: Any) -> nn.Module:
-    """The model of `config` (see `model_builder`) in eval mode, float32; sized on the `meta` device first,
-    ModelTooLarge (and nothing allocated) when it asks for more than MAX_TINY_PARAMS."""
-    builder = model_builder(config)
-    with torch.device("meta"):
-        count = sum(p.numel() for p in builder(config).parameters())
-    if count > MAX_TINY_PARAMS:
-        raise ModelTooLarge(f"{config.model_type}: the config asks for {count:,} parameters "
-                            f"(limit {MAX_TINY_PARAMS:,}); a sub-config escaped shrinking")
-    return builder(config).eval()
-
-
 @functools.cache
-def tiny_model(family: str) -> nn.Module:
-    """The family's tiny model (causal LM, else its base model), built once per process by `build_sized`."""
-    return build_sized(tiny_config(family, **BUILD_OVERRIDES.get(family, {})))
+def skip_reason(family: str) -> str | None:
+    """Why the family has no block to run here (not modelled, or its shrunk model cannot be built), or None."""
+    if family in UNSUPPORTED_FAMILIES:
+        return f"the reference does not model {family}: {UNSUPPORTED_FAMILIES[family]}"
+    try:
+        return unbuildable(lambda: real_block(family, tiny_spec(family)).reference_state(), (UnmappedBlock,))
+    except UnmappedBlock as exc:
+        return str(exc)

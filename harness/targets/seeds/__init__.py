@@ -13,13 +13,11 @@ from harness.targets.base import (
     Target,
     load_known_failures,
 )
-from harness.targets.seed_code import (
-    capturer_top_k,
-    expert_params_mapping,
-    gemma4_remap,
-    gemma4_routing_closure,
-    moe_runner_padding,
-)
+from harness.targets.seeds import seed_000_gemma4_routing_closure as gemma4_routing_closure
+from harness.targets.seeds import seed_001_capturer_top_k as capturer_top_k
+from harness.targets.seeds import seed_002_gemma4_remap as gemma4_remap
+from harness.targets.seeds import seed_003_expert_params_mapping as expert_params_mapping
+from harness.targets.seeds import seed_004_moe_runner_padding as moe_runner_padding
 from reference.loader import load_checkpoint
 
 GEMMA4 = ("gemma4",)
@@ -44,7 +42,7 @@ def make_buggy() -> Target:
         capturer=capturer_top_k.buffer_buggy,
         block=BlockCap(gemma4_routing_closure.build_buggy, GEMMA4),
         padded_runner=moe_runner_padding.runner_buggy,
-        known_failures=load_known_failures("seeds-buggy"),
+        known_failures=load_known_failures(__file__, "seeds-buggy"),
     )
 
 
@@ -55,7 +53,7 @@ def make_lookahead() -> Target:
         description="seed 002's remap with the look-ahead regex one summary quotes",
         remap=RemapCap(gemma4_remap.remap_lookahead, gemma4_remap.ACCEPTS, gemma4_remap.PRODUCES),
         checkpoint_loader=_loader(gemma4_remap.remap_lookahead),
-        known_failures=load_known_failures("seeds-lookahead"),
+        known_failures=load_known_failures(__file__, "seeds-lookahead"),
     )
 
 
@@ -72,5 +70,5 @@ def make_fixed() -> Target:
         capturer=capturer_top_k.buffer_fixed,
         block=BlockCap(gemma4_routing_closure.build_fixed, GEMMA4),
         padded_runner=moe_runner_padding.runner_fixed,
-        known_failures=load_known_failures("seeds-fixed"),
+        known_failures=load_known_failures(__file__, "seeds-fixed"),
     )

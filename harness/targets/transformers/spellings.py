@@ -21,13 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.families import moe_path, sub_config, tiny_config
+from harness.families import moe_path, sub_config
 from harness.targets.base import Spelling, ValuesRejected
-from harness.targets.transformers_blocks import (
-    BUILD_OVERRIDES,
-    ROUTER_NAMES,
-    build_sized,
-)
+from harness.targets.transformers.blocks import ROUTER_NAMES
+from harness.targets.transformers.tiny_model import base_config, build_sized, unbuildable
 from reference.config import NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS, UNSUPPORTED_FAMILIES
 from reference.moe import init_block
 
@@ -64,14 +61,6 @@ def with_moe_fields(family: str, fields: dict[str, Any]) -> Any:
     cls, tree, path = config_tree(family)
     _node(tree, path).update(fields)
     return from_tree(cls, tree)
-
-
-@functools.cache
-def base_config(family: str) -> Any:
-    """The family's tiny config (the one every other transformers check builds from)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return tiny_config(family, **BUILD_OVERRIDES.get(family, {}))
 
 
 @functools.cache
@@ -298,15 +287,14 @@ def skip_reason(family: str) -> str | None:
     """Why the family has no spelling to check here (no top-k field, no buildable model), or None."""
     if family in UNSUPPORTED_FAMILIES:
         return f"not a routed top-k MoE the harness models: {UNSUPPORTED_FAMILIES[family]}"
-    try:
-        quantities = {s.quantity for s in spellings(family)}
-        missing = set(QUANTITIES) - quantities
-        if missing:
-            return f"its config has no {' or '.join(sorted(missing))} spelling"
-        model = build_model(base_config(family))
-    except Exception as exc:  # noqa: BLE001 - our shrunk config, not a finding by itself
-        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return f"its tiny model cannot be built here ({type(exc).__name__}: {first_line})"
+    quantities = {s.quantity for s in spellings(family)}
+    missing = set(QUANTITIES) - quantities
+    if missing:
+        return f"its config has no {' or '.join(sorted(missing))} spelling"
+    reason = unbuildable(lambda: build_model(base_config(family)))
+    if reason:
+        return reason
+    model = build_model(base_config(family))
     if not moe_blocks(model):
         return "its tiny model has no experts module with 3-D expert tensors"
     # Outside the try: the family's own tiny model failing to run is an error to see, not a skip.
