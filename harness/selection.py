@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from harness.checks import CHECKS
 from harness.checks.base import Check
-from harness.families import DEFAULT_FAMILIES, Family, discover_moe_families, get_family
+from harness.families import DEFAULT_FAMILIES, Family, get_family
 from harness.strategies.configs import SYNTHETIC
 from harness.targets import DEFAULT_TARGETS, TargetLoadError, TargetUnavailable, UnknownTarget, load_target
 from harness.targets.base import Target
+from harness.tiny_configs import discover_moe_families
 
 
 class UsageError(ValueError):

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.families import discover_moe_families, tiny_config
 from harness.strategies.configs import synthetic_configs
+from harness.tiny_configs import discover_moe_families, tiny_config
 from reference.config import (
     TOP_K_SPELLINGS,
     UNSUPPORTED_FAMILIES,

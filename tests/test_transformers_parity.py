@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.checks.routing_parity import assert_valid_selection
-from harness.families import discover_moe_families, tiny_spec
+from harness.families import tiny_spec
 from harness.targets.transformers.blocks import RealMoEBlock, real_block
 from harness.targets.transformers.knobs import router_picks
+from harness.tiny_configs import discover_moe_families
 from harness.tolerances import Tolerance, assert_close
 from reference.moe import MoEBlock, init_block
 from reference.routing import selection_scores, weights_for

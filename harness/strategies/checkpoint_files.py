@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from harness.families import tiny_config, tiny_spec
+from harness.families import tiny_spec
+from harness.tiny_configs import tiny_config
 from reference.checkpoint import PROJ_NAMES, KeySchema, parse_expert_key
 from reference.config import MoESpec, resolve_moe_spec
 from reference.loader import param_name

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from harness.families import tiny_config
 from harness.strategies.checkpoint_files import (
     DIM_UNIT,
     FORMATS,
@@ -27,6 +26,7 @@ from harness.strategies.checkpoint_files import (
     GeneratedCheckpoint,
     write_checkpoint,
 )
+from harness.tiny_configs import tiny_config
 from reference.checkpoint import KeySchema
 
 PLAIN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

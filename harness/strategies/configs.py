@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from harness.families import tiny_config
+from harness.tiny_configs import tiny_config
 from reference.config import NESTING_PATHS, NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS
 
 SYNTHETIC = "synthetic"
@@ -81,7 +81,7 @@ def family_configs(draw: st.DrawFn, family: str) -> ConfigCase:
 @functools.cache
 def _present_names(family: str) -> frozenset[str]:
     """The field names of the family's MoE sub-config (its tiny config is built once per process)."""
-    from harness.families import moe_path, sub_config
+    from harness.tiny_configs import moe_path, sub_config
 
     config = tiny_config(family)
     return frozenset(sub_config(config, moe_path(config) or "").to_dict())

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from harness.families import discover_moe_families
 from harness.targets.base import BlockCap, ConfigSpellingCap, RouterKnobsCap, Target, load_known_failures
 from harness.targets.transformers import knobs, spellings
 from harness.targets.transformers.blocks import RealMoEBlock, real_block, skip_reason
 from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER
 from harness.targets.transformers.conversion import CONVERSION
+from harness.tiny_configs import discover_moe_families
 from reference.config import MoESpec
 from reference.moe import init_block
 

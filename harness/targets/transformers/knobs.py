@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.families import moe_path, sub_config
 from harness.targets.base import Knob, RouterRun
 from harness.targets.transformers.blocks import RealMoEBlock
 from harness.targets.transformers.blocks import skip_reason as block_skip
@@ -26,6 +25,7 @@ from harness.targets.transformers.spellings import (
     moe_blocks,
     with_moe_fields,
 )
+from harness.tiny_configs import moe_path, sub_config
 from reference.config import N_GROUP_SPELLINGS, RENORM_SPELLINGS, SCALING_SPELLINGS, resolve_moe_spec
 
 KNOB_SPELLINGS: dict[str, tuple[str, ...]] = {

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.families import moe_path, sub_config
 from harness.targets.base import Spelling, ValuesRejected
 from harness.targets.transformers.blocks import ROUTER_NAMES
 from harness.targets.transformers.tiny_model import base_config, build_sized, unbuildable
+from harness.tiny_configs import moe_path, sub_config
 from reference.config import NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS, UNSUPPORTED_FAMILIES
 from reference.moe import init_block
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.families import tiny_config
+from harness.tiny_configs import tiny_config
 
 # Families whose tiny config needs a field set for its MoE block to exist at all.
 BUILD_OVERRIDES: dict[str, dict[str, Any]] = {

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.families import tiny_config
 from harness.targets.vllm.runtime import building, process_weights, running, seed_parameters
+from harness.tiny_configs import tiny_config
 from reference.config import MoESpec
 
 BLOCK_FAMILIES = ("gemma4",)

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from harness.families import DEFAULT_FAMILIES, tiny_config
+from harness.families import DEFAULT_FAMILIES
 from harness.targets.base import RemapCap
+from harness.tiny_configs import tiny_config
 from reference.checkpoint import KeySchema
 
 DROPPED = "<dropped by the mapper>"
