@@ -82,7 +82,7 @@ def copy_bandwidth() -> float:
 def routing_inputs(tokens: int, experts: int, k: int) -> tuple[torch.Tensor, RoutingKnobs, torch.Tensor]:
     logits = torch.randn(tokens, experts, device="cuda") * 3
     scale = torch.rand(experts, device="cuda") + 0.5
-    return logits, RoutingKnobs("gemma4", k, renormalize=True, per_expert_scale=True), scale
+    return logits, RoutingKnobs("gemma4", k, renormalize=True), scale
 
 
 def bench_routing(bandwidth: float, launches: dict[tuple[int, int], RouteLaunch]) -> list[dict[str, Any]]:

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reference.families import FamilyFacts, facts_for, facts_named
+from reference.variants import variant
+
 # Every accepted spelling, in the order tried. NOTES §4.
 TOP_K_SPELLINGS = (
     "num_experts_per_tok",
@@ -53,91 +56,6 @@ NESTING_PATHS = (
     "llm_config",
 )
 
-ROUTING_VARIANTS = (
-    "softmax_topk",
-    "gemma4",
-    "topk_softmax",
-    "sigmoid_bias",
-    "grouped",
-    "sigmoid_topk_on_logits",
-    # Appended, so the earlier variants keep their index (the Triton kernels' variant codes).
-    "softmax_bias",
-    "grouped_softmax",
-    "sigmoid_logit_bias",
-)
-# Variants whose selection adds a per-expert bias (weights never see it).
-BIASED_VARIANTS = ("sigmoid_bias", "grouped", "softmax_bias", "sigmoid_logit_bias")
-# Variants that keep the topk_group best of n_group expert groups before the top-K.
-GROUPED_VARIANTS = ("grouped", "grouped_softmax")
-# Variants whose weights are multiplied by the routed scaling factor.
-SCALED_VARIANTS = BIASED_VARIANTS + ("grouped_softmax",)
-# How a group is scored before groups are kept (grouped variants).
-GROUP_SCORES = ("top2_sum", "max")
-
-# Families whose routing the config cannot tell: variant, and whether renormalisation is fixed.
-# Everything else is inferred from the config's own knobs (scoring_func, n_group, norm_topk_prob).
-ROUTING_BY_FAMILY: dict[str, tuple[str, bool | None]] = {
-    "mixtral": ("softmax_topk", True),
-    "minimax": ("softmax_topk", True),
-    "phimoe": ("softmax_topk", True),
-    "jamba": ("softmax_topk", False),
-    "gemma4": ("gemma4", True),
-    "gemma4_text": ("gemma4", True),
-    "gpt_oss": ("topk_softmax", True),
-    "granitemoe": ("topk_softmax", True),
-    "granitemoeshared": ("topk_softmax", True),
-    "granitemoehybrid": ("topk_softmax", True),
-    "granitemoe_swa": ("topk_softmax", True),
-    "aria": ("topk_softmax", True),
-    "aria_text": ("topk_softmax", True),
-    "llama4": ("sigmoid_topk_on_logits", False),
-    "llama4_text": ("sigmoid_topk_on_logits", False),
-    "qwen3_vl_moe": ("softmax_topk", True),  # no norm_topk_prob field; the router always renormalises
-    "qwen3_vl_moe_text": ("softmax_topk", True),
-    "qwen3_5_moe": ("softmax_topk", True),
-    "qwen3_5_moe_text": ("softmax_topk", True),
-    "inkling2": ("sigmoid_bias", True),  # renormalises always; the config has no flag
-    "inkling2_text": ("sigmoid_bias", True),
-    "openai_privacy_filter": ("topk_softmax", True),
-    "minimax_m2": ("sigmoid_bias", True),  # its router always renormalises; the config has no flag
-    "minimax_m3_vl": ("sigmoid_bias", True),
-    "minimax_m3_vl_text": ("sigmoid_bias", True),
-    "hy_v3": ("sigmoid_bias", True),
-    "laguna": ("sigmoid_bias", True),
-    "ernie4_5_moe": ("softmax_bias", True),  # renormalises always (sum clamped to moe_norm_min)
-    "mistral4": ("grouped_softmax", None),
-    "mistral_large4": ("grouped_softmax", True),
-    "mistral_large4_text": ("grouped_softmax", True),
-    "kolibri1": ("sigmoid_logit_bias", None),
-    "hunyuan_v1_moe": ("softmax_topk", True),
-    "afmoe": ("sigmoid_bias", True),
-}
-
-# Block facts a family's code fixes and its config does not state (NOTES §3).
-#   swiglu_oai: gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha * gate).
-#   weight_on_input: the routing weight scales the expert's input, not its output.
-#   shared_add: one shared expert of the expert width is always added (no config field states it).
-BLOCK_BY_FAMILY: dict[str, dict[str, Any]] = {
-    "gpt_oss": {"activation": "swiglu_oai", "router_bias": True, "expert_bias": True},
-    "openai_privacy_filter": {"activation": "swiglu_oai", "router_bias": True, "expert_bias": True},
-    "llama4": {"weight_on_input": True, "shared_add": True},
-    "llama4_text": {"weight_on_input": True, "shared_add": True},
-    "minimax_m3_vl": {"activation": "swiglu_oai"},  # its shared MLP too
-    "minimax_m3_vl_text": {"activation": "swiglu_oai"},
-    "hunyuan_v1_moe": {"shared_add": True},  # its shared MLP exists whatever the expert counts say
-}
-
-# Families whose shared expert is scaled by sigmoid(shared_expert_gate(x)); the config does not say so.
-SIGMOID_GATED_SHARED = ("qwen2_moe", "qwen3_next", "qwen3_5_moe", "qwen3_5_moe_text", "qwen4_exp", "qwen4_exp_text")
-
-# Families whose config resolves but whose block computes something the reference does not model, and what.
-UNMODELLED_BLOCKS: dict[str, str] = {
-    "phimoe": "sparsemixer routing (jitter-masked top-2 with a second pass) is not a modelled variant",
-    "deepseek_v4": "its first layers route by a hash of the token ids (forward needs input_ids); not modelled",
-    "inkling2": "its experts use a softcapped SwiGLU, which is not a modelled activation",
-    "inkling2_text": "its experts use a softcapped SwiGLU, which is not a modelled activation",
-}
-
 ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
@@ -145,17 +63,6 @@ ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_tanh": "gelu_tanh",
-}
-
-
-# Families of the installed transformers that declare experts the reference does not model, and why.
-UNSUPPORTED_FAMILIES: dict[str, str] = {
-    "nllb-moe": "encoder-decoder top-2 capacity routing fixed by the router class; no top-k field",
-    "switch_transformers": "encoder-decoder top-1 capacity routing fixed by the router class; no top-k field",
-    "vitpose_backbone": "num_experts picks a dataset-specific head, not routed experts",
-    "ernie4_5_vl_moe": "moe_intermediate_size is a per-modality list (text, vision); one expert width is modelled",
-    "ernie4_5_vl_moe_text": "moe_intermediate_size is a per-modality list (text, vision); one expert width is modelled",
-    "dots3_note_vision_encoder": "expert counts are per-layer (heterogeneous config); one global count is modelled",
 }
 
 
@@ -177,9 +84,17 @@ class RoutingKnobs:
     scaling_factor: float = 1.0
     n_group: int | None = None
     topk_group: int | None = None
-    selection_bias: bool = False
-    per_expert_scale: bool = False
     group_score: str = "top2_sum"  # grouped variants: a group's score is its top-2 sum, or its max
+
+    @property
+    def selection_bias(self) -> bool:
+        """Whether the variant's selection adds a per-expert bias (a fact of the variant, not a knob)."""
+        return variant(self.variant).biased
+
+    @property
+    def per_expert_scale(self) -> bool:
+        """Whether the variant's weights are multiplied by a per-expert scale (a fact of the variant)."""
+        return variant(self.variant).per_expert_scale
 
 
 @dataclass(frozen=True)
@@ -315,7 +230,7 @@ def _moe_layers(cfg: Any, num_layers: int) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def _routing(cfg: Any, family: str, top_k: int, num_experts: int, where: str) -> RoutingKnobs:
+def _routing(cfg: Any, facts: FamilyFacts | None, top_k: int, num_experts: int, where: str) -> RoutingKnobs:
     renorm_hit = first_spelling(cfg, RENORM_SPELLINGS)
     renorm = bool(renorm_hit[1]) if renorm_hit else False
     scale_hit = first_spelling(cfg, SCALING_SPELLINGS)
@@ -331,38 +246,37 @@ def _routing(cfg: Any, family: str, top_k: int, num_experts: int, where: str) ->
     if isinstance(softcap, int | float) and softcap > 0:
         raise UnsupportedConfig(f"{where}: router logits softcapped (moe_router_logit_softcapping={softcap}) "
                                 "are not modelled")
-    if family in ROUTING_BY_FAMILY:
-        variant, fixed_renorm = ROUTING_BY_FAMILY[family]
-        if fixed_renorm is not None:
-            renorm = fixed_renorm
+    if facts is not None and facts.routing is not None:
+        name = facts.routing
+        if facts.renormalize is not None:
+            renorm = facts.renormalize
     elif topk_method in ("greedy", "group_limited_greedy"):
         # DeepSeek-V2: softmax scores, groups scored by their max (greedy keeps every group), and the
         # picks renormalised when the config's norm_topk_prob says so (its released configs say False).
-        variant, group_score = "grouped_softmax", "max"
+        name, group_score = "grouped_softmax", "max"
         if topk_method == "greedy":
             n_group, topk_group = None, None
     elif selection_fn in ("softmax", "sigmoid"):
-        variant = "topk_softmax" if selection_fn == "softmax" else "sigmoid_topk_on_logits"
+        name = "topk_softmax" if selection_fn == "softmax" else "sigmoid_topk_on_logits"
     elif isinstance(n_group, int) and n_group > 1 and isinstance(topk_group, int):
-        variant = "grouped"
+        name = "grouped"
     elif scoring == "sigmoid":
-        variant = "sigmoid_bias"
+        name = "sigmoid_bias"
     else:
-        variant = "softmax_topk"
+        name = "softmax_topk"
+    rule = variant(name)
     knobs = RoutingKnobs(
-        variant=variant,
+        variant=name,
         top_k=top_k,
         renormalize=renorm,
-        scaling_factor=scaling if variant in SCALED_VARIANTS else 1.0,
-        n_group=n_group if variant in GROUPED_VARIANTS else None,
-        topk_group=topk_group if variant in GROUPED_VARIANTS else None,
-        selection_bias=variant in BIASED_VARIANTS,
-        per_expert_scale=variant == "gemma4",
+        scaling_factor=scaling if rule.scaled else 1.0,
+        n_group=n_group if rule.grouped else None,
+        topk_group=topk_group if rule.grouped else None,
         group_score=group_score,
     )
-    if variant == "grouped_softmax" and not (isinstance(n_group, int) and isinstance(topk_group, int)):
+    if name == "grouped_softmax" and not (isinstance(n_group, int) and isinstance(topk_group, int)):
         return dataclasses.replace(knobs, n_group=None, topk_group=None)
-    if variant in GROUPED_VARIANTS:
+    if rule.grouped:
         assert isinstance(n_group, int) and isinstance(topk_group, int)
         if num_experts % n_group:
             raise ConfigError(f"{where}: n_group={n_group} does not divide num_experts={num_experts}")
@@ -388,7 +302,9 @@ def resolve_moe_spec(config: Any) -> MoESpec:
     if family in ("", "None") and sub_family not in (_MISSING, None):
         family = str(sub_family)
     # A nested text config of a known family carries the family's own routing.
-    routing_family = family if family in ROUTING_BY_FAMILY else str(sub_family) if sub_family is not _MISSING else family
+    top = facts_named(family)
+    described = family if top is not None and top.routing else str(sub_family) if sub_family is not _MISSING else family
+    facts = facts_for(config, described)
 
     spellings: dict[str, str] = {}
     name, num_experts = _require_int(cfg, NUM_EXPERTS_SPELLINGS, "routed experts", where)
@@ -417,10 +333,11 @@ def resolve_moe_spec(config: Any) -> MoESpec:
         n_shared = max(n_shared, 1)
     elif n_shared > 0:
         shared_width = width * n_shared
+    shared_fact = facts.shared if facts else None
     combine = "none"
     if n_shared > 0:
-        combine = "sigmoid_gate" if routing_family in SIGMOID_GATED_SHARED else "add"
-    if routing_family in ("gemma4", "gemma4_text"):
+        combine = "sigmoid_gate" if shared_fact == "sigmoid_gate" else "add"
+    if shared_fact == "parallel_dense":
         combine, n_shared = "parallel_dense", 1
         shared_width = int(_get(cfg, "intermediate_size"))
 
@@ -434,8 +351,7 @@ def resolve_moe_spec(config: Any) -> MoESpec:
     layers_hit = first_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(config, NUM_LAYERS_SPELLINGS)
     num_layers = int(layers_hit[1]) if layers_hit else 1
 
-    facts = BLOCK_BY_FAMILY.get(routing_family, {})
-    if facts.get("shared_add"):
+    if shared_fact == "always_one":
         combine, n_shared, shared_width = "add", 1, width
     glu = {name: float(v) for name, key in (("glu_alpha", "swiglu_alpha"), ("glu_limit", "swiglu_limit"))
            if (v := _get(cfg, key)) not in (_MISSING, None)}
@@ -446,17 +362,17 @@ def resolve_moe_spec(config: Any) -> MoESpec:
         top_k=top_k,
         hidden_size=hidden,
         intermediate_size=width,
-        routing=_routing(cfg, routing_family, top_k, num_experts, where),
-        activation=facts.get("activation", ACTIVATIONS[act_name]),
+        routing=_routing(cfg, facts, top_k, num_experts, where),
+        activation=(facts and facts.activation) or ACTIVATIONS[act_name],
         num_shared_experts=n_shared,
         shared_intermediate_size=shared_width,
         shared_combine=combine,
         num_layers=num_layers,
         moe_layers=_moe_layers(cfg, num_layers),
         nesting=path,
-        router_bias=facts.get("router_bias", False),
-        expert_bias=facts.get("expert_bias", False),
-        weight_on_input=facts.get("weight_on_input", False),
+        router_bias=bool(facts and facts.router_bias),
+        expert_bias=bool(facts and facts.expert_bias),
+        weight_on_input=bool(facts and facts.weight_on_input),
         **glu,
         spellings=spellings,
     )

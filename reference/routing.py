@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from reference.config import BIASED_VARIANTS, GROUP_SCORES, GROUPED_VARIANTS, ROUTING_VARIANTS, RoutingKnobs
+from reference.config import RoutingKnobs
+from reference.variants import GROUP_SCORES, ROUTING_VARIANTS, variant
 
 
 class RoutingInputError(ValueError):
@@ -42,23 +43,17 @@ def _grouped_choice(scores: torch.Tensor, knobs: RoutingKnobs) -> torch.Tensor:
     return per_group.masked_fill(~mask[..., None], float("-inf")).view(t, e)
 
 
+_SCORES = {"softmax": lambda x: torch.softmax(x, dim=-1), "sigmoid": torch.sigmoid, "logits": lambda x: x}
+
+
 def selection_scores(logits: torch.Tensor, knobs: RoutingKnobs, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The per-expert score whose top K are selected (bias only steers selection)."""
-    if knobs.variant == "softmax_topk":
-        return torch.softmax(logits, dim=-1)
-    if knobs.variant in ("sigmoid_bias", "grouped"):
+    rule = variant(knobs.variant)
+    scores = _SCORES[rule.score](logits)
+    if rule.biased:
         assert bias is not None
-        choice = torch.sigmoid(logits) + bias.to(logits.dtype)
-        return _grouped_choice(choice, knobs) if knobs.variant == "grouped" else choice
-    if knobs.variant == "softmax_bias":
-        assert bias is not None
-        return torch.softmax(logits, dim=-1) + bias.to(logits.dtype)
-    if knobs.variant == "grouped_softmax":
-        return _grouped_choice(torch.softmax(logits, dim=-1), knobs)
-    if knobs.variant == "sigmoid_logit_bias":
-        assert bias is not None
-        return logits + bias.to(logits.dtype)
-    return logits
+        scores = scores + bias.to(logits.dtype)
+    return _grouped_choice(scores, knobs) if rule.grouped else scores
 
 
 def weights_for(
@@ -68,26 +63,21 @@ def weights_for(
     per_expert_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The routing weights the variant gives the experts `ids` [T, K] (whichever way they were chosen)."""
+    rule = variant(knobs.variant)
     ids = ids.long()
-    picked = logits.gather(-1, ids)
-    if knobs.variant == "softmax_topk":
+    if rule.weight == "all_softmax":  # the unbiased probabilities of the picks
         w = torch.softmax(logits, dim=-1).gather(-1, ids)
-        return _renorm(w) if knobs.renormalize else w
-    if knobs.variant == "gemma4":
+    elif rule.weight == "picked_softmax":
+        w = torch.softmax(logits.gather(-1, ids), dim=-1)
+    else:  # picked_sigmoid
+        w = torch.sigmoid(logits.gather(-1, ids))
+    if rule.per_expert_scale:
         # Scale after the softmax over the selected K, so sum(w / scale[ids]) == 1.
         assert per_expert_scale is not None
-        return torch.softmax(picked, dim=-1) * per_expert_scale.to(picked.dtype)[ids]
-    if knobs.variant == "topk_softmax":
-        return torch.softmax(picked, dim=-1)
-    if knobs.variant == "sigmoid_topk_on_logits":
-        return _renorm(torch.sigmoid(picked)) if knobs.renormalize else torch.sigmoid(picked)
-    if knobs.variant in ("softmax_bias", "grouped_softmax"):
-        w = torch.softmax(logits, dim=-1).gather(-1, ids)  # the unbiased probabilities of the picks
-    else:  # sigmoid_bias, grouped, sigmoid_logit_bias
-        w = torch.sigmoid(picked)
-    if knobs.renormalize:
+        w = w * per_expert_scale.to(w.dtype)[ids]
+    if rule.renormalizes and knobs.renormalize:
         w = _renorm(w)
-    return w * knobs.scaling_factor
+    return w * knobs.scaling_factor if rule.scaled else w
 
 
 def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
@@ -103,9 +93,9 @@ def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
         raise RoutingInputError(f"unknown routing variant {knobs.variant!r}; known: {', '.join(ROUTING_VARIANTS)}")
     if knobs.variant == "grouped" and (knobs.n_group is None or knobs.topk_group is None):
         raise RoutingInputError("grouped routing needs n_group and topk_group")
-    if knobs.variant in GROUPED_VARIANTS and (knobs.n_group is None) != (knobs.topk_group is None):
+    if variant(knobs.variant).grouped and (knobs.n_group is None) != (knobs.topk_group is None):
         raise RoutingInputError(f"n_group={knobs.n_group} and topk_group={knobs.topk_group}: give both or neither")
-    if knobs.variant in GROUPED_VARIANTS and knobs.n_group is not None and knobs.topk_group is not None:
+    if variant(knobs.variant).grouped and knobs.n_group is not None and knobs.topk_group is not None:
         if num_experts % knobs.n_group:
             raise RoutingInputError(f"n_group={knobs.n_group} must divide num_experts={num_experts}")
         kept = knobs.topk_group * (num_experts // knobs.n_group)
@@ -129,9 +119,9 @@ def route(
     dtype = torch.float64 if oracle else torch.float32
     num_experts = logits.shape[-1]
     extra: dict[str, torch.Tensor] = {}
-    if knobs.selection_bias or knobs.variant in BIASED_VARIANTS:
+    if variant(knobs.variant).biased:
         extra["bias"] = (bias if bias is not None else torch.zeros(num_experts)).to(logits.device, dtype)
-    if knobs.variant == "gemma4":
+    if variant(knobs.variant).per_expert_scale:
         if per_expert_scale is None:
             raise RoutingInputError("gemma4 routing needs per_expert_scale [num_experts]")
         extra["per_expert_scale"] = per_expert_scale.to(logits.device, dtype)

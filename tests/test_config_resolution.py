@@ -13,11 +13,11 @@ from harness.strategies.configs import synthetic_configs
 from harness.tiny_configs import discover_moe_families, tiny_config
 from reference.config import (
     TOP_K_SPELLINGS,
-    UNSUPPORTED_FAMILIES,
     ConfigError,
     resolve_moe_spec,
     resolve_top_k,
 )
+from reference.families import UNSUPPORTED_FAMILIES
 
 FAMILIES = discover_moe_families()
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"

@@ -44,7 +44,7 @@ def test_grouped_masks_with_negative_infinity() -> None:
     from reference.config import RoutingKnobs
 
     # Biased scores are negative everywhere; the kept group must still win over the masked one.
-    knobs = RoutingKnobs("grouped", 2, n_group=2, topk_group=1, selection_bias=True)
+    knobs = RoutingKnobs("grouped", 2, n_group=2, topk_group=1)
     logits = torch.tensor([[0.0, 0.0, 5.0, 5.0]])
     bias = torch.full((4,), -10.0)
     _, ids = route(logits, knobs, bias=bias)
@@ -72,7 +72,7 @@ def test_softmax_bias_matches_a_hand_computation() -> None:
     # The bias promotes expert 3 (lowest probability) into the top 2 and demotes expert 0 (highest).
     bias = [-1.0, 0.0, 0.0, 2.0, 0.1]
     for renorm, scale in ((True, 1.0), (False, 1.0), (True, 2.5)):
-        knobs = RoutingKnobs("softmax_bias", 2, renormalize=renorm, scaling_factor=scale, selection_bias=True)
+        knobs = RoutingKnobs("softmax_bias", 2, renormalize=renorm, scaling_factor=scale)
         w, ids = route(torch.tensor([logits], dtype=torch.float64), knobs, bias=torch.tensor(bias), oracle=True)
         want_ids, want_w = _softmax_bias_by_hand(logits, bias, 2, renorm, scale)
         assert ids[0].tolist() == want_ids == [3, 1]
@@ -82,7 +82,7 @@ def test_softmax_bias_matches_a_hand_computation() -> None:
 def test_softmax_bias_weights_never_see_the_bias() -> None:
     from reference.config import RoutingKnobs
 
-    knobs = RoutingKnobs("softmax_bias", 2, renormalize=False, selection_bias=True)
+    knobs = RoutingKnobs("softmax_bias", 2, renormalize=False)
     logits = torch.tensor([[0.5, 0.1, -0.2, 0.7]])
     w_zero, ids = route(logits, knobs, bias=torch.zeros(4))
     w_big, ids_big = route(logits, knobs, bias=torch.full((4,), 5.0))  # a uniform bias changes nothing
@@ -109,7 +109,7 @@ def test_grouped_softmax_keeps_the_best_groups() -> None:
 def test_sigmoid_logit_bias_selects_on_biased_logits() -> None:
     from reference.config import RoutingKnobs
 
-    knobs = RoutingKnobs("sigmoid_logit_bias", 1, selection_bias=True)
+    knobs = RoutingKnobs("sigmoid_logit_bias", 1)
     logits = torch.tensor([[1.0, 0.0]])
     w, ids = route(logits, knobs, bias=torch.tensor([0.0, 1.5]), oracle=True)
     assert ids.tolist() == [[1]] and torch.allclose(w, torch.sigmoid(torch.tensor([[0.0]], dtype=torch.float64)))

@@ -18,15 +18,15 @@ import pytest
 import torch
 
 import reference.triton as rt  # first: it settles TRITON_INTERPRET before Triton is imported
+from harness.assertions import assert_close, assert_close_to_terms, assert_valid_selection
 from harness.checks import CHECKS
-from harness.checks.moe_output_parity import assert_close_to_terms, term_magnitude
-from harness.checks.routing_parity import WEIGHT_TOLERANCE, assert_valid_selection
+from harness.checks.moe_output_parity import term_magnitude
 from harness.engine import run_case
 from harness.families import get_family
 from harness.targets import load_target
 from harness.targets.base import FusedMoECap, RoutingCap
 from harness.targets.triton import on_device
-from harness.tolerances import assert_close, tolerance_for
+from harness.tolerances import WEIGHT_TOLERANCE, tolerance_for
 from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
 from reference.config import RoutingKnobs
 from reference.moe import experts_forward as torch_experts_forward
@@ -52,11 +52,11 @@ def knobs_for(name: str, top_k: int, experts: int) -> RoutingKnobs:
     variant, _, extra = name.partition("+")
     kw: dict[str, object] = {"renormalize": extra == "renorm"}
     if variant in ("sigmoid_bias", "grouped"):
-        kw.update(scaling_factor=2.5, selection_bias=True)
+        kw.update(scaling_factor=2.5)
     if variant == "grouped":
         n_group = 8 if experts % 8 == 0 else 1
         kw.update(n_group=n_group, topk_group=max(1, n_group // 2))
-    return RoutingKnobs(variant, top_k, per_expert_scale=variant == "gemma4", **kw)  # type: ignore[arg-type]
+    return RoutingKnobs(variant, top_k, **kw)  # type: ignore[arg-type]
 
 
 VARIANT_CASES = ("softmax_topk", "softmax_topk+renorm", "gemma4", "topk_softmax", "sigmoid_bias",
@@ -132,7 +132,7 @@ def test_routing_16bit_logits_at_model_shapes(variant: str, dtype: torch.dtype) 
 
 
 def test_ties_break_by_lower_index() -> None:
-    knobs = RoutingKnobs("gemma4", 3, per_expert_scale=True)
+    knobs = RoutingKnobs("gemma4", 3)
     logits = torch.tensor([[0.5] * 6, [1.0, 2.0, 2.0, 0.0, 2.0, 2.0], [-0.0, 0.0, -1.0, 0.0, -0.0, 3.0]])
     _, ids = route(logits.to(DEVICE), knobs, per_expert_scale=torch.ones(6))
     assert ids.cpu().tolist() == [[0, 1, 2], [1, 2, 4], [5, 0, 1]]
@@ -171,10 +171,10 @@ BAD_ROUTING = {
     "k=0": (torch.zeros(2, 3), RoutingKnobs("softmax_topk", 0), {}, "top_k=0"),
     "rank-3": (torch.zeros(2, 3, 4), RoutingKnobs("softmax_topk", 1), {}, "tokens, experts"),
     "int-logits": (torch.zeros(2, 3, dtype=torch.int32), RoutingKnobs("softmax_topk", 1), {}, "floating point"),
-    "bias-shape": (torch.zeros(2, 4), RoutingKnobs("sigmoid_bias", 1, selection_bias=True),
+    "bias-shape": (torch.zeros(2, 4), RoutingKnobs("sigmoid_bias", 1),
                    {"bias": torch.zeros(5)}, "bias must be"),
-    "scale-missing": (torch.zeros(2, 4), RoutingKnobs("gemma4", 1, per_expert_scale=True), {}, "per_expert_scale"),
-    "scale-shape": (torch.zeros(2, 4), RoutingKnobs("gemma4", 1, per_expert_scale=True),
+    "scale-missing": (torch.zeros(2, 4), RoutingKnobs("gemma4", 1), {}, "per_expert_scale"),
+    "scale-shape": (torch.zeros(2, 4), RoutingKnobs("gemma4", 1),
                     {"per_expert_scale": torch.ones(4, 1)}, "per_expert_scale must be"),
     "topk-group": (torch.zeros(2, 4), RoutingKnobs("grouped", 1, n_group=2, topk_group=3), {}, "topk_group=3"),
     "wrong-device": (torch.zeros(2, 4, device="meta"), RoutingKnobs("softmax_topk", 1), {}, "tensors; got a tensor"),

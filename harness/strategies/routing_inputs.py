@@ -7,20 +7,11 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
-from reference.config import (
-    BIASED_VARIANTS,
-    GROUP_SCORES,
-    GROUPED_VARIANTS,
-    ROUTING_VARIANTS,
-    SCALED_VARIANTS,
-    RoutingKnobs,
-)
+from reference.config import RoutingKnobs
+from reference.variants import GROUP_SCORES, ROUTING_VARIANTS, variant
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STYLES = ("normal", "ties_at_k", "all_equal", "neg_inf", "huge")
-# Variants whose weights read the renormalize knob (the others fix it: gemma4 and topk_softmax always
-# normalise over the picks).
-RENORMALIZING_VARIANTS = ("softmax_topk", "sigmoid_topk_on_logits") + BIASED_VARIANTS + GROUPED_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -69,26 +60,26 @@ def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIAN
                      max_tokens: int = 32, max_experts: int = 64) -> RoutingExample:
     """A routing case of one of `variants`: E in 1..max_experts (any, not only powers of two), K in 1..E
     (K = E included), grouped cases with n_group dividing E. Shrinks toward one token, one expert, fp32."""
-    variant = draw(st.sampled_from(variants))
+    name = draw(st.sampled_from(variants))
+    rule = variant(name)
     experts = draw(st.integers(1, max_experts))
     kw: dict[str, object] = {}
     k_max = experts
     # grouped must have groups; grouped_softmax may also route greedily over all experts (DeepSeek-V2).
-    if variant == "grouped" or (variant in GROUPED_VARIANTS and draw(st.booleans())):
+    if name == "grouped" or (rule.grouped and draw(st.booleans())):
         divisors = [d for d in range(1, experts + 1) if experts % d == 0]
         n_group = draw(st.sampled_from(divisors))
         topk_group = draw(st.integers(1, n_group))
         kw.update(n_group=n_group, topk_group=topk_group)
-        if variant == "grouped_softmax":  # DeepSeek-V2 scores a group by its max, V3-style by its top-2 sum
+        if name == "grouped_softmax":  # DeepSeek-V2 scores a group by its max, V3-style by its top-2 sum
             kw["group_score"] = draw(st.sampled_from(GROUP_SCORES))
         k_max = topk_group * (experts // n_group)
     top_k = draw(st.integers(1, k_max))
-    if variant in RENORMALIZING_VARIANTS:
+    if rule.renormalizes:
         kw["renormalize"] = draw(st.booleans())
-    if variant in SCALED_VARIANTS:
+    if rule.scaled:
         kw["scaling_factor"] = draw(st.sampled_from((1.0, 2.5)))
-    knobs = RoutingKnobs(variant=variant, top_k=top_k, selection_bias=variant in BIASED_VARIANTS,
-                         per_expert_scale=variant == "gemma4", **kw)  # type: ignore[arg-type]
+    knobs = RoutingKnobs(variant=name, top_k=top_k, **kw)  # type: ignore[arg-type]
     tokens = draw(st.integers(1, max_tokens))
     dtype = draw(st.sampled_from(LOGIT_DTYPES))
     style = draw(st.sampled_from(STYLES))

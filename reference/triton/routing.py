@@ -32,10 +32,11 @@ import torch
 import triton
 import triton.language as tl
 
-from reference.config import ROUTING_VARIANTS, RoutingKnobs
+from reference.config import RoutingKnobs
 from reference.routing import RoutingInputError, validate_routing_inputs
 from reference.triton import INTERPRETED, check_device, launch_context
 from reference.triton.core_ops import max_along, min_along, sigmoid, sum_along
+from reference.variants import ROUTING_VARIANTS
 
 # Kernel-side variant codes: a variant's index in ROUTING_VARIANTS.
 VARIANT_CODE = {name: i for i, name in enumerate(ROUTING_VARIANTS)}

@@ -25,10 +25,10 @@ from reference.checkpoint import (
     make_expert_params_mapping,
     remap,
 )
-from reference.config import ROUTING_VARIANTS
 from reference.loader import load_checkpoint
 from reference.moe import PaddedMoERunner, build_block
 from reference.routing import route
+from reference.variants import ROUTING_VARIANTS
 
 ALL_SCHEMAS = tuple(
     KeySchema(prefix, block, layout, names)

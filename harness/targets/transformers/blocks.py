@@ -17,7 +17,8 @@ from torch import nn
 
 from harness.families import tiny_spec
 from harness.targets.transformers.tiny_model import tiny_model, unbuildable
-from reference.config import UNMODELLED_BLOCKS, UNSUPPORTED_FAMILIES, MoESpec
+from reference.config import MoESpec
+from reference.families import UNSUPPORTED_FAMILIES, describing, undescribed
 
 ROUTER_NAMES = ("gate", "router")
 SHARED_NAMES = ("shared_experts", "shared_expert", "shared_mlp")
@@ -228,9 +229,16 @@ def find_layer_shared(family: str) -> nn.Module | None:
 
 
 def real_block(family: str, spec: MoESpec) -> RealMoEBlock:
-    """A fresh copy of the family's real MoE block (and any shared MLP beside it), ready to be filled and run."""
-    if family in UNMODELLED_BLOCKS:
-        raise UnmappedBlock(f"{family}: {UNMODELLED_BLOCKS[family]}")
+    """A fresh copy of the family's real MoE block (and any shared MLP beside it), ready to be filled and run.
+
+    UnmappedBlock when no family record describes the block's code, or its record says it is not modelled.
+    """
+    block_class = type(find_block(family))
+    facts = describing(block_class)
+    if facts is None:
+        raise UnmappedBlock(f"{family}: {undescribed(block_class)}")
+    if facts.unmodelled:
+        raise UnmappedBlock(f"{family}: {facts.unmodelled}")
     layer_shared = find_layer_shared(family)
     return RealMoEBlock(family, spec, copy.deepcopy(find_block(family)),
                         None if layer_shared is None else copy.deepcopy(layer_shared))

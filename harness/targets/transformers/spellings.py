@@ -25,7 +25,8 @@ from harness.targets.base import Spelling, ValuesRejected
 from harness.targets.transformers.blocks import ROUTER_NAMES
 from harness.targets.transformers.tiny_model import base_config, build_sized, unbuildable
 from harness.tiny_configs import moe_path, sub_config
-from reference.config import NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS, UNSUPPORTED_FAMILIES
+from reference.config import NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS
+from reference.families import UNSUPPORTED_FAMILIES
 from reference.moe import init_block
 
 QUANTITIES: dict[str, tuple[str, ...]] = {"num_experts": NUM_EXPERTS_SPELLINGS, "top_k": TOP_K_SPELLINGS}
