@@ -29,8 +29,9 @@ from harness.strategies.checkpoint_files import (
 from harness.strategies.checkpoints import BAD_KINDS, bad_checkpoints, break_checkpoint, checkpoint_plans
 from harness.targets.base import CheckpointLoaderCap, Target
 from harness.targets.reference import ALL_SCHEMAS, make_target
-from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER, SCHEMAS, resave
-from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION, TARGET_ERROR
+from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER, resave
+from harness.targets.transformers.families import record
+from harness.verdict import ErrorKind, Status
 from reference.checkpoint import ExpertParamEntry, KeySchema, make_expert_params_mapping, parse_expert_key
 from reference.loader import load_checkpoint
 from reference.shards import INDEX_NAME, CheckpointError
@@ -163,12 +164,12 @@ def test_bad_files_become_classified_verdicts_and_the_run_goes_on() -> None:
     reference = make_target()
     family = get_family("mixtral")
     for kind in BAD_KINDS:
-        check = dataclasses.replace(CHECKPOINT_ROUNDTRIP, strategy=lambda t, f, kind=kind: bad_checkpoints(
+        check = dataclasses.replace(CHECKPOINT_ROUNDTRIP, draws=lambda t, f, kind=kind: bad_checkpoints(
             kind, f.name, (PER_EXPERT, W_NAMES)).map(lambda bad: bad.checkpoint))
         verdict = run_case(check, reference, family, max_examples=2)
-        assert (verdict.status, verdict.kind) == (FAIL, TARGET_ERROR), (kind, verdict.message)
+        assert (verdict.status, verdict.kind) == (Status.FAIL, ErrorKind.TARGET_ERROR), (kind, verdict.message)
         assert "CheckpointError" in verdict.message and ".safetensors" in verdict.message, verdict.message
-    assert run_case(CHECKPOINT_ROUNDTRIP, reference, family, max_examples=5).status == PASS
+    assert run_case(CHECKPOINT_ROUNDTRIP, reference, family, max_examples=5).status == Status.PASS
 
 
 # ---- broken loaders ----------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_check_catches_broken_loader(name: str) -> None:
     cap = CheckpointLoaderCap(BROKEN_LOADERS[name], lambda family: (PER_EXPERT, FUSED), formats=None)
     target = dataclasses.replace(make_target(), name="broken", known_failures=[], checkpoint_loader=cap)
     verdict = run_case(CHECKPOINT_ROUNDTRIP, target, get_family("qwen3_moe"), max_examples=60)
-    assert (verdict.status, verdict.kind) == (FAIL, PROPERTY_VIOLATION), verdict.message
+    assert (verdict.status, verdict.kind) == (Status.FAIL, ErrorKind.PROPERTY_VIOLATION), verdict.message
     assert {"schema", "hidden", "intermediate", "parameter", "expected", "found"} <= set(verdict.counterexample)
 
 
@@ -214,7 +215,7 @@ TF_FAMILIES = ("qwen3_moe", "mixtral", "olmoe")
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
 @pytest.mark.parametrize("family", TF_FAMILIES)
 def test_transformers_loads_full_checkpoint_and_resaves_exactly(family: str, layout: str) -> None:
-    schema = next(s for s in SCHEMAS[family] if s.layout == layout and s.prefix == "model.")
+    schema = next(s for s in record(family).checkpoint_schemas if s.layout == layout and s.prefix == "model.")
     ckpt = write_full_checkpoint(_plan(family=family, schema=schema, hidden=16, intermediate=8, shards=2,
                                        dtype=torch.bfloat16))
     check_roundtrip(TRANSFORMERS, get_family(family), ckpt)
@@ -225,19 +226,19 @@ def test_transformers_loads_full_checkpoint_and_resaves_exactly(family: str, lay
 
 @pytest.mark.parametrize("family", TF_FAMILIES)
 def test_transformers_passes_the_check_without_two_layout_checkpoints(family: str) -> None:
-    check = dataclasses.replace(CHECKPOINT_ROUNDTRIP, strategy=lambda t, f: checkpoint_plans(
-        f.name, SCHEMAS[f.name], formats=("none",), duplicates=False).map(write_checkpoint))
+    check = dataclasses.replace(CHECKPOINT_ROUNDTRIP, draws=lambda t, f: checkpoint_plans(
+        f.name, record(f.name).checkpoint_schemas, formats=("none",), duplicates=False).map(write_checkpoint))
     verdict = run_case(check, TRANSFORMERS, get_family(family), max_examples=12)
-    assert verdict.status == PASS, verdict.message
+    assert verdict.status == Status.PASS, verdict.message
 
 
 def test_transformers_two_layout_checkpoint_is_rejected_without_naming_a_key() -> None:
     """transformers 5.23: one layer held per-expert and fused -> AttributeError naming no key (a finding)."""
     plan = _plan(family="qwen3_moe", num_layers=1, num_experts=2, hidden=4, intermediate=2,
                  duplicate=KeySchema("model.", "mlp", "fused"), duplicate_layers=(0,))
-    check = dataclasses.replace(CHECKPOINT_ROUNDTRIP, strategy=lambda t, f: checkpoint_plans(
+    check = dataclasses.replace(CHECKPOINT_ROUNDTRIP, draws=lambda t, f: checkpoint_plans(
         f.name, (plan.schema,), formats=("none",), damage=("none",)).map(
         lambda p: write_checkpoint(dataclasses.replace(p, duplicate=plan.duplicate, duplicate_layers=(0,)))))
     verdict = run_case(check, TRANSFORMERS, get_family("qwen3_moe"), max_examples=3)
-    assert (verdict.status, verdict.kind) == (FAIL, PROPERTY_VIOLATION), verdict.message
+    assert (verdict.status, verdict.kind) == (Status.FAIL, ErrorKind.PROPERTY_VIOLATION), verdict.message
     assert "AttributeError" in verdict.counterexample["error"]

@@ -1,7 +1,7 @@
 """The real transformers MoE block of a family, lifted out of its tiny model and mapped onto the reference.
 
 Where a block sits and how its weights are laid out is read from the module tree and from the flags
-transformers' experts decorator sets (`is_transposed`, `is_concatenated`); `LAYOUT_OVERRIDES` holds the
+transformers' experts decorator sets (`is_transposed`, `is_concatenated`); the family's `layout` record holds the
 families whose experts carry no flags. Nothing here re-implements a family: `forward` runs its own code.
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from harness.families import tiny_spec
+from harness.targets.transformers.families import record
 from harness.targets.transformers.tiny_model import tiny_model, unbuildable
 from reference.config import MoESpec
 from reference.families import UNSUPPORTED_FAMILIES, describing, undescribed
@@ -30,12 +31,6 @@ SELECTION_TENSORS = {"e_score_correction_bias": ("e_score_correction_bias", "exp
 LAYER_SHARED_NAMES = ("shared_mlp",)
 # Fused shared-MLP Linear names, as the reference's (gate_up_proj [2I, H], gate rows first).
 FUSED_SHARED_NAMES = {"input_linear": "gate_up_proj", "output_linear": "down_proj"}
-# Families whose experts module does not declare its layout: (transposed, concatenated gate/up).
-LAYOUT_OVERRIDES: dict[str, tuple[bool, bool]] = {
-    "llama4": (True, True),
-    "llama4_text": (True, True),
-}
-
 
 class UnmappedBlock(Exception):
     """The family's block holds tensors, or a structure, that the reference block does not model."""
@@ -76,8 +71,8 @@ class RealMoEBlock(nn.Module):
             self.router_name, self.shared_name = router[0], shared[0] if shared else None
         self.shared_gate_name = shared_gate[0] if shared_gate else None
         self.router_weight = _router_weight(self.router_name, router[1], spec)
-        self.transposed, self.concatenated = LAYOUT_OVERRIDES.get(family, (
-            bool(getattr(experts, "is_transposed", False)), bool(getattr(experts, "is_concatenated", True))))
+        self.transposed, self.concatenated = record(family).layout or (
+            bool(getattr(experts, "is_transposed", False)), bool(getattr(experts, "is_concatenated", True)))
 
     @property
     def router(self) -> nn.Module:

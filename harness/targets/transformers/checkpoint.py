@@ -18,26 +18,9 @@ from typing import Any
 import torch
 
 from harness.targets.base import CheckpointLoaderCap
-from reference.checkpoint import KeySchema
+from harness.targets.transformers.families import record
 from reference.config import MoESpec
 from reference.loader import LoadedCheckpoint, LoadReport, param_name
-
-# The legacy layouts transformers' conversion mapping (transformers/conversion_mapping.py) converts for
-# each family, plus the fused layout its models hold. Prefix "" is a base-model checkpoint.
-_QWEN2_MOE_STYLE = tuple(KeySchema(prefix, "mlp", layout, "proj")
-                         for prefix in ("model.", "") for layout in ("per_expert", "fused"))
-# mixtral's mapping renames `.block_sparse_moe.` to `.mlp.` and merges w1/w3 and w2.
-_MIXTRAL_STYLE = tuple(KeySchema(prefix, block, layout, "w")
-                       for prefix in ("model.", "") for block in ("mlp", "block_sparse_moe")
-                       for layout in ("per_expert", "fused"))
-SCHEMAS: dict[str, tuple[KeySchema, ...]] = {
-    "qwen3_moe": _QWEN2_MOE_STYLE,
-    "olmoe": _QWEN2_MOE_STYLE,
-    "qwen2_moe": _QWEN2_MOE_STYLE,
-    "deepseek_v3": _QWEN2_MOE_STYLE,
-    "mixtral": _MIXTRAL_STYLE,
-    "minimax_m2": _MIXTRAL_STYLE,
-}
 
 _EXPERT_PARAM = re.compile(r"layers\.(\d+)\.(?:\w+\.)?experts\.(gate_up_proj|down_proj)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -128,4 +111,4 @@ def resave(checkpoint_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, tor
     return first.state_dict(), second.state_dict()
 
 
-CHECKPOINT_LOADER = CheckpointLoaderCap(load_with_transformers, lambda family: SCHEMAS.get(family, ()))
+CHECKPOINT_LOADER = CheckpointLoaderCap(load_with_transformers, lambda family: record(family).checkpoint_schemas)

@@ -15,13 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.targets.transformers.families import record
 from harness.tiny_configs import tiny_config
 
-# Families whose tiny config needs a field set for its MoE block to exist at all.
-BUILD_OVERRIDES: dict[str, dict[str, Any]] = {
-    "gemma4": {"enable_moe_block": True},
-    "gemma4_text": {"enable_moe_block": True},
-}
 # A shrunk config that still asks for more parameters than this is not built: a sub-config that
 # escaped shrinking (a full-size vision tower, say) would take the machine's memory.
 MAX_TINY_PARAMS = 50_000_000
@@ -40,7 +36,7 @@ def base_config(family: str) -> Any:
     """The family's tiny config (the one every transformers capability builds from)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tiny_config(family, **BUILD_OVERRIDES.get(family, {}))
+        return tiny_config(family, **record(family).build_fields)
 
 
 def model_builder(config: Any) -> Any:
