@@ -6,7 +6,6 @@ Every lookup goes through the spelling tables below, so an error can name what w
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,63 +229,67 @@ def _moe_layers(cfg: Any, num_layers: int) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def _routing(cfg: Any, facts: FamilyFacts | None, top_k: int, num_experts: int, where: str) -> RoutingKnobs:
-    renorm_hit = first_spelling(cfg, RENORM_SPELLINGS)
-    renorm = bool(renorm_hit[1]) if renorm_hit else False
-    scale_hit = first_spelling(cfg, SCALING_SPELLINGS)
-    scaling = float(scale_hit[1]) if scale_hit else 1.0
+def _inferred_variant(cfg: Any) -> str:
+    """The variant a config's own knobs name, for a family whose code does not fix one."""
     n_group_hit = first_spelling(cfg, N_GROUP_SPELLINGS)
-    n_group = n_group_hit[1] if n_group_hit else None
-    topk_group = _get(cfg, "topk_group")
-    scoring = _get(cfg, "scoring_func")
+    n_group, topk_group = (n_group_hit[1] if n_group_hit else None), _get(cfg, "topk_group")
     selection_fn = _get(cfg, "expert_selection_fn")  # cohere2_moe: softmax or sigmoid over the top-K logits
-    topk_method = _get(cfg, "topk_method")  # DeepSeek-V2 style: softmax, greedy or group-limited (group max)
-    group_score = "top2_sum"
+    if _get(cfg, "topk_method") in ("greedy", "group_limited_greedy"):
+        # DeepSeek-V2: softmax scores, groups scored by their max (greedy keeps every group), and the
+        # picks renormalised when the config's norm_topk_prob says so (its released configs say False).
+        return "grouped_softmax"
+    if selection_fn in ("softmax", "sigmoid"):
+        return "topk_softmax" if selection_fn == "softmax" else "sigmoid_topk_on_logits"
+    if isinstance(n_group, int) and n_group > 1 and isinstance(topk_group, int):
+        return "grouped"
+    return "sigmoid_bias" if _get(cfg, "scoring_func") == "sigmoid" else "softmax_topk"
+
+
+def _groups(cfg: Any, name: str, inferred: bool) -> tuple[Any, Any, str]:
+    """(n_group, topk_group, group score) as the variant reads them; (None, None, ...) where it routes ungrouped.
+    Only a variant inferred from DeepSeek-V2's `topk_method` scores groups by their max (greedy: no groups)."""
+    n_group_hit = first_spelling(cfg, N_GROUP_SPELLINGS)
+    n_group, topk_group = (n_group_hit[1] if n_group_hit else None), _get(cfg, "topk_group")
+    method = _get(cfg, "topk_method") if inferred else None
+    group_score = "max" if method in ("greedy", "group_limited_greedy") else "top2_sum"
+    ungrouped = not variant(name).grouped or method == "greedy" or (
+        name == "grouped_softmax" and not (isinstance(n_group, int) and isinstance(topk_group, int)))
+    return (None, None, group_score) if ungrouped else (n_group, topk_group, group_score)
+
+
+def _check_groups(knobs: RoutingKnobs, num_experts: int, where: str) -> None:
+    """ConfigError unless the groups divide the experts, keep 1..n_group of them, and hold the top-K."""
+    n_group, topk_group = knobs.n_group, knobs.topk_group
+    if n_group is None or topk_group is None:
+        return
+    if num_experts % n_group:
+        raise ConfigError(f"{where}: n_group={n_group} does not divide num_experts={num_experts}")
+    if not 0 < topk_group <= n_group:
+        raise ConfigError(f"{where}: topk_group={topk_group} must lie in 1..n_group={n_group}")
+    if knobs.top_k > topk_group * (num_experts // n_group):
+        raise ConfigError(
+            f"{where}: top_k={knobs.top_k} exceeds the experts in the kept groups "
+            f"({topk_group} groups × {num_experts // n_group})"
+        )
+
+
+def _routing(cfg: Any, facts: FamilyFacts | None, top_k: int, num_experts: int, where: str) -> RoutingKnobs:
     softcap = _get(cfg, "moe_router_logit_softcapping")
     if isinstance(softcap, int | float) and softcap > 0:
         raise UnsupportedConfig(f"{where}: router logits softcapped (moe_router_logit_softcapping={softcap}) "
                                 "are not modelled")
-    if facts is not None and facts.routing is not None:
-        name = facts.routing
-        if facts.renormalize is not None:
-            renorm = facts.renormalize
-    elif topk_method in ("greedy", "group_limited_greedy"):
-        # DeepSeek-V2: softmax scores, groups scored by their max (greedy keeps every group), and the
-        # picks renormalised when the config's norm_topk_prob says so (its released configs say False).
-        name, group_score = "grouped_softmax", "max"
-        if topk_method == "greedy":
-            n_group, topk_group = None, None
-    elif selection_fn in ("softmax", "sigmoid"):
-        name = "topk_softmax" if selection_fn == "softmax" else "sigmoid_topk_on_logits"
-    elif isinstance(n_group, int) and n_group > 1 and isinstance(topk_group, int):
-        name = "grouped"
-    elif scoring == "sigmoid":
-        name = "sigmoid_bias"
-    else:
-        name = "softmax_topk"
-    rule = variant(name)
-    knobs = RoutingKnobs(
-        variant=name,
-        top_k=top_k,
-        renormalize=renorm,
-        scaling_factor=scaling if rule.scaled else 1.0,
-        n_group=n_group if rule.grouped else None,
-        topk_group=topk_group if rule.grouped else None,
-        group_score=group_score,
-    )
-    if name == "grouped_softmax" and not (isinstance(n_group, int) and isinstance(topk_group, int)):
-        return dataclasses.replace(knobs, n_group=None, topk_group=None)
-    if rule.grouped:
-        assert isinstance(n_group, int) and isinstance(topk_group, int)
-        if num_experts % n_group:
-            raise ConfigError(f"{where}: n_group={n_group} does not divide num_experts={num_experts}")
-        if not 0 < topk_group <= n_group:
-            raise ConfigError(f"{where}: topk_group={topk_group} must lie in 1..n_group={n_group}")
-        if top_k > topk_group * (num_experts // n_group):
-            raise ConfigError(
-                f"{where}: top_k={top_k} exceeds the experts in the kept groups "
-                f"({topk_group} groups × {num_experts // n_group})"
-            )
+    renorm_hit = first_spelling(cfg, RENORM_SPELLINGS)
+    renorm = bool(renorm_hit[1]) if renorm_hit else False
+    inferred = facts is None or facts.routing is None
+    name = _inferred_variant(cfg) if facts is None or facts.routing is None else facts.routing
+    if facts is not None and facts.renormalize is not None and not inferred:
+        renorm = facts.renormalize
+    scale_hit = first_spelling(cfg, SCALING_SPELLINGS)
+    n_group, topk_group, group_score = _groups(cfg, name, inferred)
+    knobs = RoutingKnobs(variant=name, top_k=top_k, renormalize=renorm,
+                         scaling_factor=float(scale_hit[1]) if scale_hit and variant(name).scaled else 1.0,
+                         n_group=n_group, topk_group=topk_group, group_score=group_score)
+    _check_groups(knobs, num_experts, where)
     return knobs
 
 

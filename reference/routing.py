@@ -81,7 +81,7 @@ def weights_for(
 
 
 def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
-    """Raise RoutingInputError unless logits are [T, E] floats and 0 < K <= E."""
+    """Raise RoutingInputError unless logits are [T, E] floats, 0 < K <= E, and the knobs fit the variant."""
     if logits.dim() != 2:
         raise RoutingInputError(f"logits must be [tokens, experts], got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
@@ -91,19 +91,26 @@ def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
         raise RoutingInputError(f"top_k={knobs.top_k} must lie in 1..num_experts={num_experts}")
     if knobs.variant not in ROUTING_VARIANTS:
         raise RoutingInputError(f"unknown routing variant {knobs.variant!r}; known: {', '.join(ROUTING_VARIANTS)}")
-    if knobs.variant == "grouped" and (knobs.n_group is None or knobs.topk_group is None):
-        raise RoutingInputError("grouped routing needs n_group and topk_group")
-    if variant(knobs.variant).grouped and (knobs.n_group is None) != (knobs.topk_group is None):
-        raise RoutingInputError(f"n_group={knobs.n_group} and topk_group={knobs.topk_group}: give both or neither")
-    if variant(knobs.variant).grouped and knobs.n_group is not None and knobs.topk_group is not None:
-        if num_experts % knobs.n_group:
-            raise RoutingInputError(f"n_group={knobs.n_group} must divide num_experts={num_experts}")
-        kept = knobs.topk_group * (num_experts // knobs.n_group)
-        if not 0 < knobs.topk_group <= knobs.n_group or knobs.top_k > kept:
-            raise RoutingInputError(f"top_k={knobs.top_k} must fit the {kept} experts of the topk_group="
-                                    f"{knobs.topk_group} kept groups of n_group={knobs.n_group}")
+    if variant(knobs.variant).grouped:
+        _validate_groups(knobs, num_experts)
     if knobs.group_score not in GROUP_SCORES:
         raise RoutingInputError(f"group_score={knobs.group_score!r} is not one of {', '.join(GROUP_SCORES)}")
+
+
+def _validate_groups(knobs: RoutingKnobs, num_experts: int) -> None:
+    """Groups given both or neither (`grouped` needs them), dividing the experts, their kept experts holding K."""
+    if knobs.variant == "grouped" and (knobs.n_group is None or knobs.topk_group is None):
+        raise RoutingInputError("grouped routing needs n_group and topk_group")
+    if (knobs.n_group is None) != (knobs.topk_group is None):
+        raise RoutingInputError(f"n_group={knobs.n_group} and topk_group={knobs.topk_group}: give both or neither")
+    if knobs.n_group is None or knobs.topk_group is None:
+        return
+    if num_experts % knobs.n_group:
+        raise RoutingInputError(f"n_group={knobs.n_group} must divide num_experts={num_experts}")
+    kept = knobs.topk_group * (num_experts // knobs.n_group)
+    if not 0 < knobs.topk_group <= knobs.n_group or knobs.top_k > kept:
+        raise RoutingInputError(f"top_k={knobs.top_k} must fit the {kept} experts of the topk_group="
+                                f"{knobs.topk_group} kept groups of n_group={knobs.n_group}")
 
 
 def route(

@@ -127,7 +127,21 @@ class RealMoEBlock(nn.Module):
         """
         tensors = dict(self.moe.named_parameters()) | {n: b for n, b in self.moe.named_buffers()
                                                         if b.is_floating_point()}
-        taken: dict[str, str] = {"gate.weight": self.router_weight}
+        slots = self._router_slots(tensors) | self._expert_slots(tensors) | self._shared_slots(tensors)
+        used = {theirs for theirs, _ in slots.values()}
+        unmapped = sorted(n for n in tensors if n not in used and not n.startswith(self.router_name + "."))
+        if unmapped:
+            raise UnmappedBlock(f"{self.family}: tensors with no slot in the reference block: {', '.join(unmapped)}")
+        state = {ours: t.detach() for ours, (_, t) in slots.items()}
+        fused = "shared_experts.gate_up_proj.weight"
+        if fused in state:  # one Linear [2I, H], gate rows first, as the reference's gate_proj and up_proj
+            state["shared_experts.gate_proj.weight"], state["shared_experts.up_proj.weight"] = \
+                state.pop(fused).chunk(2, dim=0)
+        return state
+
+    def _router_slots(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+        """Reference name -> (their name, tensor) for the router weight, its bias and the selection tensors."""
+        taken = {"gate.weight": self.router_weight}
         bias = self.router_weight[: -len("weight")] + "bias"
         if bias in tensors:
             taken["gate.bias"] = bias
@@ -135,38 +149,34 @@ class RealMoEBlock(nn.Module):
             for ours, suffixes in SELECTION_TENSORS.items():
                 if name.endswith(suffixes):
                     taken[ours] = name
-        state = {ours: tensors[theirs] for ours, theirs in taken.items()}
+        slots = {ours: (theirs, tensors[theirs]) for ours, theirs in taken.items()}
         for ours in ("e_score_correction_bias", "per_expert_scale"):
-            if ours in state:  # ernie4_5_moe keeps its bias as [1, E]
-                state[ours] = state[ours].reshape(-1)
+            if ours in slots:  # ernie4_5_moe keeps its bias as [1, E]
+                slots[ours] = (slots[ours][0], slots[ours][1].reshape(-1))
+        return slots
+
+    def _expert_slots(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+        """The fused expert tensors (and biases) in the reference's [E, 2I, H] / [E, H, I] layout, gates first."""
+        slots = {}
         for ours in ("gate_up_proj", "down_proj"):
-            taken[f"experts.{ours}"] = f"experts.{ours}"
-            state[f"experts.{ours}"] = self._expert_tensor(tensors[f"experts.{ours}"], ours == "gate_up_proj")
-            if f"experts.{ours}_bias" in tensors:
-                taken[f"experts.{ours}_bias"] = f"experts.{ours}_bias"
-                b = tensors[f"experts.{ours}_bias"]
-                state[f"experts.{ours}_bias"] = self._split_gate_up(b, -1) if ours == "gate_up_proj" else b
+            name = f"experts.{ours}"
+            slots[name] = (name, self._expert_tensor(tensors[name], ours == "gate_up_proj"))
+            if f"{name}_bias" in tensors:
+                b = tensors[f"{name}_bias"]
+                slots[f"{name}_bias"] = (f"{name}_bias", self._split_gate_up(b, -1) if ours == "gate_up_proj" else b)
+        return slots
+
+    def _shared_slots(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+        """The shared expert, its gate, and a shared MLP on the decoder layer, under the reference's names."""
+        slots = {}
         for ours, theirs in (("shared_experts", self.shared_name), ("shared_expert_gate", self.shared_gate_name)):
-            if theirs is None:
-                continue
-            for name in tensors:
-                if name.startswith(theirs + "."):
-                    taken[ours + name[len(theirs):]] = name
-                    state[ours + name[len(theirs):]] = tensors[name]
-        if self.layer_shared is not None:
-            for name, t in self.layer_shared.named_parameters():
-                head, _, tail = name.partition(".")
-                ours = f"shared_experts.{FUSED_SHARED_NAMES.get(head, head)}.{tail}"
-                taken[ours], state[ours] = f"layer_shared.{name}", t
-        for ours in ("shared_experts",):
-            fused = f"{ours}.gate_up_proj.weight"
-            if fused in state:  # one Linear [2I, H], gate rows first, as the reference's gate_proj and up_proj
-                gate, up = state.pop(fused).chunk(2, dim=0)
-                state[f"{ours}.gate_proj.weight"], state[f"{ours}.up_proj.weight"] = gate, up
-        unmapped = sorted(n for n in tensors if n not in taken.values() and not n.startswith(self.router_name + "."))
-        if unmapped:
-            raise UnmappedBlock(f"{self.family}: tensors with no slot in the reference block: {', '.join(unmapped)}")
-        return {k: v.detach() for k, v in state.items()}
+            for name in tensors if theirs is not None else ():
+                if name.startswith(f"{theirs}."):
+                    slots[ours + name[len(theirs):]] = (name, tensors[name])
+        for name, t in self.layer_shared.named_parameters() if self.layer_shared is not None else ():
+            head, _, tail = name.partition(".")
+            slots[f"shared_experts.{FUSED_SHARED_NAMES.get(head, head)}.{tail}"] = (f"layer_shared.{name}", t)
+        return slots
 
     def _split_gate_up(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         # Interleaved experts alternate gate and up along the 2I axis; the reference puts all gates first.

@@ -211,19 +211,31 @@ def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, s
         if router is not None:
             handles.append(router.register_forward_hook(_keep(captured, name, "router")))
         handles.append(experts.register_forward_pre_hook(_keep(captured, name, "experts"), with_kwargs=True))
-    gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab_size, (1, PROBE_TOKENS), generator=gen)
     try:
-        with torch.no_grad():
-            if not blocks_alone:
-                model(input_ids=input_ids, use_cache=False)
-            else:
-                for block in moe_blocks(model).values():
-                    hidden = int(_expert_tensors(block.get_submodule("experts"))[0][1].shape[-1])
-                    block(torch.randn(1, PROBE_TOKENS, hidden_size or hidden, generator=gen))
+        _probe(model, vocab_size, hidden_size, seed, blocks_alone)
     finally:
         for handle in handles:
             handle.remove()
+    seen["top_k"] = _picks_per_token(model, captured)
+    return seen
+
+
+def _probe(model: nn.Module, vocab_size: int, hidden_size: int | None, seed: int, blocks_alone: bool) -> None:
+    """One forward of PROBE_TOKENS random tokens through the whole model, or through each MoE block alone."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab_size, (1, PROBE_TOKENS), generator=gen)
+    with torch.no_grad():
+        if not blocks_alone:
+            model(input_ids=input_ids, use_cache=False)
+            return
+        for block in moe_blocks(model).values():
+            hidden = int(_expert_tensors(block.get_submodule("experts"))[0][1].shape[-1])
+            block(torch.randn(1, PROBE_TOKENS, hidden_size or hidden, generator=gen))
+
+
+def _picks_per_token(model: nn.Module, captured: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    """Per MoE block the forward reached: each distinct count of experts a token was sent to, with how many."""
+    found = []
     for name, block in moe_blocks(model).items():
         got = captured.get(name, {})
         if not got:
@@ -233,8 +245,8 @@ def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, s
         if counts is None:
             raise RuntimeError(f"{name}: neither expert ids nor a dense routing matrix seen; cannot count picks")
         for value in sorted(set(counts)):
-            seen["top_k"].append((f"{name}: experts per token ({counts.count(value)} of {len(counts)} tokens)", value))
-    return seen
+            found.append((f"{name}: experts per token ({counts.count(value)} of {len(counts)} tokens)", value))
+    return found
 
 
 def _vocab(config: Any, path: str) -> int:
