@@ -178,8 +178,10 @@ def code_fingerprint(cls: type) -> str | None:
         return None
     try:
         own = inspect.getsource(cls)
+        # Only the module's own classes: its config is imported from elsewhere and differs between copies.
         named = sorted({n for n in re.findall(r"\b" + re.escape(prefix) + r"\w+", own)
-                        if isinstance(vars(module).get(n), type) and n != cls.__name__})
+                        if isinstance(found := vars(module).get(n), type) and found.__module__ == module.__name__
+                        and n != cls.__name__})
         sources = [own] + [inspect.getsource(vars(module)[n]) for n in named]
     except (OSError, TypeError):
         return None

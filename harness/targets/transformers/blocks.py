@@ -170,7 +170,9 @@ class RealMoEBlock(nn.Module):
         """The shared expert, its gate, and a shared MLP on the decoder layer, under the reference's names."""
         slots = {}
         for ours, theirs in (("shared_experts", self.shared_name), ("shared_expert_gate", self.shared_gate_name)):
-            for name in tensors if theirs is not None else ():
+            if theirs is None:
+                continue
+            for name in tensors:
                 if name.startswith(f"{theirs}."):
                     slots[ours + name[len(theirs):]] = (name, tensors[name])
         for name, t in self.layer_shared.named_parameters() if self.layer_shared is not None else ():
