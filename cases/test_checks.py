@@ -1,15 +1,23 @@
-"""Every check over targets × families: the oracle and the merged fixes pass; each seed bug is caught."""
+"""Every check over targets × families: the oracle and the merged fixes pass; each seed bug is caught.
+
+What each seed target must fail on is data: the `expected = true` entries of its findings file
+(harness/targets/seeds/findings/<target>.toml), each with the signature the failure must show.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from cases.expectations import MUST_FAIL, MUST_PASS_TARGETS
 from harness.checks import CHECKS
 from harness.engine import run_case
+from harness.findings import expected_failures
 from harness.reports.text import render_failure
 from harness.selection import select_cases
-from harness.verdict import FAIL, KNOWN, PASS, SKIP
+from harness.verdict import Status
+
+# Targets that must pass every check (or fail only as they record); the seed targets must fail where expected.
+MUST_PASS_TARGETS = ("reference", "seeds-fixed", "reference-triton")
+SEED_TARGETS = ("seeds-buggy", "seeds-lookahead")
 
 
 def _cases(check: str, targets: tuple[str, ...]) -> list:
@@ -19,20 +27,21 @@ def _cases(check: str, targets: tuple[str, ...]) -> list:
 
 
 def _make_test(check_name: str):
-    @pytest.mark.parametrize("case", _cases(check_name, MUST_PASS_TARGETS + ("seeds-buggy", "seeds-lookahead")))
+    @pytest.mark.parametrize("case", _cases(check_name, MUST_PASS_TARGETS + SEED_TARGETS))
     def test(case, moe_profile):
-        key = (case.target.name, check_name, case.family.name)
+        expected = expected_failures(case.target.name, check_name, case.family.name)
         verdict = run_case(case.check, case.target, case.family, **moe_profile)
-        if verdict.status == SKIP:
+        if verdict.status == Status.SKIP:
             pytest.skip(verdict.message)
-        if key in MUST_FAIL:
-            assert verdict.status == FAIL, f"{MUST_FAIL[key]} was not caught: {verdict.status} {verdict.message}"
+        if expected:
+            reasons = "; ".join(f.reason for f in expected)
+            assert verdict.status == Status.FAIL, f"{reasons} was not caught: {verdict.status} {verdict.message}"
             assert verdict.counterexample and verdict.reproduce
-        elif case.target.name in MUST_PASS_TARGETS:
-            assert verdict.status in (PASS, KNOWN), render_failure(verdict)
+            assert any(f.matches(verdict.counterexample) for f in expected), (
+                f"caught a different failure than {reasons}:\n{render_failure(verdict)}")
         else:
-            # A buggy target outside its seed's checks must not trip a check it has no bug for.
-            assert verdict.status in (PASS, KNOWN), render_failure(verdict)
+            # The oracle and the fixes pass; a buggy target must not trip a check it has no bug for.
+            assert verdict.status in (Status.PASS, Status.KNOWN), render_failure(verdict)
 
     test.__name__ = "test_" + check_name.replace("-", "_")
     return test

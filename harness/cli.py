@@ -13,11 +13,9 @@ Exit codes: 0 every case passed (or failed as a known failure) / every replayed 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,16 +24,14 @@ from harness.database import LOCAL_DIR, SHARED_DIR, RegressionStore
 from harness.engine import DEFAULT_SEED, quiet_libraries
 from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE
-from harness.replay import ERROR as REPLAY_ERROR
-from harness.replay import FAILED, prune, replay
-from harness.reports import junit, markdown
+from harness.replay import Replayed, ReplayOutcome, prune, replay
+from harness.reports import junit, markdown, text
 from harness.reports.directory import load_report, write_report_dir
-from harness.reports.document import Report, RunInfo, TargetInfo
-from harness.reports.text import render_failure, render_report
+from harness.reports.document import Report, RunInfo, TargetInfo, targets_json
 from harness.runner import RunOptions, run_cases, unavailable_results
 from harness.selection import Missing, UsageError, plan, try_load
 from harness.targets import DEFAULT_TARGETS, registered_targets
-from harness.verdict import ERROR, FAIL
+from harness.verdict import Status
 from harness.versions import library_versions
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
@@ -103,26 +99,23 @@ def _run(args: argparse.Namespace, command: str) -> int:
     failures = 0
     for index, result in run_cases(selection.cases, options, args.workers):
         ran[index] = result
-        failures += result.verdict.status in (FAIL, ERROR)
+        failures += result.verdict.status in (Status.FAIL, Status.ERROR)
         if not args.quiet:
-            v = result.verdict
-            print(f"[{len(ran)}/{total}] {v.status.upper():5} {v.case_id} "
-                  f"({v.examples} examples, {v.seconds:.2f}s; failures so far: {failures})", flush=True)
+            print(text.render_progress(len(ran), total, result, failures), flush=True)
     results += [ran[i] for i in sorted(ran)]
     targets = [TargetInfo.of(spec, target) for spec, target in selection.targets]
     targets += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
     report = Report(RunInfo(command, args.profile, args.seed, args.max_examples, args.workers, started,
                             round(time.perf_counter() - clock, 3), library_versions()), targets, results)
     print()
-    print(render_report(report, families=args.families))
+    print(text.render_report(report, families=args.families))
     if args.report_dir:
-        paths = write_report_dir(report, args.report_dir)
-        print(f"report written: {', '.join(map(str, paths))}")
+        print(text.render_written(write_report_dir(report, args.report_dir)))
     return _exit_code(report)
 
 
 def _exit_code(report: Report) -> int:
-    if any(r.verdict.status == ERROR for r in report.results):
+    if any(r.verdict.status == Status.ERROR for r in report.results):
         return EXIT_USAGE
     return EXIT_VIOLATION if any(r.new_failure for r in report.results) else EXIT_OK
 
@@ -133,15 +126,7 @@ def _targets(args: argparse.Namespace) -> int:
         loaded = try_load(spec)
         infos.append(TargetInfo.unloaded(spec, loaded.reason, loaded.error) if isinstance(loaded, Missing)
                      else TargetInfo.of(spec, loaded))
-    if args.json:
-        print(json.dumps([asdict(i) for i in infos], indent=2))
-    else:
-        for i in infos:
-            if i.status == "loaded":
-                print(f"{i.spec:18} {i.version:18} {', '.join(i.capabilities)}")
-                print(f"{'':18} {i.description}")
-            else:
-                print(f"{i.spec:18} {i.status}: {i.reason}")
+    print(targets_json(infos) if args.json else text.render_targets(infos))
     return EXIT_USAGE if any(i.status == "error" for i in infos) else EXIT_OK
 
 
@@ -153,21 +138,16 @@ def _replay(args: argparse.Namespace) -> int:
         stored = [rec.case_id for rec, _ in store.records()]
         raise UsageError(f"no stored case {', '.join(repr(c) for c in args.cases if c not in found)}; "
                          f"stored cases: {', '.join(stored) or 'none'}")
-    for r in replayed:
-        known = " (now a known failure)" if r.known else ""
-        print(f"{r.outcome:6} {r.record.case_id}{known}  [{'+'.join(r.origins)}]: {r.detail}")
-        if r.outcome == FAILED and r.result is not None and not r.known:
-            # The record's reproducer: the profile and seed that found it, not replay's repro profile.
-            verdict = replace(r.result.verdict, reproduce=r.record.reproduce)
-            print("\n".join("       " + line for line in render_failure(verdict, r.result.blob).splitlines()))
-    counts = {o: sum(r.outcome == o for r in replayed) for o in ("FIXED", FAILED, REPLAY_ERROR)}
-    print(f"{len(replayed)} stored cases: " + ", ".join(f"{n} {o.lower()}" for o, n in counts.items()))
+    print(text.render_replayed(replayed))
     if args.prune:
-        pruned = prune(store, replayed)
-        print(f"pruned {len(pruned)} fixed case(s)" + "".join(f"\n  {rec.case_id}" for rec in pruned))
-    if counts[REPLAY_ERROR]:
+        print(text.render_pruned(prune(store, replayed)))
+    return _replay_exit_code(replayed)
+
+
+def _replay_exit_code(replayed: list[Replayed]) -> int:
+    if any(r.outcome == ReplayOutcome.ERROR for r in replayed):
         return EXIT_USAGE
-    return EXIT_VIOLATION if any(r.outcome == FAILED and not r.known for r in replayed) else EXIT_OK
+    return EXIT_VIOLATION if any(r.outcome == ReplayOutcome.FAILED and not r.known for r in replayed) else EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -175,7 +155,7 @@ def _report(args: argparse.Namespace) -> int:
         report = load_report(args.directory)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    renderers = {"text": lambda: render_report(report, families=args.families), "markdown": lambda: markdown.render(report),
+    renderers = {"text": lambda: text.render_report(report, families=args.families), "markdown": lambda: markdown.render(report),
                  "junit": lambda: junit.render(report), "json": report.to_json}
     print(renderers[args.format]().rstrip("\n"))
     return _exit_code(report)

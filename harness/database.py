@@ -31,6 +31,7 @@ from hypothesis.database import (
 )
 
 from harness.outcome import CaseResult
+from harness.verdict import ErrorKind
 from harness.versions import library_versions
 
 # Both relative to the current directory, the checkout's root (as Hypothesis's own `.hypothesis/` is).
@@ -56,7 +57,7 @@ class Record:
     target_spec: str
     family: str
     target_version: str
-    kind: str | None
+    kind: ErrorKind | None
     message: str
     counterexample: dict[str, Any]
     tolerance: str | None
@@ -66,6 +67,9 @@ class Record:
     versions: dict[str, str] = field(default_factory=dict)
     blob: str | None = None
     found: str = ""
+
+    def __post_init__(self) -> None:
+        self.kind = None if self.kind is None else ErrorKind(self.kind)  # a plain string when read from JSON
 
     @classmethod
     def of(cls, result: CaseResult, profile: str, seed: int) -> Record:

@@ -14,31 +14,21 @@ import traceback
 import unittest
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
 from hypothesis import given, settings
+from hypothesis.strategies import SearchStrategy
 
 from harness.checks.base import Check
 from harness.database import Record, RegressionStore, case_key
 from harness.families import Family
 from harness.outcome import CaseResult
-from harness.pinned import pins_for
+from harness.pins import pins_for
 from harness.profiles import DEFAULT_PROFILE, profile_settings
 from harness.targets.base import Target
-from harness.verdict import (
-    ERROR,
-    FAIL,
-    HARNESS_ERROR,
-    KNOWN,
-    PASS,
-    PROPERTY_VIOLATION,
-    SKIP,
-    TARGET_ERROR,
-    PropertyViolation,
-    TargetError,
-    Verdict,
-)
+from harness.verdict import ErrorKind, PropertyViolation, Status, TargetError, Verdict
 
 DEFAULT_SEED = 20260514
 
@@ -62,15 +52,15 @@ def reproduce_command(check: str, target: str, family: str, profile: str, seed: 
             f"--profile {profile} --seed {seed}{extra}")
 
 
-def _classify(exc: BaseException) -> tuple[str, str, dict[str, Any], str | None]:
+def _classify(exc: BaseException) -> tuple[ErrorKind, str, dict[str, Any], str | None]:
     """(kind, message, details, tolerance) for an exception a property raised."""
     if isinstance(exc, PropertyViolation):
-        return PROPERTY_VIOLATION, exc.message, exc.details, exc.tolerance
+        return ErrorKind.PROPERTY_VIOLATION, exc.message, exc.details, exc.tolerance
     if isinstance(exc, TargetError):
-        return TARGET_ERROR, exc.message, {}, None
+        return ErrorKind.TARGET_ERROR, exc.message, {}, None
     tb = traceback.extract_tb(exc.__traceback__)[-1]
     where = f"{tb.filename}:{tb.lineno}"
-    return HARNESS_ERROR, f"harness error {type(exc).__name__}: {exc} (at {where})", {}, None
+    return ErrorKind.HARNESS_ERROR, f"harness error {type(exc).__name__}: {exc} (at {where})", {}, None
 
 
 def run_case(
@@ -110,82 +100,140 @@ def execute(
     """
     spec = spec or target.name
     max_examples = check.max_examples(profile, max_examples)
-    verdict = Verdict(check=check.name, target=target.name, family=family.name, status=PASS,
+    verdict = Verdict(check=check.name, target=target.name, family=family.name, status=Status.PASS,
                       reproduce=reproduce_command(check.name, spec, family.name, profile, seed, max_examples))
     result = CaseResult(verdict, spec=spec, target_version=target.version)
     start = time.perf_counter()
+    prepared = _prepare(check, target, family, verdict)
+    if prepared is None:
+        return result
+    key = case_key(check.name, target.name, family.name)
+    if store:
+        result.stats["stored_examples"] = store.stored_examples(key)
+    database = store.hypothesis_database() if store else None
+    run = _Run(check, target, family)
+    test = _hypothesis_test(run, prepared, key, seed, profile_settings(profile, max_examples, database))
+    _run_and_judge(test, run, result)
+    verdict.examples = run.examples
+    verdict.seconds = round(time.perf_counter() - start, 3)
+    _apply_known_failure(check, target, family, result)
+    if store and store.record_failures and verdict.status == Status.FAIL:
+        store.save(Record.of(result, profile, seed))
+    return result
+
+
+@dataclass
+class _Prepared:
+    """What a case runs on: the check's strategy for target × family, and its pinned examples."""
+
+    strategy: SearchStrategy[Any]
+    pinned: list[Any]  # the pinned examples, built; they run first, in this order
+
+
+@dataclass
+class _Run:
+    """One case's property as Hypothesis calls it: counts the examples and keeps every failing one."""
+
+    check: Check
+    target: Target
+    family: Family
+    examples: int = 0
+    failures: list[tuple[Any, BaseException]] = field(default_factory=list)
+
+    def call(self, example: Any) -> None:
+        """The property on one drawn example; a failure is kept (with its example) and raised on."""
+        self.examples += 1
+        try:
+            self.check.prop(self.target, self.family, example)
+        except BaseException as exc:
+            self.failures.append((example, exc))
+            raise
+
+
+def _prepare(check: Check, target: Target, family: Family, verdict: Verdict) -> _Prepared | None:
+    """The case's strategy and built pins; None when it cannot run, with `verdict` then set to SKIP (the
+    check does not apply) or to a harness ERROR (they could not be built)."""
     try:
         reason = check.skip_reason(target, family)
         if reason:
-            verdict.status, verdict.message = SKIP, reason
-            return result
+            verdict.status, verdict.message = Status.SKIP, reason
+            return None
         strategy = check.strategy(target, family)
         pinned = [pin.build() for pin in pins_for(check.name, target.name, family.name)]
     except Exception as exc:  # e.g. the family's tiny config cannot be built
-        verdict.status, verdict.kind = ERROR, HARNESS_ERROR
+        verdict.status, verdict.kind = Status.ERROR, ErrorKind.HARNESS_ERROR
         verdict.message = f"could not prepare {family.name}: {type(exc).__name__}: {exc}"
-        return result
+        return None
+    return _Prepared(strategy, pinned)
 
-    failures: list[tuple[Any, BaseException]] = []
-    count = 0
+
+def _hypothesis_test(run: _Run, prepared: _Prepared, key: bytes, seed: int,
+                     test_settings: settings) -> Callable[[], None]:
+    """The Hypothesis test of `run`: pinned examples first, then draws from the seed under the profile's
+    settings, its examples stored under `key` (the case's names, see case_key)."""
 
     def body(example: Any) -> None:
-        nonlocal count
-        count += 1
-        try:
-            check.prop(target, family, example)
-        except BaseException as exc:
-            failures.append((example, exc))
-            raise
+        run.call(example)
 
-    key = case_key(check.name, target.name, family.name)
-    database = store.hypothesis_database() if store else None
-    if store:
-        result.stats["stored_examples"] = store.stored_examples(key)
-    test = given(strategy)(body)
-    for value in reversed(pinned):  # decorators apply inside out: the first pin runs first
+    test = given(prepared.strategy)(body)
+    for value in reversed(prepared.pinned):  # decorators apply inside out: the first pin runs first
         test = hypothesis.example(value)(test)
     # @seed clears the database from the settings it finds, so the settings go on after it.
     test = hypothesis.seed(seed)(test)
-    test = settings(profile_settings(profile, max_examples, database))(test)
+    test = settings(test_settings)(test)
     # The attribute Hypothesis's own `find(database_key=...)` sets: the key then depends on the case's
     # names only (see case_key), not on this function's source.
     test._hypothesis_internal_database_key = key  # type: ignore[attr-defined]
+    return test
+
+
+def _run_and_judge(test: Callable[[], None], run: _Run, result: CaseResult) -> None:
+    """Run `test` and record how it ended in `result` (status, kind, message, counterexample, blob, stats);
+    only KeyboardInterrupt escapes, and a pass leaves the verdict as it was."""
     raw_stats: list[dict[str, Any]] = []
     try:
         with _statistics(raw_stats):
             test()
     except unittest.SkipTest as exc:  # the profile generates nothing and no example is stored
-        verdict.status, verdict.message = SKIP, f"no example to run: {exc}"
+        result.verdict.status, result.verdict.message = Status.SKIP, f"no example to run: {exc}"
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes a verdict
-        if isinstance(exc, KeyboardInterrupt):
-            raise
         result.blob = _blob(exc)
-        if not failures:  # Hypothesis itself, or the strategy, raised
-            verdict.status, verdict.kind, verdict.message = ERROR, HARNESS_ERROR, _classify(exc)[1]
-        else:
-            example, err = failures[-1]
-            kind, message, details, tol = _classify(err)
-            verdict.status = ERROR if kind == HARNESS_ERROR else FAIL
-            verdict.kind, verdict.message, verdict.tolerance = kind, message, tol
-            try:
-                verdict.counterexample = {**check.describe(example), **_plain(details)}
-            except Exception as describe_exc:
-                verdict.counterexample = {"describe_failed": repr(describe_exc)}
-    verdict.examples = count
-    verdict.seconds = round(time.perf_counter() - start, 3)
+        _judge_failure(run, exc, result.verdict)
     if raw_stats:
         result.stats.update(_summarise(raw_stats[-1]))
-    known = target.known_failure(check.name, family.name)
-    if known is not None:
-        if verdict.status == FAIL:
-            verdict.status, verdict.known_reason = KNOWN, known.reason
-        elif verdict.status == PASS:
-            verdict.message = f"stale known failure: passes now ({known.reason})"
-            result.stale = True
-    if store and store.record_failures and verdict.status == FAIL:
-        store.save(Record.of(result, profile, seed))
-    return result
+
+
+def _judge_failure(run: _Run, exc: BaseException, verdict: Verdict) -> None:
+    """FAIL, or ERROR for a harness error, from the last failing example (the shrunk one Hypothesis
+    replays); when no example failed, Hypothesis or the strategy raised `exc`: a harness ERROR."""
+    if not run.failures:
+        verdict.status, verdict.kind = Status.ERROR, ErrorKind.HARNESS_ERROR
+        verdict.message = _classify(exc)[1]
+        return
+    example, err = run.failures[-1]
+    kind, message, details, tolerance = _classify(err)
+    verdict.status = Status.ERROR if kind == ErrorKind.HARNESS_ERROR else Status.FAIL
+    verdict.kind, verdict.message, verdict.tolerance = kind, message, tolerance
+    try:
+        verdict.counterexample = {**run.check.describe(example), **_plain(details)}
+    except Exception as describe_exc:
+        verdict.counterexample = {"describe_failed": repr(describe_exc)}
+
+
+def _apply_known_failure(check: Check, target: Target, family: Family, result: CaseResult) -> None:
+    """A FAIL the target lists as a known failure (for this counterexample) becomes KNOWN; a PASS it
+    lists is marked stale, its message saying the entry should go."""
+    verdict = result.verdict
+    known = target.known_failure(check.name, family.name, verdict.counterexample)
+    if known is None:
+        return
+    if verdict.status == Status.FAIL:
+        verdict.status, verdict.known_reason = Status.KNOWN, known.reason
+    elif verdict.status == Status.PASS:
+        verdict.message = f"stale known failure: passes now ({known.reason})"
+        result.stale = True
 
 
 @contextmanager
@@ -233,5 +281,6 @@ def _blob(exc: BaseException) -> str | None:
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    """`details` with every value JSON can hold kept as it is and any other value as its repr."""
     return {k: v if isinstance(v, str | int | float | bool | list | tuple | dict | type(None)) else repr(v)
             for k, v in details.items()}

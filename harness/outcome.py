@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from harness.verdict import FAIL, Verdict
+from harness.verdict import Status, Verdict
 
 
 @dataclass
@@ -32,7 +32,7 @@ class CaseResult:
 
     @property
     def new_failure(self) -> bool:
-        return self.verdict.status == FAIL and not self.expected
+        return self.verdict.status == Status.FAIL and not self.expected
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -31,8 +31,9 @@ from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE, register_hypothesis_profiles
 from harness.reports.directory import write_report_dir
 from harness.reports.document import Report, RunInfo, TargetInfo
+from harness.reports.text import render_written
 from harness.targets import load_target
-from harness.verdict import FAIL
+from harness.verdict import Status
 from harness.versions import library_versions
 
 # The report user-property that carries one test's results from an xdist worker to the controller.
@@ -103,8 +104,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and results:
         store = _store(item.config)
         for r in results:
-            r.expected = r.verdict.status == FAIL and not report.failed
-            if r.verdict.status == FAIL and report.failed:
+            r.expected = r.verdict.status == Status.FAIL and not report.failed
+            if r.verdict.status == Status.FAIL and report.failed:
                 store.save(Record.of(r, _profile(item.config), item.config.getoption("--moe-seed")))
         report.user_properties.append((_PROPERTY, json.dumps([r.to_dict() for r in results], default=str)))
 
@@ -136,7 +137,7 @@ class _ReportWriter:
         self.paths = write_report_dir(Report(run, list(targets.values()), self.results), self.directory)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        terminalreporter.write_line(f"moe-harness report: {', '.join(map(str, self.paths))}")
+        terminalreporter.write_line(render_written(self.paths, "moe-harness report"))
 
 
 def _target_info(result: CaseResult) -> TargetInfo:

@@ -4,7 +4,7 @@
 - ci       50 examples; prints the `@reproduce_failure` blob of each failure.
 - nightly  1000 examples with the target phase; the CLI and plugin promote its new failures into the
            shared regression directory.
-- gpu      200 examples, blobs printed: GPU kernel cases, where each example is cheap.
+- gpu      200 examples, blobs printed: GPU kernel tests, where each example is cheap.
 - repro    explicit examples and the example database only: replays stored failures, generates nothing.
 
 Every profile sets every setting that matters, so Hypothesis's own auto-loaded `ci` profile

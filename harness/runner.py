@@ -23,7 +23,7 @@ from harness.outcome import CaseResult
 from harness.selection import Case, Missing
 from harness.targets import load_target
 from harness.targets.base import Target
-from harness.verdict import ERROR, HARNESS_ERROR, SKIP, Verdict
+from harness.verdict import ErrorKind, Status, Verdict
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _run_in_worker(check: str, spec: str, family: str, options: RunOptions) -> C
 
 
 def _worker_failed(case: Case, exc: Exception) -> CaseResult:
-    verdict = Verdict(case.check.name, case.target.name, case.family.name, ERROR, HARNESS_ERROR,
+    verdict = Verdict(case.check.name, case.target.name, case.family.name, Status.ERROR, ErrorKind.HARNESS_ERROR,
                       f"worker process failed: {type(exc).__name__}: {exc}")
     return CaseResult(verdict, spec=case.spec)
 
@@ -86,6 +86,11 @@ def _worker_failed(case: Case, exc: Exception) -> CaseResult:
 def unavailable_results(missing: list[Missing], checks: list[str]) -> list[CaseResult]:
     """One result per check for each target that did not load: skip when a dependency is missing here,
     error when the target's own code raised. Family "*": no family of it ran."""
-    return [CaseResult(Verdict(check, m.spec, "*", ERROR if m.error else SKIP, HARNESS_ERROR if m.error else None,
-                               m.reason), spec=m.spec)
-            for m in missing for check in checks]
+    return [CaseResult(_unavailable(check, m), spec=m.spec) for m in missing for check in checks]
+
+
+def _unavailable(check: str, missing: Missing) -> Verdict:
+    """SKIP when a dependency of the target is missing here, a harness ERROR when its own code raised."""
+    if missing.error:
+        return Verdict(check, missing.spec, "*", Status.ERROR, ErrorKind.HARNESS_ERROR, missing.reason)
+    return Verdict(check, missing.spec, "*", Status.SKIP, None, missing.reason)

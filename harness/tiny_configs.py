@@ -7,8 +7,9 @@ Families are discovered from the installed transformers (`CONFIG_MAPPING`), neve
 from __future__ import annotations
 
 import functools
+import math
 import warnings
-from typing import Any
+from typing import Any, TypeGuard
 
 from reference.config import (
     EXPERT_WIDTH_SPELLINGS,
@@ -67,6 +68,14 @@ TINY_FIELDS: dict[str, Any] = {
 TINY_WHEN_NONE: dict[str, Any] = {"n_shared_experts": 1}
 # Every other width a config ties to a hidden size (an adapter's input, a tower's output) shrinks with it.
 HIDDEN_WIDTH = 32
+# Every other vocabulary size, head count and head width a config carries (an indexer's heads, a sliding-window
+# attention's heads, a mel codebook) shrinks to these; TINY_FIELDS' own values win where both name a field.
+TINY_VOCAB = TINY_FIELDS["vocab_size"]
+TINY_HEADS = 2
+TINY_HEAD_DIM = 16
+# A per-layer list whose values say which MLP a layer has: the shrunk layers keep every kind it names.
+_MOE_LAYER_WORDS = ("mlp", "moe", "expert", "sparse", "ffn")
+_TOKEN_ID_SUFFIXES = ("_token_id", "_token_ids", "_token_index")
 
 
 def sub_config(config: Any, path: str) -> Any:
@@ -106,20 +115,61 @@ def _is_config_dict(value: Any) -> bool:
     return isinstance(value, dict) and "model_type" in value
 
 
+def _is_int(value: Any) -> TypeGuard[int]:
+    """An int that is not a bool (config flags are bools, and bools are ints)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _layer_sources(data: dict[str, Any], old_layers: Any, layers: int) -> list[int]:
+    """Which of the full config's layers the `layers` shrunk ones copy: the first ones, unless that would drop a
+    kind of MLP layer (a first run of dense layers, a per-layer expert table starting late); then the first layer
+    of each kind, in order, filled up with the earliest others."""
+    if not _is_int(old_layers) or old_layers <= layers:
+        return list(range(layers))
+    kinds = [key for key, value in data.items() if isinstance(value, list) and len(value) == old_layers
+             and any(word in key for word in _MOE_LAYER_WORDS)]
+    found = data.get("per_layer_config")
+    table: dict[Any, Any] = found if isinstance(found, dict) else {}
+    signature = [(tuple(repr(data[k][i]) for k in kinds), repr(table.get(str(i), table.get(i))))
+                 for i in range(old_layers)]
+    firsts = list({sig: i for i, sig in reversed(list(enumerate(signature)))}.values())
+    if set(signature[:layers]) == set(signature):
+        return list(range(layers))
+    chosen = sorted(firsts)[:layers]
+    chosen += [i for i in range(old_layers) if i not in chosen][:layers - len(chosen)]
+    return sorted(chosen)
+
+
+def _shrink_counts(value: Any) -> Any:
+    """A per-layer override table's sizes, shrunk as the config's own (never grown)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: min(v, TINY_FIELDS[k]) if k in TINY_FIELDS and _is_int(v) and _is_int(TINY_FIELDS[k]) else v
+            for k, v in value.items()}
+
+
 def _resize_per_layer(data: dict[str, Any], old_layers: Any, layers: Any) -> None:
-    """Per-layer lists and tables follow the shrunk layer count (a range of layer ids stays a range)."""
+    """Per-layer lists and tables follow the shrunk layer count (a range of layer ids stays a range), all copying
+    the same full-config layers (see `_layer_sources`), so a layer keeps its MLP kind and its expert count."""
     if not isinstance(layers, int):
         return
+    sources = _layer_sources(data, old_layers, layers)
     for key, value in list(data.items()):
         if not isinstance(value, list) or not value:
             continue
         per_layer = key.endswith(("layer_types", "_per_layer")) or len(value) == old_layers != layers
         if not per_layer:
             continue
-        data[key] = list(range(layers)) if value == list(range(len(value))) else \
-            [value[i % len(value)] for i in range(layers)]
-    if isinstance(data.get("per_layer_config"), dict):
-        data["per_layer_config"] = {k: v for k, v in data["per_layer_config"].items() if int(k) < layers}
+        if value == list(range(len(value))):
+            data[key] = list(range(layers))
+        elif len(value) == old_layers and old_layers >= layers:
+            data[key] = [value[i] for i in sources]
+        else:
+            data[key] = [value[i % len(value)] for i in range(layers)]
+    table = data.get("per_layer_config")
+    if isinstance(table, dict):
+        data["per_layer_config"] = {str(new): _shrink_counts(table[k]) for new, old in enumerate(sources)
+                                    for k in (str(old), old) if k in table}
 
 
 def _hidden_sizes(data: dict[str, Any]) -> set[int]:
@@ -138,29 +188,179 @@ def _tied_width(name: str, value: Any, hidden: set[int]) -> bool:
     return "hidden_size" in name or "hidden_dim" in name or (("dim" in name or "size" in name) and value in hidden)
 
 
+def _generic_size(name: str, value: Any) -> int | None:
+    """The tiny value of a vocabulary size, head count or head width TINY_FIELDS does not name, else None."""
+    if not _is_int(value) or name in TINY_FIELDS:
+        return None
+    if "vocab_size" in name and not name.startswith("unpadded_") and "divisible" not in name \
+            and "multiple" not in name:
+        return TINY_VOCAB if value > TINY_VOCAB else None
+    if name.endswith("heads") and not name.startswith("first_"):
+        return TINY_HEADS if value > TINY_HEADS else None
+    if name.endswith(("head_dim", "_d_head")):
+        return TINY_HEAD_DIM if value > TINY_HEAD_DIM else None
+    return None
+
+
+def _head_pairs(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(head count, head width) field pairs of one config that share a prefix (`swa_num_attention_heads` and
+    `swa_head_dim`, `mamba_n_heads` and `mamba_d_head`)."""
+    pairs = []
+    for width in data:
+        for suffix in ("head_dim", "d_head"):
+            if width.endswith(suffix):
+                prefix = width[:-len(suffix)]
+                pairs += [(prefix + heads, width) for heads in ("num_heads", "n_heads", "num_attention_heads")
+                          if prefix + heads in data]
+    return pairs
+
+
+def _keep_head_products(full: dict[str, Any], data: dict[str, Any], changed_now: set[str]) -> None:
+    """Where the full config's heads × head width is a whole multiple of its hidden size (a mamba mixer's
+    `heads × head_dim = expand × hidden`), the shrunk head width keeps that multiple of the shrunk hidden size."""
+    old_hidden, new_hidden = full.get("hidden_size"), data.get("hidden_size")
+    if not (_is_int(old_hidden) and _is_int(new_hidden)) or old_hidden <= 0:
+        return
+    for heads, width in _head_pairs(data):
+        if width not in changed_now or not all(_is_int(v) for v in (full[heads], full[width], data[heads])):
+            continue
+        product = full[heads] * full[width]
+        if product % old_hidden == 0 and (product // old_hidden * new_hidden) % data[heads] == 0:
+            data[width] = product // old_hidden * new_hidden // data[heads]
+
+
+def _keep_head_groups(full: dict[str, Any], data: dict[str, Any]) -> None:
+    """A group count that divided a head count (a mamba mixer's `n_groups`, an output projection's `o_groups`)
+    still divides it once the heads are shrunk."""
+    heads = [k for k, v in data.items() if k.endswith("heads") and _is_int(v) and v > 0 and _is_int(full.get(k))]
+    for key, value in list(data.items()):
+        if not key.endswith("groups") or "code" in key or not _is_int(value) or value <= 0:
+            continue
+        for name in heads:
+            if full[name] % value == 0 and data[name] % data[key] != 0:
+                data[key] = math.gcd(data[key], data[name])
+
+
+def _keep_unpadded(full: dict[str, Any], data: dict[str, Any]) -> None:
+    """`unpadded_<size>` stays at most `<size>` and keeps a (smaller) padding where the full config pads:
+    a head sized by the unpadded vocabulary and padded to the full one on save needs both shrunk together."""
+    for key, value in list(data.items()):
+        padded = key.removeprefix("unpadded_")
+        if key == padded or not _is_int(value) or not _is_int(data.get(padded)) or not _is_int(full.get(padded)):
+            continue
+        gap = max(full[padded] - full[key], 0)
+        data[key] = data[padded] - min(gap, data[padded] // 8) if gap else data[padded]
+
+
+def _token_ids_in_vocab(data: dict[str, Any]) -> None:
+    """The config's own special token ids (those its `validate_token_ids` reads) lie inside its own vocabulary;
+    distinct ids stay distinct, moved to the top of the vocabulary past the ids already inside it."""
+    vocab = data.get("vocab_size")
+    if not _is_int(vocab) or vocab <= 0:
+        return
+    keys = [k for k, v in data.items() if k.endswith(_TOKEN_ID_SUFFIXES)
+            and (_is_int(v) or (isinstance(v, list) and v and all(_is_int(x) for x in v)))]
+    ids = [x for k in keys for x in (data[k] if isinstance(data[k], list) else [data[k]])]
+    outside = sorted({x for x in ids if x >= vocab})
+    if not outside:
+        return
+    used = set(ids)
+    free = sorted([i for i in range(vocab - 1, -1, -1) if i not in used][:len(outside)])
+    if len(free) < len(outside):  # more special tokens than the vocabulary holds
+        free = [vocab - 1] * len(outside)
+    moved = dict(zip(outside, free, strict=True))
+    for k in keys:
+        data[k] = [moved.get(x, x) for x in data[k]] if isinstance(data[k], list) else moved.get(data[k], data[k])
+
+
+def _rope_dims(data: dict[str, Any], rope: dict[str, Any]) -> dict[str, int]:
+    """The rotary dims a config may rotate over, by the field they come from (MLA's `qk_rope_head_dim`, the
+    head width, hidden / heads), scaled by any partial rotary factor."""
+    factor = rope.get("partial_rotary_factor", data.get("partial_rotary_factor", 1.0))
+    if not isinstance(factor, int | float):
+        return {}
+    hidden, heads = data.get("hidden_size"), data.get("num_attention_heads")
+    dims = {name: data[name] for name in ("qk_rope_head_dim", "head_dim") if _is_int(data.get(name))}
+    if _is_int(hidden) and _is_int(heads) and heads > 0:
+        dims["hidden_size"] = hidden // heads
+    return {name: int(dim * factor) for name, dim in dims.items()}
+
+
+def _keep_mrope_sections(full: dict[str, Any], data: dict[str, Any]) -> None:
+    """A multimodal rope's `mrope_section` splits half the rotary dim; it keeps doing so at the shrunk width."""
+    ropes = data.get("rope_parameters")
+    if not isinstance(ropes, dict):
+        return
+    for rope in [ropes, *(v for v in ropes.values() if isinstance(v, dict))]:
+        sections = rope.get("mrope_section")
+        if not (isinstance(sections, list) and sections and all(_is_int(x) and x > 0 for x in sections)):
+            continue
+        old_dims, new_dims = _rope_dims(full, rope), _rope_dims(data, rope)
+        source = next((name for name, dim in old_dims.items() if dim // 2 == sum(sections)), None)
+        if source is None or source not in new_dims or new_dims[source] == old_dims[source]:
+            continue
+        half = new_dims[source] // 2
+        if half < len(sections):
+            continue
+        share = [max(1, x * half // sum(sections)) for x in sections]
+        for i in range(half - sum(share)):  # hand the rest out from the first section on
+            share[i % len(share)] += 1
+        while sum(share) > half:
+            share[share.index(max(share))] -= 1
+        rope["mrope_section"] = share
+
+
+def _carved_widths(full: dict[str, Any], data: dict[str, Any]) -> None:
+    """A `*features` width carved out of the hidden size (vitpose's per-expert part) keeps its share of it."""
+    old_hidden, new_hidden = full.get("hidden_size"), data.get("hidden_size")
+    if not (_is_int(old_hidden) and _is_int(new_hidden)) or old_hidden <= new_hidden:
+        return
+    for key, value in list(data.items()):
+        if "features" in key and _is_int(value) and value == full.get(key) and new_hidden < value < old_hidden:
+            data[key] = max(1, value * new_hidden // old_hidden)
+
+
 def _shrink_node(data: dict[str, Any], where: str, moe: str, overrides: dict[str, Any],
                  fields: frozenset[str] | None, keep: frozenset[FieldRef], changed: list[FieldRef],
                  hidden: set[int] | None = None) -> dict[str, Any]:
-    """A shrunk copy of one serialised (sub-)config and, recursively, of every sub-config nested in it."""
+    """A shrunk copy of one serialised (sub-)config and, recursively, of every sub-config nested in it.
+
+    Every size a shrunk field constrains shrinks with it: unpadded sizes stay within their padded ones, head
+    widths keep their product with the head count, rope sections their sum, token ids stay in the vocabulary,
+    per-layer lists and tables copy the same layers.
+    """
     hidden = _hidden_sizes(data) if hidden is None else hidden
-    data = dict(data)
+    full = data
+    data = {k: (dict(v) if k == "rope_parameters" and isinstance(v, dict) else v) for k, v in data.items()}
+    if isinstance(data.get("rope_parameters"), dict):
+        data["rope_parameters"] = {k: dict(v) if isinstance(v, dict) else v
+                                   for k, v in data["rope_parameters"].items()}
     old_layers = data.get("num_hidden_layers")
     wanted = {name: value for name, value in TINY_FIELDS.items() if name in data}
     wanted |= {name: value for name, value in TINY_WHEN_NONE.items() if name in data and data[name] is None}
     if fields is None:
         wanted |= {name: HIDDEN_WIDTH for name, value in data.items() if _tied_width(name, value, hidden)}
+        wanted |= {name: tiny for name, value in data.items() if name not in wanted
+                   and (tiny := _generic_size(name, value)) is not None}
+    changed_now = set()
     for name, value in wanted.items():
         if (fields is None or name in fields) and (where, name) not in keep and data[name] != value:
+            current = data[name]
+            if isinstance(current, list) and current and all(_is_int(x) for x in current) and _is_int(value):
+                value = [min(x, value) for x in current]  # a per-layer or per-modality list of sizes
+                if value == current:
+                    continue
             data[name] = value
             changed.append((where, name))
+            changed_now.add(name)
     if where == moe:
         data.update(overrides)
-    vocab = data.get("vocab_size")
-    if isinstance(vocab, int):
-        # Special token ids of the full vocabulary would index past the shrunk embedding.
-        for key, value in list(data.items()):
-            if key.endswith("_token_id") and isinstance(value, int) and value >= vocab:
-                data[key] = vocab - 1
+    _keep_head_products(full, data, changed_now)
+    _keep_head_groups(full, data)
+    _keep_unpadded(full, data)
+    _token_ids_in_vocab(data)
+    _keep_mrope_sections(full, data)
+    _carved_widths(full, data)
     _resize_per_layer(data, old_layers, data.get("num_hidden_layers", 2))
     for key, value in list(data.items()):
         if _is_config_dict(value):

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
-PASS, FAIL, ERROR, SKIP, KNOWN = "pass", "fail", "error", "skip", "known"
 
-# Why a case did not pass: the property was violated, the target raised on valid input,
-# or the harness itself could not run the case.
-PROPERTY_VIOLATION = "property-violation"
-TARGET_ERROR = "target-error"
-HARNESS_ERROR = "harness-error"
+class Status(StrEnum):
+    """How one case ended; the values are what report.json and junit.xml hold."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    SKIP = "skip"
+    KNOWN = "known"  # failed, and the target lists the failure as known
+
+
+class ErrorKind(StrEnum):
+    """Why a case did not pass: the property was violated, the target raised on valid input, or the
+    harness itself could not run the case."""
+
+    PROPERTY_VIOLATION = "property-violation"
+    TARGET_ERROR = "target-error"
+    HARNESS_ERROR = "harness-error"
 
 
 class PropertyViolation(AssertionError):
@@ -44,8 +56,8 @@ class Verdict:
     check: str
     target: str
     family: str
-    status: str
-    kind: str | None = None
+    status: Status
+    kind: ErrorKind | None = None
     message: str = ""
     counterexample: dict[str, Any] = field(default_factory=dict)
     tolerance: str | None = None
@@ -53,6 +65,11 @@ class Verdict:
     examples: int = 0
     seconds: float = 0.0
     known_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        # Plain strings (report.json read back, a test's literal) become the enums they name.
+        self.status = Status(self.status)
+        self.kind = None if self.kind is None else ErrorKind(self.kind)
 
     @property
     def case_id(self) -> str:

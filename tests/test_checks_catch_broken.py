@@ -9,12 +9,14 @@ import re
 import pytest
 import torch
 
+from harness.assertions import assert_close, assert_close_to_terms, assert_valid_selection
 from harness.checks import CHECKS
 from harness.engine import run_case
 from harness.families import Family, get_family
 from harness.targets.base import BlockCap, ExpertMappingCap, FusedMoECap, RoutingCap, Target
 from harness.targets.reference import make_target
-from harness.verdict import FAIL, PROPERTY_VIOLATION
+from harness.tolerances import Tolerance
+from harness.verdict import ErrorKind, PropertyViolation, Status
 from reference.checkpoint import make_expert_params_mapping, remap
 from reference.loader import load_checkpoint
 from reference.moe import MoEBlock, PaddedMoERunner, experts_forward, init_block, pad_to
@@ -161,11 +163,45 @@ BROKEN = {
 def test_check_catches_broken_implementation(name: str) -> None:
     check_name, family, caps = BROKEN[name]
     verdict = run_case(CHECKS[check_name], _broken(**caps), get_family(family) if family != "any" else Family("any"))
-    assert verdict.status == FAIL, f"{name} was not caught: {verdict}"
-    assert verdict.kind == PROPERTY_VIOLATION
+    assert verdict.status == Status.FAIL, f"{name} was not caught: {verdict}"
+    assert verdict.kind == ErrorKind.PROPERTY_VIOLATION
     assert verdict.counterexample
 
 
 def test_every_check_has_a_broken_implementation() -> None:
     assert {v[0] for v in BROKEN.values()} == set(CHECKS)
 
+
+# ---- the assertion helpers fail when they should, in their one form ---------------------------------------
+
+
+def test_assert_close_fails_beyond_the_tolerance_naming_it() -> None:
+    tol = Tolerance(1e-3, 1e-5)
+    assert_close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0005]), tol, "w")  # within rtol
+    with pytest.raises(PropertyViolation) as info:
+        assert_close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5]), tol, "weights")
+    v = info.value
+    assert v.message.startswith("weights: 1 of 2 elements differ beyond rtol=0.001, atol=1e-05")
+    assert "observed 2, expected 2.5" in v.message and v.tolerance == str(tol)
+    assert (v.details["where"], v.details["observed"], v.details["expected"], v.details["index"]) == \
+        ("weights", 2.0, 2.5, (1,))
+    with pytest.raises(PropertyViolation, match=r"shapes differ; observed \(2,\), expected \(3,\)"):
+        assert_close(torch.zeros(2), torch.zeros(3), tol, "weights")
+
+
+def test_assert_close_to_terms_allows_what_cancelled_and_fails_on_nan() -> None:
+    tol = Tolerance(1e-2, 0.0)
+    assert_close_to_terms(torch.tensor([0.5]), torch.tensor([0.0]), torch.tensor([100.0]), tol, "out")
+    with pytest.raises(PropertyViolation, match="with rtol applied to"):
+        assert_close_to_terms(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([100.0]), tol, "out")
+    with pytest.raises(PropertyViolation):
+        assert_close_to_terms(torch.tensor([float("nan")]), torch.tensor([0.0]), torch.tensor([1.0]), tol, "out")
+
+
+def test_assert_valid_selection_allows_ties_and_names_a_worse_pick() -> None:
+    scores = torch.tensor([[3.0, 1.0, 1.0, 0.0]])
+    assert_valid_selection(scores, torch.tensor([[0, 2]]), 2)  # a tie at the K-th place
+    with pytest.raises(PropertyViolation) as info:
+        assert_valid_selection(scores, torch.tensor([[0, 3]]), 2)
+    assert info.value.details["observed"] == [0, 3] and info.value.details["expected"] == [0, 1]
+    assert info.value.message.startswith("routing: token 0 picks an expert") and info.value.tolerance

@@ -12,7 +12,7 @@ import pytest
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
 from harness.outcome import CaseResult
 from harness.reports.text import render_failure, render_matrix, render_totals
-from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION, Verdict
+from harness.verdict import ErrorKind, Status, Verdict
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_report_dir_holds_three_files_that_render(run, tmp_path, capsys) -> None
     assert report["run"]["versions"]["hypothesis"]
     record = next(r for r in report["results"]
                   if r["verdict"]["target"] == "seeds-buggy" and r["verdict"]["check"] == "expert-mapping")
-    assert record["verdict"]["status"] == FAIL and record["verdict"]["counterexample"]
+    assert record["verdict"]["status"] == Status.FAIL and record["verdict"]["counterexample"]
     assert record["verdict"]["reproduce"].startswith("moe-harness run --target seeds-buggy")
     assert record["verdict"]["examples"] >= 1 and "generate" in record["stats"]
     md = (out_dir / "report.md").read_text()
@@ -96,10 +96,10 @@ def test_report_dir_holds_three_files_that_render(run, tmp_path, capsys) -> None
 
 
 def test_known_and_stale_are_shown_apart_from_new_failures() -> None:
-    known = CaseResult(Verdict("capturer-shape", "t", "synthetic", KNOWN, PROPERTY_VIOLATION, "moe_topk",
+    known = CaseResult(Verdict("capturer-shape", "t", "synthetic", Status.KNOWN, ErrorKind.PROPERTY_VIOLATION, "moe_topk",
                                known_reason="two of six spellings"))
-    expected = CaseResult(Verdict("remap-idempotence", "t", "gemma4", FAIL, PROPERTY_VIOLATION, "x"), expected=True)
-    stale = CaseResult(Verdict("remap-idempotence", "t", "mixtral", PASS, message="stale known failure: passes now"),
+    expected = CaseResult(Verdict("remap-idempotence", "t", "gemma4", Status.FAIL, ErrorKind.PROPERTY_VIOLATION, "x"), expected=True)
+    stale = CaseResult(Verdict("remap-idempotence", "t", "mixtral", Status.PASS, message="stale known failure: passes now"),
                        stale=True)
     matrix = render_matrix([known, expected, stale])
     assert "t  capturer-shape" in matrix and "t  remap-idempotence" in matrix
@@ -108,7 +108,7 @@ def test_known_and_stale_are_shown_apart_from_new_failures() -> None:
 
 
 def test_failure_renders_as_a_bug_report() -> None:
-    fail = Verdict("remap-idempotence", "t", "gemma4", FAIL, PROPERTY_VIOLATION, "not idempotent",
+    fail = Verdict("remap-idempotence", "t", "gemma4", Status.FAIL, ErrorKind.PROPERTY_VIOLATION, "not idempotent",
                    {"key": "a.experts.0.w"}, "exact", "moe-harness run ...")
     text = render_failure(fail, "@reproduce_failure('6.170.15', b'AA==')")
     assert "minimal counterexample" in text and "reproduce: moe-harness run" in text

@@ -11,7 +11,7 @@ from harness.families import get_family
 from harness.targets import load_target
 from harness.targets.base import ConfigSpellingCap, Spelling
 from harness.targets.transformers.spellings import spellings
-from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION
+from harness.verdict import ErrorKind, Status
 from tests.broken_targets import transformers_with
 
 CHECK = CHECKS["config-spelling"]
@@ -42,18 +42,18 @@ def test_spellings_cover_fields_aliases_and_nesting() -> None:
 @pytest.mark.parametrize("family", ["qwen3_moe", "gemma4", "ernie4_5_moe"])
 def test_real_families_pass(family: str) -> None:
     verdict = run_case(CHECK, load_target("transformers"), get_family(family), max_examples=5)
-    assert verdict.status == PASS, verdict
+    assert verdict.status == Status.PASS, verdict
 
 
 def test_ignored_top_k_is_a_known_failure() -> None:
     verdict = run_case(CHECK, load_target("transformers"), get_family("phimoe"), max_examples=5)
-    assert verdict.status == KNOWN, verdict
+    assert verdict.status == Status.KNOWN, verdict
 
 
 @pytest.mark.parametrize(("used", "family"), [(_json_drops_top_k, "qwen3_moe"), (_alias_dropped, "ernie4_5_moe")])
 def test_broken_spelling_is_caught(used, family: str) -> None:
     verdict = run_case(CHECK, transformers_with("config_spelling", used=used), get_family(family), max_examples=15)
-    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, verdict
     assert verdict.counterexample["set"] != verdict.counterexample["used"]
 
 

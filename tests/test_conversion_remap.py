@@ -8,9 +8,10 @@ import re
 import pytest
 
 from harness.checks import CHECKS
-from harness.checks.conversion_remap import ConversionExample, ConversionKeys, check_conversion
+from harness.checks.conversion_remap import check_conversion
 from harness.engine import run_case
 from harness.families import get_family
+from harness.strategies.conversion_keys import ConversionExample, ConversionKeys
 from harness.targets.base import ConversionCap, ConversionRules, Target
 from harness.targets.transformers import make_target
 from harness.targets.transformers.conversion import (
@@ -19,7 +20,7 @@ from harness.targets.transformers.conversion import (
     family_conversion,
     missing_loading_api,
 )
-from harness.verdict import FAIL, KNOWN, PASS, PROPERTY_VIOLATION, PropertyViolation
+from harness.verdict import ErrorKind, PropertyViolation, Status
 from tests.broken_targets import conversion_with
 
 CHECK = CHECKS["conversion-remap"]
@@ -37,7 +38,7 @@ def _target(conversion: ConversionCap = CONVERSION, known: bool = True) -> Targe
 @pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss", "minimax_m2"])
 def test_real_families_pass(family: str) -> None:
     verdict = run_case(CHECK, _target(), get_family(family), max_examples=EXAMPLES)
-    assert verdict.status == PASS, verdict
+    assert verdict.status == Status.PASS, verdict
 
 
 def test_legacy_names_load_into_own_names_and_merges_are_declared() -> None:
@@ -52,9 +53,9 @@ def test_legacy_names_load_into_own_names_and_merges_are_declared() -> None:
 
 def test_laguna_is_a_recorded_failure_and_the_report_names_the_rule() -> None:
     """laguna's `mlp.shared_expert.` rule (unescaped dot) also matches `mlp.shared_experts`."""
-    assert run_case(CHECK, _target(), get_family("laguna"), max_examples=EXAMPLES).status == KNOWN
+    assert run_case(CHECK, _target(), get_family("laguna"), max_examples=EXAMPLES).status == Status.KNOWN
     verdict = run_case(CHECK, _target(known=False), get_family("laguna"), max_examples=EXAMPLES)
-    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, verdict
     assert "shared_experts..gate_proj" in str(verdict.counterexample)
     assert "mlp.shared_expert." in str(verdict.counterexample.get("rules") or verdict.counterexample["rules_once"])
 
@@ -67,7 +68,7 @@ def test_seed_regex_added_to_the_rules_is_caught() -> None:
     seed = WeightRenaming(r"\.experts\.", ".moe.experts.")
     verdict = run_case(CHECK, _target(conversion_with("qwen3_moe", _renamings=[*real._renamings, seed]), known=False),
                        get_family("qwen3_moe"), max_examples=EXAMPLES)
-    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, verdict
     assert ".moe." in str(verdict.counterexample)
 
 
@@ -76,7 +77,7 @@ def test_rename_without_the_load_loops_fallback_is_caught() -> None:
     real = family_conversion("axk1")
     verdict = run_case(CHECK, _target(conversion_with("axk1", rename=real._rules), known=False), get_family("axk1"),
                        max_examples=EXAMPLES)
-    assert verdict.status == FAIL and "mlp.mlp.post_mlp_layernorm" in str(verdict.counterexample), verdict
+    assert verdict.status == Status.FAIL and "mlp.mlp.post_mlp_layernorm" in str(verdict.counterexample), verdict
 
 
 def test_two_converters_writing_one_name_are_caught() -> None:
@@ -90,7 +91,7 @@ def test_two_converters_writing_one_name_are_caught() -> None:
     broken = conversion_with("qwen3_moe", _converters=converters, _converter_of={p: c for c in converters
                                                                         for p in c.source_patterns})
     verdict = run_case(CHECK, _target(broken, known=False), get_family("qwen3_moe"), max_examples=EXAMPLES)
-    assert verdict.status == FAIL and "no declared merge" in verdict.message, verdict
+    assert verdict.status == Status.FAIL and "no declared merge" in verdict.message, verdict
 
 
 def test_scale_folded_onto_weight_is_caught() -> None:
@@ -116,15 +117,15 @@ def _seed_rules(rename: object) -> ConversionRules:
 
 
 @pytest.mark.parametrize(("pattern", "status"), [
-    (r"\.experts\.(\d+)\.", FAIL),  # seed 002 before the fix
-    (r"(?<!\.moe)\.experts\.(\d+)\.", PASS),  # after it
+    (r"\.experts\.(\d+)\.", Status.FAIL),  # seed 002 before the fix
+    (r"(?<!\.moe)\.experts\.(\d+)\.", Status.PASS),  # after it
 ])
 def test_seed_002_remap_fails_and_its_fix_passes(pattern: str, status: str) -> None:
     rules = _seed_rules(lambda key: re.sub(pattern, r".moe.experts.\1.", key))
     verdict = run_case(CHECK, _target(ConversionCap(lambda name: rules), known=False), get_family("gemma4"),
                        max_examples=EXAMPLES)
     assert verdict.status == status, verdict
-    if status == FAIL:
+    if status == Status.FAIL:
         assert ".moe.moe.experts" in str(verdict.counterexample)
 
 

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from harness.checks import CHECKS
-from harness.checks.router_knobs import flip_values
 from harness.engine import run_case
 from harness.families import get_family, tiny_spec
+from harness.strategies.router_knobs import flip_values
 from harness.targets import load_target
 from harness.targets.base import RouterRun
 from harness.targets.transformers.knobs import knobs
 from harness.targets.transformers.spellings import with_moe_fields
-from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
+from harness.verdict import ErrorKind, Status
 from tests.broken_targets import transformers_with
 
 CHECK = CHECKS["router-knobs"]
@@ -55,15 +55,15 @@ def test_knobs_are_read_from_the_config() -> None:
 @pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
 def test_real_routers_pass(family: str) -> None:
     verdict = run_case(CHECK, load_target("transformers"), get_family(family), max_examples=5)
-    assert verdict.status == PASS, verdict
+    assert verdict.status == Status.PASS, verdict
 
 
 def test_router_ignoring_a_knob_is_caught() -> None:
     verdict = run_case(CHECK, transformers_with("router_knobs", build=_ignores_renormalize), get_family("qwen3_moe"), max_examples=5)
-    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, verdict
     assert verdict.message.startswith("knob with no effect: norm_topk_prob"), verdict.message
 
 
 def test_router_applying_a_knob_wrongly_is_caught() -> None:
     verdict = run_case(CHECK, transformers_with("router_knobs", build=_always_renormalizes), get_family("qwen3_moe"), max_examples=5)
-    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, verdict

@@ -14,12 +14,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checks.routing_parity import assert_valid_selection
+from harness.assertions import assert_close, assert_valid_selection
 from harness.families import tiny_spec
 from harness.targets.transformers.blocks import RealMoEBlock, real_block
 from harness.targets.transformers.knobs import router_picks
 from harness.tiny_configs import discover_moe_families
-from harness.tolerances import Tolerance, assert_close
+from harness.tolerances import Tolerance
 from reference.moe import MoEBlock, init_block
 from reference.routing import selection_scores, weights_for
 
@@ -110,10 +110,10 @@ def test_block_parity_catches_the_bias_in_the_weights() -> None:
     from harness.families import get_family
     from harness.targets.base import BlockCap
     from harness.targets.reference import make_target
-    from harness.verdict import FAIL, PROPERTY_VIOLATION
+    from harness.verdict import ErrorKind, Status
 
     assert tiny_spec("ernie4_5_moe").routing.variant == "softmax_bias"
     broken = dataclasses.replace(make_target(), name="broken", known_failures=[], block=BlockCap(
         lambda spec, seed=0, dtype=torch.float32: init_block(_BiasInWeightsBlock(spec, dtype), seed)))
     verdict = run_case(CHECKS["block-parity"], broken, get_family("ernie4_5_moe"))
-    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, verdict
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, verdict

@@ -27,7 +27,7 @@ from harness.targets import load_target
 from harness.targets.base import FusedMoECap, RoutingCap
 from harness.targets.triton import on_device
 from harness.tolerances import WEIGHT_TOLERANCE, tolerance_for
-from harness.verdict import FAIL, PASS, PROPERTY_VIOLATION
+from harness.verdict import ErrorKind, Status
 from reference.config import RoutingKnobs
 from reference.moe import experts_forward as torch_experts_forward
 from reference.routing import RoutingInputError, selection_scores, weights_for
@@ -306,7 +306,7 @@ def test_checks_catch_a_broken_kernel(name: str) -> None:
     # As the target does: the checks' CPU tensors go to the kernels' device and back.
     caps = {k: dataclasses.replace(v, fn=on_device(v.fn, DEVICE)) for k, v in caps.items()}
     verdict = run_case(CHECKS[check], _target_with(**caps), get_family(family), max_examples=10)
-    assert verdict.status == FAIL and verdict.kind == PROPERTY_VIOLATION, f"{name} was not caught: {verdict}"
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, f"{name} was not caught: {verdict}"
     assert verdict.counterexample and verdict.tolerance
 
 
@@ -315,7 +315,7 @@ def test_torch_reference_at_its_dtype_passes_moe_output_parity() -> None:
     target = _target_with(fused_moe=FusedMoECap(torch_experts_forward, (torch.float32, torch.float16)))
     for family in ("gemma4", "qwen3_moe"):
         verdict = run_case(CHECKS["moe-output-parity"], target, get_family(family), max_examples=15)
-        assert verdict.status == PASS, verdict
+        assert verdict.status == Status.PASS, verdict
 
 
 def test_kernels_run_interpreted_when_triton_was_imported_first() -> None:

@@ -14,7 +14,7 @@ from harness.families import DEFAULT_FAMILIES, get_family
 from harness.selection import plan
 from harness.strategies.configs import SYNTHETIC
 from harness.targets import TargetUnavailable, load_target
-from harness.verdict import KNOWN, PASS, SKIP
+from harness.verdict import Status
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed here; run `tox -e vllm`")
@@ -53,13 +53,13 @@ def test_target_fills_its_capabilities(vllm_target) -> None:
 @pytest.mark.parametrize(("check", "family"), CASES)
 def test_cpu_reachable_code_passes(vllm_target, check: str, family: str) -> None:
     verdict = run_case(CHECKS[check], vllm_target, get_family(family), max_examples=10)
-    assert verdict.status == PASS, verdict
+    assert verdict.status == Status.PASS, verdict
 
 
 @needs_vllm
 def test_new_family_spellings_are_a_known_failure(vllm_target) -> None:
     verdict = run_case(CHECKS["capturer-shape"], vllm_target, get_family(SYNTHETIC), max_examples=25)
-    assert verdict.status == KNOWN, verdict
+    assert verdict.status == Status.KNOWN, verdict
 
 
 @needs_vllm
@@ -72,13 +72,13 @@ def test_each_model_class_mapper_chain(vllm_target, family: str) -> None:
         pytest.skip(reason)
     target = dataclasses.replace(vllm_target, remap=vllm_mappers.remap_cap(family))
     verdict = run_case(CHECKS["remap-idempotence"], target, get_family(family), max_examples=25)
-    assert verdict.status == PASS, verdict
+    assert verdict.status == Status.PASS, verdict
 
 
 @needs_vllm
 def test_blocks_of_other_families_are_skipped_with_the_reason(vllm_target) -> None:
     verdict = run_case(CHECKS["functional-call"], vllm_target, get_family("mixtral"))
-    assert verdict.status == SKIP and "gemma4" in verdict.message
+    assert verdict.status == Status.SKIP and "gemma4" in verdict.message
 
 
 @needs_vllm

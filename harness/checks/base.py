@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from hypothesis import strategies as st
 
@@ -12,28 +12,54 @@ from harness.families import Family
 from harness.targets.base import Target
 from harness.verdict import CheckSkipped, TargetError
 
+Cap = TypeVar("Cap")
+
 
 @dataclass(frozen=True)
-class Check:
+class Check(Generic[Cap]):
     """A property written once and run over targets × families.
 
-    `strategy(target, family)` draws examples; `prop(target, family, example)` returns None when the
-    property holds and raises PropertyViolation (or TargetError) when it does not; `describe(example)`
-    renders the example as the readable counterexample.
+    The fields take the target's capability named by `capability`, already looked up: `draws(cap, family)`
+    draws examples; `holds(cap, family, example)` returns None when the property holds and raises
+    PropertyViolation (or TargetError) when it does not; `describe(example)` renders the example as the
+    readable counterexample; `excludes(cap, family, target_name)` says why the check does not apply to
+    the family (the target's name is passed for that message only), or None.
+
+    The engine calls the methods `strategy(target, family)` and `prop(target, family, example)`, which
+    look the capability up and hand it on.
     """
 
     name: str
     capability: str
     summary: str
-    strategy: Callable[[Target, Family], st.SearchStrategy[Any]]
-    prop: Callable[[Target, Family, Any], None]
+    draws: Callable[[Cap, Family], st.SearchStrategy[Any]]
+    holds: Callable[[Cap, Family, Any], None]
     describe: Callable[[Any], dict[str, Any]]
-    applies: Callable[[Target, Family], str | None] = lambda target, family: None
+    excludes: Callable[[Cap, Family, str], str | None] = lambda cap, family, target_name: None
     # The families it runs over by default; None means DEFAULT_FAMILIES.
     families: tuple[str, ...] | None = None
     # Example counts per profile for a check whose every example builds a model (an explicit
     # --max-examples wins; a profile not named here keeps its own count).
     example_caps: tuple[tuple[str, int], ...] = ()
+
+    def capability_of(self, target: Target) -> Cap:
+        """The target's capability this check judges; CheckSkipped when the target provides none."""
+        capability = getattr(target, self.capability)
+        if capability is None:
+            raise CheckSkipped(self._missing(target))
+        return capability  # type: ignore[no-any-return]
+
+    def strategy(self, target: Target, family: Family) -> st.SearchStrategy[Any]:
+        """The examples to draw for target × family."""
+        return self.draws(self.capability_of(target), family)
+
+    def prop(self, target: Target, family: Family, example: Any) -> None:
+        """Judge one example on target × family: None when the property holds, else raises."""
+        self.holds(self.capability_of(target), family, example)
+
+    def applies(self, target: Target, family: Family) -> str | None:
+        """Why this check does not apply to target × family (the target has the capability), or None."""
+        return self.excludes(self.capability_of(target), family, target.name)
 
     def max_examples(self, profile: str, requested: int | None) -> int | None:
         """The example count to run under `profile`: `requested` if given, else this check's cap, if any."""
@@ -43,9 +69,12 @@ class Check:
         """Why this check cannot run on target × family, or None when it can."""
         capability = getattr(target, self.capability)
         if capability is None:
-            return f"target {target.name!r} provides no {self.capability!r} capability"
+            return self._missing(target)
         skip = getattr(capability, "skip", None)
         return (skip(family.name) if skip else None) or self.applies(target, family)
+
+    def _missing(self, target: Target) -> str:
+        return f"target {target.name!r} provides no {self.capability!r} capability"
 
 
 def call_target(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -7,33 +7,25 @@ logits, so a difference is in routing weights, experts, activation, shared exper
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from hypothesis import strategies as st
 
+from harness.assertions import assert_close
 from harness.checks.base import Check, call_target
 from harness.families import Family
-from harness.targets.base import Target
-from harness.tolerances import assert_close, tolerance_for
+from harness.strategies.block_inputs import BlockInput, block_inputs
+from harness.targets.base import BlockCap
+from harness.tolerances import tolerance_for
 from reference.moe import MoEBlock
 
 
-@dataclass(frozen=True)
-class BlockInput:
-    tokens: int
-    seed: int
-    scale: float
-
-
-def check_block_parity(target: Target, family: Family, case: BlockInput) -> None:
-    assert target.block is not None
+def check_block_parity(block_cap: BlockCap, family: Family, example: BlockInput) -> None:
     spec = family.spec
-    block = call_target("build block", target.block.build, spec, case.seed)
+    block = call_target("build block", block_cap.build, spec, example.seed)
     state = call_target("block.reference_state()", block.reference_state)
     ref = MoEBlock(spec)
     call_target("loading the block's exported tensors into the reference block", ref.load_state_dict, state)
-    x = torch.randn(case.tokens, spec.hidden_size, generator=torch.Generator().manual_seed(case.seed)) * case.scale
+    gen = torch.Generator().manual_seed(example.seed)
+    x = torch.randn(example.tokens, spec.hidden_size, generator=gen) * example.scale
     with torch.no_grad():
         got = call_target("block(x)", block, x)
         want = ref(x, router_logits=call_target("block.router_logits(x)", block.router_logits, x))
@@ -41,20 +33,19 @@ def check_block_parity(target: Target, family: Family, case: BlockInput) -> None
                  f"{family.name} block output vs the reference block with its weights")
 
 
-def _applies(target: Target, family: Family) -> str | None:
-    assert target.block is not None
-    if target.block.families is not None and family.name not in target.block.families:
-        return f"{target.name} builds blocks only for {', '.join(target.block.families)}"
+def builds_only_for(block_cap: BlockCap, family: Family, target_name: str) -> str | None:
+    """Why a block capability limited to some families does not apply to `family`, or None."""
+    if block_cap.families is not None and family.name not in block_cap.families:
+        return f"{target_name} builds blocks only for {', '.join(block_cap.families)}"
     return None
 
 
-BLOCK_PARITY = Check(
+BLOCK_PARITY: Check[BlockCap] = Check(
     name="block-parity",
     capability="block",
     summary="the block's output == the reference block loaded with its exported weights, on its router logits",
-    strategy=lambda target, family: st.builds(BlockInput, tokens=st.integers(1, 16), seed=st.integers(0, 2**16),
-                                              scale=st.sampled_from([0.5, 1.0, 4.0])),
-    prop=check_block_parity,
-    describe=lambda case: {"tokens": case.tokens, "seed": case.seed, "input_scale": case.scale},
-    applies=_applies,
+    draws=lambda block_cap, family: block_inputs(),
+    holds=check_block_parity,
+    describe=lambda example: {"tokens": example.tokens, "seed": example.seed, "input_scale": example.scale},
+    excludes=builds_only_for,
 )

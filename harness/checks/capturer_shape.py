@@ -2,48 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from hypothesis import strategies as st
+import torch
 
 from harness.checks.base import Check, call_target
 from harness.families import DEFAULT_FAMILIES, Family
-from harness.strategies.configs import SYNTHETIC, ConfigCase, config_cases
-from harness.targets.base import Target
+from harness.strategies.configs import SYNTHETIC, ConfigExample, capture_requests
 from harness.verdict import PropertyViolation, TargetError
 
+Capturer = Callable[[Any, int], torch.Tensor]
 
-def check_capturer(target: Target, family: Family, drawn: tuple[ConfigCase, int]) -> None:
-    case, max_tokens = drawn
-    assert target.capturer is not None
-    buffer = call_target("capturer(config, max_tokens)", target.capturer, case.config, max_tokens)
-    want = (max_tokens, case.num_moe_layers, case.top_k)
+
+def check_capturer(capturer: Capturer, family: Family, drawn: tuple[ConfigExample, int]) -> None:
+    example, max_tokens = drawn
+    buffer = call_target("capturer(config, max_tokens)", capturer, example.config, max_tokens)
+    want = (max_tokens, example.num_moe_layers, example.top_k)
     if tuple(buffer.shape) != want:
         raise PropertyViolation(f"capturer buffer has shape {tuple(buffer.shape)}, expected {want}",
                                 shape=tuple(buffer.shape), expected=want)
 
 
-def _describe(drawn: tuple[ConfigCase, int]) -> dict[str, Any]:
-    case, max_tokens = drawn
-    return {**case.description, "max_tokens": max_tokens}
+def _describe(drawn: tuple[ConfigExample, int]) -> dict[str, Any]:
+    example, max_tokens = drawn
+    return {**example.description, "max_tokens": max_tokens}
 
 
-def _prop(target: Target, family: Family, drawn: tuple[ConfigCase, int]) -> None:
+def _holds(capturer: Capturer, family: Family, drawn: tuple[ConfigExample, int]) -> None:
     try:
-        check_capturer(target, family, drawn)
+        check_capturer(capturer, family, drawn)
     except TargetError as exc:
         # An AttributeError on a valid config is exactly seed 001: say which spelling it missed.
-        case = drawn[0]
+        example = drawn[0]
         raise PropertyViolation(f"capturer failed on a valid config: {exc.message}",
-                                spelling=case.description.get("top_k_spelling", case.description.get("set"))) from exc
+                                spelling=example.description.get("top_k_spelling",
+                                                                 example.description.get("set"))) from exc
 
 
-CAPTURER = Check(
+CAPTURER: Check[Capturer] = Check(
     name="capturer-shape",
     capability="capturer",
     summary="buffer shape (max_tokens, num_moe_layers, top_k) for every spelling and nesting",
-    strategy=lambda target, family: st.tuples(config_cases(family.name), st.integers(1, 64)),
-    prop=_prop,
+    draws=lambda capturer, family: capture_requests(family.name),
+    holds=_holds,
     describe=_describe,
     families=(*DEFAULT_FAMILIES, SYNTHETIC),
 )

@@ -10,7 +10,7 @@ from harness.checks.base import Check
 from harness.families import Family
 from harness.strategies.checkpoint_files import FORMATS, GeneratedCheckpoint, as_bits
 from harness.strategies.checkpoints import checkpoints
-from harness.targets.base import Target
+from harness.targets.base import CheckpointLoaderCap
 from harness.verdict import CheckSkipped, PropertyViolation, TargetError
 from reference.checkpoint import parse_expert_key
 
@@ -50,13 +50,11 @@ def _offending(ckpt: GeneratedCheckpoint) -> list[str]:
     return [*ckpt.duplicated, *dup_keys, *ckpt.dropped, *ckpt.extra]
 
 
-def check_roundtrip(target: Target, family: Family, ckpt: GeneratedCheckpoint) -> None:
-    """Load `ckpt` with the target; the report names exactly what the plan broke, every other expected
+def check_loader(loader: CheckpointLoaderCap, family: Family, ckpt: GeneratedCheckpoint) -> None:
+    """Load `ckpt` with the loader; the report names exactly what the plan broke, every other expected
     parameter is bit-exact, and no key is loaded twice or into a parameter no slot expects."""
-    cap = target.checkpoint_loader
-    assert cap is not None
     try:
-        result = cap.load(ckpt.directory, ckpt.spec)
+        result = loader.load(ckpt.directory, ckpt.spec)
     except CheckSkipped:
         raise
     except Exception as exc:
@@ -151,23 +149,24 @@ def describe(ckpt: GeneratedCheckpoint) -> dict[str, Any]:
     return out
 
 
-def _applies(target: Target, family: Family) -> str | None:
-    assert target.checkpoint_loader is not None
-    if not target.checkpoint_loader.schemas(family.name):
-        return f"{target.name}'s checkpoint loader claims no key schema for {family.name}"
+def _excludes(loader: CheckpointLoaderCap, family: Family, target_name: str) -> str | None:
+    if not loader.schemas(family.name):
+        return f"{target_name}'s checkpoint loader claims no key schema for {family.name}"
     return None
 
 
-CHECKPOINT_ROUNDTRIP = Check(
+CHECKPOINT_ROUNDTRIP: Check[CheckpointLoaderCap] = Check(
     name="checkpoint-roundtrip",
     capability="checkpoint_loader",
     summary="every expert slot written once with exactly its tensor; missing, unexpected and two-layout keys "
             "reported by name or rejected",
-    strategy=lambda target, family: checkpoints(
-        family.name, target.checkpoint_loader.schemas(family.name),  # type: ignore[union-attr]
-        formats=target.checkpoint_loader.formats or tuple(FORMATS)),  # type: ignore[union-attr]
-    prop=check_roundtrip,
+    draws=lambda loader, family: checkpoints(family.name, loader.schemas(family.name),
+                                             formats=loader.formats or tuple(FORMATS)),
+    holds=check_loader,
     describe=describe,
-    applies=_applies,
+    excludes=_excludes,
     families=("qwen3_moe", "mixtral", "olmoe", "gemma4"),
 )
+
+# The property on a whole target, as the engine runs it (the capability looked up first).
+check_roundtrip = CHECKPOINT_ROUNDTRIP.prop

@@ -13,79 +13,18 @@ family's prefixes and blocks. Properties, for every key k of a drawn checkpoint 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
-
-from hypothesis import strategies as st
 
 from harness.checks.base import Check, call_target
 from harness.families import Family
-from harness.targets.base import ConversionRules, Target
+from harness.strategies.conversion_keys import ConversionExample, ConversionKeys, conversion_examples
+from harness.targets.base import ConversionCap, ConversionRules
 from harness.verdict import PropertyViolation
-from reference.checkpoint import SUFFIXES, KeySchema
-
-SOURCES = ("own", "base", "legacy", "checkpoint", "grammar")
 
 
-@dataclass(frozen=True)
-class ConversionKeys:
-    """One drawn checkpoint's keys and where they came from (one of SOURCES; `schema` for grammar keys)."""
-
-    source: str
-    keys: tuple[str, ...]
-    schema: KeySchema | None = None
-
-
-@dataclass(frozen=True)
-class ConversionExample:
-    """One checkpoint from each source the family has; each is checked on its own (they are not one checkpoint)."""
-
-    checkpoints: tuple[ConversionKeys, ...]
-
-
-def _some(source: str, names: tuple[str, ...]) -> st.SearchStrategy[ConversionKeys]:
-    """A few of `names` (shrinks toward none) or all of them."""
-    return st.one_of(st.lists(st.sampled_from(names), max_size=8, unique=True).map(tuple),
-                     st.just(names)).map(lambda keys: ConversionKeys(source, keys))
-
-
-@st.composite
-def _checkpoint(draw: st.DrawFn, rules: ConversionRules) -> ConversionKeys:
-    """A whole checkpoint spelling each layer (and the names outside layers) either converted or legacy;
-    shrinks toward all converted."""
-    keys: list[str] = []
-    for own, legacy in rules.groups:
-        keys += legacy if draw(st.booleans()) else own
-    return ConversionKeys("checkpoint", tuple(keys))
-
-
-@st.composite
-def _grammar(draw: st.DrawFn, schemas: tuple[KeySchema, ...]) -> ConversionKeys:
-    """Expert keys of one grammar schema with the family's prefix and block: 1–2 layers, 1–4 experts, weight
-    plus optional quantization suffixes; shrinks toward one layer, one expert, `weight` only."""
-    schema = draw(st.sampled_from(schemas))
-    layers, experts = draw(st.integers(1, 2)), draw(st.integers(1, 4))
-    extra = draw(st.lists(st.sampled_from(SUFFIXES[1:]), unique=True, max_size=2))
-    return ConversionKeys("grammar", tuple(schema.keys(layers, experts, ("weight", *extra))), schema)
-
-
-def conversion_keys(rules: ConversionRules) -> st.SearchStrategy[ConversionExample]:
-    """A checkpoint from each source: the family's own names, their base-model spelling, its legacy names, a
-    whole checkpoint mixing the two per layer, and the key grammar; each shrinks toward few keys."""
-    parts = [_some("own", rules.own_names)]
-    if rules.base_names:
-        parts.append(_some("base", tuple(rules.base_names)))
-    if rules.legacy_names:
-        parts += [_some("legacy", rules.legacy_names), _checkpoint(rules)]
-    if rules.schemas:
-        parts.append(_grammar(rules.schemas))
-    return st.tuples(*parts).map(ConversionExample)
-
-
-def check_conversion(target: Target, family: Family, drawn: ConversionExample) -> None:
+def check_rules(conversion: ConversionCap, family: Family, drawn: ConversionExample) -> None:
     """Fixed points, idempotence and injectivity of the family's conversion over each drawn checkpoint."""
-    assert target.conversion is not None
-    rules = target.conversion.rules(family.name)
+    rules = conversion.rules(family.name)
     for checkpoint in drawn.checkpoints:
         _check_checkpoint(rules, checkpoint)
 
@@ -94,8 +33,20 @@ def _check_checkpoint(rules: ConversionRules, checkpoint: ConversionKeys) -> Non
     def rename(key: str) -> str:
         return call_target(f"rename({key!r})", rules.rename, key)  # type: ignore[no-any-return]
 
-    source = checkpoint.source
     once = {key: rename(key) for key in checkpoint.keys}
+    _assert_fixed_points(rules, checkpoint, once)
+    for key, first in once.items():
+        twice = rename(first)
+        if twice != first:
+            raise PropertyViolation("the conversion is not idempotent: r(r(k)) != r(k)", source=checkpoint.source,
+                                    key=key, once=first, twice=twice, rules_once=rules.explain(key),
+                                    rules_twice=rules.explain(first))
+    _assert_injective(rules, checkpoint.source, once)
+
+
+def _assert_fixed_points(rules: ConversionRules, checkpoint: ConversionKeys, once: dict[str, str]) -> None:
+    """The model's own names stay; a base-model spelling of one loads into it."""
+    source = checkpoint.source
     own = set(rules.own_names)
     for key in checkpoint.keys:
         if key in own and once[key] != key:
@@ -105,12 +56,10 @@ def _check_checkpoint(rules: ConversionRules, checkpoint: ConversionKeys) -> Non
             raise PropertyViolation("an already-converted name, spelled as the base model saves it, does not load "
                                     "into the model's own name", source=source, key=key,
                                     expected=rules.base_names[key], once=once[key], rules=rules.explain(key))
-    for key, first in once.items():
-        twice = rename(first)
-        if twice != first:
-            raise PropertyViolation("the conversion is not idempotent: r(r(k)) != r(k)", source=source, key=key,
-                                    once=first, twice=twice, rules_once=rules.explain(key),
-                                    rules_twice=rules.explain(first))
+
+
+def _assert_injective(rules: ConversionRules, source: str, once: dict[str, str]) -> None:
+    """Keys that land on one name are joined by one declared merge, each into its own slot."""
     landed: dict[str, list[str]] = defaultdict(list)
     for key, first in once.items():
         landed[first].append(key)
@@ -135,17 +84,15 @@ def describe(drawn: ConversionExample) -> dict[str, Any]:
     return out
 
 
-def _strategy(target: Target, family: Family) -> st.SearchStrategy[ConversionExample]:
-    assert target.conversion is not None
-    return conversion_keys(target.conversion.rules(family.name))
-
-
-CONVERSION_REMAP = Check(
+CONVERSION_REMAP: Check[ConversionCap] = Check(
     name="conversion-remap",
     capability="conversion",
     summary="load-time key conversion: converted names are fixed points; r(r(k)) == r(k); injective but for "
             "declared merges",
-    strategy=_strategy,
-    prop=check_conversion,
+    draws=lambda conversion, family: conversion_examples(conversion.rules(family.name)),
+    holds=check_rules,
     describe=describe,
 )
+
+# The property on a whole target, as the engine runs it (the capability looked up first).
+check_conversion = CONVERSION_REMAP.prop

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from hypothesis import strategies as st
 from torch.func import functional_call
 
+from harness.assertions import assert_close
 from harness.checks.base import Check, call_target
+from harness.checks.block_parity import builds_only_for
 from harness.families import Family
-from harness.targets.base import Target
-from harness.tolerances import Tolerance, assert_close, tolerance_for
+from harness.strategies.block_inputs import SubstitutionExample, substitution_examples
+from harness.targets.base import BlockCap
+from harness.tolerances import Tolerance, tolerance_for
 from harness.verdict import PropertyViolation
 from reference.config import MoESpec
-
-
-@dataclass(frozen=True)
-class SubstitutionCase:
-    tokens: int
-    seed: int
 
 
 def substitutable(block: torch.nn.Module) -> list[str]:
@@ -41,12 +35,11 @@ def _new_value(tensor: torch.Tensor, gen: torch.Generator, scale: float) -> torc
 SCALES = (1.0, 10.0, 100.0)
 
 
-def check_functional_call(target: Target, family: Family, case: SubstitutionCase) -> None:
-    assert target.block is not None
+def check_functional_call(block_cap: BlockCap, family: Family, example: SubstitutionExample) -> None:
     spec = family.spec
-    block = call_target("build block", target.block.build, spec, case.seed)
-    gen = torch.Generator().manual_seed(case.seed)
-    x = torch.randn(case.tokens, spec.hidden_size, generator=gen)
+    block = call_target("build block", block_cap.build, spec, example.seed)
+    gen = torch.Generator().manual_seed(example.seed)
+    x = torch.randn(example.tokens, spec.hidden_size, generator=gen)
     tol = tolerance_for(torch.float32, family.tolerances)
     with torch.no_grad():
         original = call_target("block(x)", block, x)
@@ -56,7 +49,7 @@ def check_functional_call(target: Target, family: Family, case: SubstitutionCase
                 value = _new_value(tensors[name], gen, scale)
                 substituted = call_target(f"functional_call(block, {{{name!r}: new}}, x)",
                                           functional_call, block, {name: value}, (x,))
-                _assert_like_rebuilt(target, spec, case.seed, name, value, x, substituted, original, tol)
+                _assert_like_rebuilt(block_cap, spec, example.seed, name, value, x, substituted, original, tol)
                 if not torch.equal(substituted, original):
                     break
             else:
@@ -64,10 +57,9 @@ def check_functional_call(target: Target, family: Family, case: SubstitutionCase
                                         f"(new values at scales {', '.join(map(str, SCALES))})", parameter=name)
 
 
-def _assert_like_rebuilt(target: Target, spec: MoESpec, seed: int, name: str, value: torch.Tensor,
+def _assert_like_rebuilt(block_cap: BlockCap, spec: MoESpec, seed: int, name: str, value: torch.Tensor,
                          x: torch.Tensor, substituted: torch.Tensor, original: torch.Tensor, tol: Tolerance) -> None:
-    assert target.block is not None
-    rebuilt = call_target("build block", target.block.build, spec, seed)
+    rebuilt = call_target("build block", block_cap.build, spec, seed)
     # Written in place, not through load_state_dict, which never sees non-persistent buffers.
     owner, _, leaf = name.rpartition(".")
     getattr(rebuilt.get_submodule(owner), leaf).copy_(value)
@@ -82,16 +74,12 @@ def _assert_like_rebuilt(target: Target, spec: MoESpec, seed: int, name: str, va
             tolerance=v.tolerance, parameter=name, **v.details) from None
 
 
-FUNCTIONAL_CALL = Check(
+FUNCTIONAL_CALL: Check[BlockCap] = Check(
     name="functional-call",
     capability="block",
     summary="functional_call with a new value of any parameter/float buffer == block built with it, != original",
-    strategy=lambda target, family: st.builds(SubstitutionCase, tokens=st.integers(4, 16),
-                                              seed=st.integers(0, 2**16)),
-    prop=check_functional_call,
-    describe=lambda case: {"tokens": case.tokens, "seed": case.seed},
-    applies=lambda target, family: (
-        None if target.block is None or target.block.families is None or family.name in target.block.families
-        else f"{target.name} builds blocks only for {', '.join(target.block.families)}"),
+    draws=lambda block_cap, family: substitution_examples(),
+    holds=check_functional_call,
+    describe=lambda example: {"tokens": example.tokens, "seed": example.seed},
+    excludes=builds_only_for,
 )
-

@@ -9,7 +9,7 @@ from typing import Any
 from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.keys import CheckpointKeys, checkpoint_keys
-from harness.targets.base import Target
+from harness.targets.base import RemapCap
 from harness.verdict import PropertyViolation
 
 _DOUBLED = re.compile(r"(?:^|\.)([A-Za-z_]\w*)\.\1\.")
@@ -21,9 +21,7 @@ def doubled_segment(key: str) -> str | None:
     return m.group(1) if m else None
 
 
-def check_remap(target: Target, family: Family, ckpt: CheckpointKeys) -> None:
-    cap = target.remap
-    assert cap is not None
+def check_remap(cap: RemapCap, family: Family, ckpt: CheckpointKeys) -> None:
     keys = ckpt.keys()
     mapped = {k: call_target(f"remap({k!r})", cap.fn, k) for k in keys}
     for key, once in mapped.items():
@@ -62,23 +60,22 @@ def describe(ckpt: CheckpointKeys) -> dict[str, Any]:
     }
 
 
-def _schemas(target: Target, family: Family) -> tuple:
-    assert target.remap is not None
-    return tuple(s for s in target.remap.accepts if s.prefix == family.schema.prefix)
+def _schemas(cap: RemapCap, family: Family) -> tuple:
+    return tuple(s for s in cap.accepts if s.prefix == family.schema.prefix)
 
 
-def _applies(target: Target, family: Family) -> str | None:
-    if not _schemas(target, family):
-        return f"{target.name}'s remap accepts no schema with {family.name}'s prefix {family.schema.prefix!r}"
+def _excludes(cap: RemapCap, family: Family, target_name: str) -> str | None:
+    if not _schemas(cap, family):
+        return f"{target_name}'s remap accepts no schema with {family.name}'s prefix {family.schema.prefix!r}"
     return None
 
 
-REMAP = Check(
+REMAP: Check[RemapCap] = Check(
     name="remap-idempotence",
     capability="remap",
     summary="r(r(k)) == r(k); target names are fixed points; no doubled segment; injective; one key per parameter",
-    strategy=lambda target, family: checkpoint_keys(_schemas(target, family), target.remap.produces),  # type: ignore[union-attr]
-    prop=check_remap,
+    draws=lambda cap, family: checkpoint_keys(_schemas(cap, family), cap.produces),
+    holds=check_remap,
     describe=describe,
-    applies=_applies,
+    excludes=_excludes,
 )

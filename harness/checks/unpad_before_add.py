@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import torch
-from hypothesis import strategies as st
 
+from harness.assertions import assert_close
 from harness.checks.base import Check, call_target
 from harness.families import Family
-from harness.strategies.padding import PaddedDim, padded_dims
-from harness.targets.base import Target
-from harness.tolerances import assert_close, tolerance_for
+from harness.strategies.padding import PaddingExample, padding_examples
+from harness.tolerances import tolerance_for
 from harness.verdict import PropertyViolation
 from reference.moe import build_block, pad_to
 
-
-@dataclass(frozen=True)
-class PaddingCase:
-    dim: PaddedDim
-    tokens: int
-    seed: int
+PaddedRunner = Callable[[Any, int], Callable[[torch.Tensor], torch.Tensor]]
 
 
-def check_unpad(target: Target, family: Family, case: PaddingCase) -> None:
-    assert target.padded_runner is not None
-    dim = case.dim
+def check_unpad(padded_runner: PaddedRunner, family: Family, example: PaddingExample) -> None:
+    dim = example.dim
     spec = replace(family.spec, hidden_size=dim.hidden)
-    block = build_block(spec, case.seed, dtype=dim.dtype)
-    x = torch.randn(case.tokens, dim.hidden, generator=torch.Generator().manual_seed(case.seed)).to(dim.dtype)
-    runner = call_target(f"padded_runner(block, alignment={dim.elements})", target.padded_runner, block, dim.elements)
+    block = build_block(spec, example.seed, dtype=dim.dtype)
+    gen = torch.Generator().manual_seed(example.seed)
+    x = torch.randn(example.tokens, dim.hidden, generator=gen).to(dim.dtype)
+    runner = call_target(f"padded_runner(block, alignment={dim.elements})", padded_runner, block, dim.elements)
     with torch.no_grad():
         out = call_target("runner(x)", runner, x)
         expected = block(x)
@@ -42,17 +38,20 @@ def check_unpad(target: Target, family: Family, case: PaddingCase) -> None:
         raise PropertyViolation("padding to an alignment the hidden size already meets changed the output")
 
 
-UNPAD = Check(
+def _describe(example: PaddingExample) -> dict[str, Any]:
+    dim = example.dim
+    return {"hidden": dim.hidden, "alignment": dim.alignment, "alignment_elements": dim.elements,
+            "dtype": str(dim.dtype), "padded_hidden": pad_to(dim.hidden, dim.elements), "tokens": example.tokens,
+            "seed": example.seed}
+
+
+UNPAD: Check[PaddedRunner] = Check(
     name="unpad-before-add",
     capability="padded_runner",
     summary="output hidden == input hidden; out == shared + routed without padding; aligned sizes untouched",
-    strategy=lambda target, family: st.builds(PaddingCase, dim=padded_dims(), tokens=st.integers(1, 8),
-                                              seed=st.integers(0, 2**16)),
-    prop=check_unpad,
-    describe=lambda case: {"hidden": case.dim.hidden, "alignment": case.dim.alignment,
-                           "alignment_elements": case.dim.elements, "dtype": str(case.dim.dtype),
-                           "padded_hidden": pad_to(case.dim.hidden, case.dim.elements), "tokens": case.tokens,
-                           "seed": case.seed},
-    applies=lambda target, family: None if family.spec.shared_combine != "none"
+    draws=lambda padded_runner, family: padding_examples(),
+    holds=check_unpad,
+    describe=_describe,
+    excludes=lambda padded_runner, family, target_name: None if family.spec.shared_combine != "none"
     else f"{family.name} has no shared experts: nothing is added after the routed output",
 )

@@ -12,19 +12,20 @@ from typing import Any
 
 from harness.outcome import CaseResult
 from harness.targets.base import Target
-from harness.verdict import ERROR, FAIL, KNOWN, PASS, SKIP
+from harness.verdict import Status
 
 SCHEMA = 1
 
-# Columns of every summary, in order: a failure the suite expected counts as known, not as new.
-NEW_FAIL = "fail"
-COLUMNS = (PASS, NEW_FAIL, KNOWN, ERROR, SKIP)
+# Columns of every summary, in order: a failure the suite expected counts as known, so the fail
+# column holds new failures only.
+NEW_FAIL = Status.FAIL
+COLUMNS = (Status.PASS, NEW_FAIL, Status.KNOWN, Status.ERROR, Status.SKIP)
 
 
-def column(result: CaseResult) -> str:
+def column(result: CaseResult) -> Status:
     """The summary column a result counts in."""
-    if result.verdict.status == FAIL and result.expected:
-        return KNOWN
+    if result.verdict.status == Status.FAIL and result.expected:
+        return Status.KNOWN
     return result.verdict.status
 
 
@@ -81,7 +82,7 @@ class Report:
                    targets=[TargetInfo(**_known(TargetInfo, t)) for t in data["targets"]],
                    results=[CaseResult.from_dict(r) for r in data["results"]])
 
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> dict[Status, int]:
         counts = dict.fromkeys(COLUMNS, 0)
         for r in self.results:
             counts[column(r)] += 1
@@ -89,13 +90,18 @@ class Report:
 
     def findings(self) -> list[CaseResult]:
         """New failures and errors: each is shown as a bug report."""
-        return [r for r in self.results if r.new_failure or r.verdict.status == ERROR]
+        return [r for r in self.results if r.new_failure or r.verdict.status == Status.ERROR]
 
     def known_failures(self) -> list[CaseResult]:
-        return [r for r in self.results if column(r) == KNOWN]
+        return [r for r in self.results if column(r) == Status.KNOWN]
 
     def stale(self) -> list[CaseResult]:
         return [r for r in self.results if r.stale]
+
+
+def targets_json(infos: list[TargetInfo]) -> str:
+    """`moe-harness targets --json`: every target as the "targets" entries of report.json hold it."""
+    return json.dumps([asdict(i) for i in infos], indent=2)
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections import defaultdict
 from harness.outcome import CaseResult
 from harness.reports.document import COLUMNS, NEW_FAIL, Report, column
 from harness.reports.text import render_failure
-from harness.verdict import ERROR, KNOWN, SKIP
+from harness.verdict import Status
 
 
 def render(report: Report) -> str:
@@ -22,15 +22,15 @@ def render(report: Report) -> str:
     versions = {t.name: t.version for t in report.targets}
     totals = report.totals()
     root = ET.Element("testsuites", name="moe-harness", tests=str(len(report.results)),
-                      failures=str(totals[NEW_FAIL]), errors=str(totals[ERROR]),
-                      skipped=str(totals[SKIP] + totals[KNOWN]), time=f"{report.run.seconds:.3f}")
+                      failures=str(totals[NEW_FAIL]), errors=str(totals[Status.ERROR]),
+                      skipped=str(totals[Status.SKIP] + totals[Status.KNOWN]), time=f"{report.run.seconds:.3f}")
     for target, results in by_target.items():
         counts = dict.fromkeys(COLUMNS, 0)
         for r in results:
             counts[column(r)] += 1
         suite = ET.SubElement(root, "testsuite", name=target, tests=str(len(results)),
-                              failures=str(counts[NEW_FAIL]), errors=str(counts[ERROR]),
-                              skipped=str(counts[SKIP] + counts[KNOWN]),
+                              failures=str(counts[NEW_FAIL]), errors=str(counts[Status.ERROR]),
+                              skipped=str(counts[Status.SKIP] + counts[Status.KNOWN]),
                               time=f"{sum(r.verdict.seconds for r in results):.3f}")
         props = ET.SubElement(suite, "properties")
         ET.SubElement(props, "property", name="target_version", value=versions.get(target, ""))
@@ -44,16 +44,16 @@ def render(report: Report) -> str:
 
 def _testcase(suite: ET.Element, r: CaseResult) -> None:
     v = r.verdict
-    case = ET.SubElement(suite, "testcase", classname=f"moe-harness.{v.target}.{v.check}", name=v.family,
+    testcase = ET.SubElement(suite, "testcase", classname=f"moe-harness.{v.target}.{v.check}", name=v.family,
                          time=f"{v.seconds:.3f}")
     col = column(r)
     if col == NEW_FAIL:
-        ET.SubElement(case, "failure", message=v.message, type=v.kind or "").text = render_failure(v, r.blob)
-    elif col == ERROR:
-        ET.SubElement(case, "error", message=v.message, type=v.kind or "").text = render_failure(v, r.blob)
-    elif col == KNOWN:
-        ET.SubElement(case, "skipped", message=f"known failure: {v.known_reason or 'expected by the suite'}")
-    elif col == SKIP:
-        ET.SubElement(case, "skipped", message=v.message)
+        ET.SubElement(testcase, "failure", message=v.message, type=v.kind or "").text = render_failure(v, r.blob)
+    elif col == Status.ERROR:
+        ET.SubElement(testcase, "error", message=v.message, type=v.kind or "").text = render_failure(v, r.blob)
+    elif col == Status.KNOWN:
+        ET.SubElement(testcase, "skipped", message=f"known failure: {v.known_reason or 'expected by the suite'}")
+    elif col == Status.SKIP:
+        ET.SubElement(testcase, "skipped", message=v.message)
     if r.stale:
-        ET.SubElement(case, "system-out").text = v.message
+        ET.SubElement(testcase, "system-out").text = v.message

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 
+from harness.outcome import CaseResult
 from harness.reports.document import COLUMNS, Report, column
-from harness.verdict import FAIL, SKIP
+from harness.verdict import Status
 
 
 def render(report: Report) -> str:
@@ -44,7 +45,7 @@ def render(report: Report) -> str:
         lines += ["## Stale known failures (they pass now: remove the entries)", ""]
         lines += [f"- `{r.verdict.case_id}`: {r.verdict.message}" for r in stale]
         lines.append("")
-    skips = Counter(r.verdict.message for r in report.results if r.verdict.status == SKIP)
+    skips = Counter(r.verdict.message for r in report.results if r.verdict.status == Status.SKIP)
     if skips:
         lines += ["## Skipped", "", "| cases | reason |", "|---|---|"]
         lines += [f"| {n} | {_cell(reason)} |" for reason, n in skips.most_common()]
@@ -67,13 +68,14 @@ def _matrix(report: Report) -> list[str]:
 def _counts(counts: Counter[str]) -> str:
     if not counts:
         return "–"
-    return ", ".join(f"**{counts[c]} {c}**" if c in ("fail", "error") else f"{counts[c]} {c}"
+    return ", ".join(f"**{counts[c]} {c}**" if c in (Status.FAIL, Status.ERROR) else f"{counts[c]} {c}"
                      for c in COLUMNS if counts[c])
 
 
-def _bug_report(r) -> str:  # type: ignore[no-untyped-def]
+def _bug_report(r: CaseResult) -> str:
+    """One new failure or error as a Markdown section: what, where, the counterexample, the reproducer."""
     v = r.verdict
-    label = "FAIL" if v.status == FAIL else "ERROR"
+    label = "FAIL" if v.status == Status.FAIL else "ERROR"
     out = [f"### {label} `{v.case_id}` ({v.kind})", "", f"**{_cell(v.message)}**", "",
            f"- property: `{v.check}`", f"- target: `{v.target}`", f"- family: `{v.family}`",
            f"- tolerance: {v.tolerance or 'exact'}", ""]

@@ -1,15 +1,24 @@
-"""Render a run for a terminal: the targets × checks matrix, known and stale failures, one bug report per
-new failure, and a closing summary line. `moe-harness run` and `moe-harness report DIR` print the same text.
+"""Everything moe-harness prints to a terminal.
+
+A run: one progress line per case as it ends, then the targets × checks matrix, known and stale failures,
+one bug report per new failure, and a closing summary line (`moe-harness run` and `moe-harness report DIR`
+print the same text). `moe-harness targets`: one entry per target. `moe-harness replay`: one line per
+stored case, with a fresh bug report for each that still fails, and the counts.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
+from harness.database import Record
 from harness.outcome import CaseResult
-from harness.reports.document import COLUMNS, NEW_FAIL, Report, column
-from harness.verdict import ERROR, FAIL, KNOWN, PASS, SKIP, Verdict
+from harness.replay import Replayed, ReplayOutcome
+from harness.reports.document import COLUMNS, NEW_FAIL, Report, TargetInfo, column
+from harness.verdict import Status, Verdict
 
 _LEGEND = "fail = new failure; known = listed in the target's known failures or expected by the suite"
 
@@ -44,7 +53,7 @@ def render_known(results: list[CaseResult]) -> str:
     lines = []
     for r in results:
         v = r.verdict
-        if column(r) == KNOWN:
+        if column(r) == Status.KNOWN:
             why = v.known_reason if v.known_reason else "expected by the suite: " + v.message
             lines.append(f"KNOWN  {v.case_id}: {why}")
     for r in results:
@@ -58,7 +67,7 @@ def render_known(results: list[CaseResult]) -> str:
 def render_failure(v: Verdict, blob: str | None = None) -> str:
     """One failure as a bug report: property, target, family, counterexample, tolerance, reproducer."""
     lines = [
-        f"{'FAIL' if v.status == FAIL else 'ERROR'} {v.case_id}  [{v.kind}]",
+        f"{'FAIL' if v.status == Status.FAIL else 'ERROR'} {v.case_id}  [{v.kind}]",
         f"  property:  {v.check}",
         f"  target:    {v.target}",
         f"  family:    {v.family}",
@@ -70,7 +79,7 @@ def render_failure(v: Verdict, blob: str | None = None) -> str:
     lines.append(f"  tolerance: {v.tolerance or 'exact'}")
     if v.reproduce:
         lines.append(f"  reproduce: {v.reproduce}")
-    if v.status == FAIL:
+    if v.status == Status.FAIL:
         lines.append(f"  replay the stored example: moe-harness replay '{v.case_id}'")
     if blob:
         lines.append(f"  hypothesis: {blob}")
@@ -82,12 +91,12 @@ def render_totals(results: list[CaseResult]) -> str:
     counts = dict.fromkeys(COLUMNS, 0)
     for r in results:
         counts[column(r)] += 1
-    ran = [r.verdict for r in results if r.verdict.status != SKIP]
+    ran = [r.verdict for r in results if r.verdict.status != Status.SKIP]
     families = len({v.family for v in ran})
     checks = len({v.check for v in ran})
     return (f"summary: {len(results)} cases over {families} families and {checks} checks: "
-            f"{counts[PASS]} passed, {counts[NEW_FAIL]} new failures, {counts[KNOWN]} known failures, "
-            f"{counts[ERROR]} errors, {counts[SKIP]} skipped")
+            f"{counts[Status.PASS]} passed, {counts[NEW_FAIL]} new failures, {counts[Status.KNOWN]} known failures, "
+            f"{counts[Status.ERROR]} errors, {counts[Status.SKIP]} skipped")
 
 
 def render_report(report: Report, families: bool = False) -> str:
@@ -105,3 +114,47 @@ def render_report(report: Report, families: bool = False) -> str:
     parts += [render_failure(r.verdict, r.blob) for r in report.findings()]
     parts.append(render_totals(report.results))
     return "\n\n".join(parts)
+
+
+def render_progress(done: int, total: int, result: CaseResult, failures: int) -> str:
+    """The line printed as a case ends: how far the run is, the case's status, and the failures so far."""
+    v = result.verdict
+    return (f"[{done}/{total}] {v.status.upper():5} {v.case_id} "
+            f"({v.examples} examples, {v.seconds:.2f}s; failures so far: {failures})")
+
+
+def render_written(paths: Sequence[Path], heading: str = "report written") -> str:
+    """The line naming the report files a run wrote (the pytest plugin heads it with its own name)."""
+    return f"{heading}: {', '.join(map(str, paths))}"
+
+
+def render_targets(infos: list[TargetInfo]) -> str:
+    """Per target: spec, version and capabilities with its description below, or why it did not load."""
+    lines = []
+    for i in infos:
+        if i.status == "loaded":
+            lines.append(f"{i.spec:18} {i.version:18} {', '.join(i.capabilities)}")
+            lines.append(f"{'':18} {i.description}")
+        else:
+            lines.append(f"{i.spec:18} {i.status}: {i.reason}")
+    return "\n".join(lines)
+
+
+def render_replayed(replayed: list[Replayed]) -> str:
+    """One line per replayed case, the bug report of each that still fails (new, not known), then the counts."""
+    lines = []
+    for r in replayed:
+        known = " (now a known failure)" if r.known else ""
+        lines.append(f"{r.outcome:6} {r.record.case_id}{known}  [{'+'.join(r.origins)}]: {r.detail}")
+        if r.outcome == ReplayOutcome.FAILED and r.result is not None and not r.known:
+            # The record's reproducer: the profile and seed that found it, not replay's repro profile.
+            verdict = replace(r.result.verdict, reproduce=r.record.reproduce)
+            lines += ["       " + line for line in render_failure(verdict, r.result.blob).splitlines()]
+    counts = {o: sum(r.outcome == o for r in replayed) for o in ReplayOutcome}
+    lines.append(f"{len(replayed)} stored cases: " + ", ".join(f"{n} {o.lower()}" for o, n in counts.items()))
+    return "\n".join(lines)
+
+
+def render_pruned(pruned: list[Record]) -> str:
+    """What `replay --prune` removed: the count, then one case id a line."""
+    return f"pruned {len(pruned)} fixed case(s)" + "".join(f"\n  {rec.case_id}" for rec in pruned)

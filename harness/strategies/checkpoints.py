@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,41 +134,44 @@ def _rewrite(path: Path, header: dict, body: bytes) -> None:
     path.write_bytes(struct.pack("<Q", len(text)) + text + body)
 
 
+# The kinds that only rewrite the header entry of the broken key, and how.
+_HEADER_LIES: dict[str, Callable[[dict], None]] = {
+    # claims 8-byte elements: the byte range no longer fits the shape
+    "dtype_lie": lambda entry: entry.update(dtype="F64"),
+    # the bytes still fit: only the other pieces can tell
+    "dtype_lie_same_size": lambda entry: entry.update(dtype=_SAME_SIZE_INT[entry["dtype"]]),
+    "shape_lie": lambda entry: entry.update(shape=[*entry["shape"], 2]),
+    "shape_lie_same_size": lambda entry: entry.update(shape=[math.prod(entry["shape"])]),
+    "offsets_lie": lambda entry: entry.update(data_offsets=[offset + 1 for offset in entry["data_offsets"]]),
+}
+
+
+def _copy_to_other_shard(ckpt: GeneratedCheckpoint, key: str, shard: Path) -> Path:
+    """Write `key` (held by `shard`) into another shard too; that other shard."""
+    other = next(n for n in sorted(set(ckpt.shard_of.values())) if n != ckpt.shard_of[key])
+    with safe_open(ckpt.directory / other, framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    with safe_open(shard, framework="pt") as f:
+        tensors[key] = f.get_tensor(key)
+    save_file(tensors, ckpt.directory / other)
+    return ckpt.directory / other
+
+
 def break_checkpoint(ckpt: GeneratedCheckpoint, kind: str) -> BadCheckpoint:
     """Break the shard holding the first expert key in the way `kind` names (see BAD_KINDS)."""
     key = next(k for k in ckpt.shard_of if ".experts." in k)
     shard = ckpt.directory / ckpt.shard_of[key]
     header, body = _header(shard)
-    entry = header[key]
     named: str | None = key
-    if kind == "truncated":
+    if kind in _HEADER_LIES:
+        _HEADER_LIES[kind](header[key])
+        _rewrite(shard, header, body)
+    elif kind == "truncated":
         last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
         shard.write_bytes(shard.read_bytes()[:-3])
         named = last
-    elif kind == "dtype_lie":  # claims 8-byte elements: the byte range no longer fits the shape
-        entry["dtype"] = "F64"
-        _rewrite(shard, header, body)
-    elif kind == "dtype_lie_same_size":  # the bytes still fit: only the other pieces can tell
-        entry["dtype"] = _SAME_SIZE_INT[entry["dtype"]]
-        _rewrite(shard, header, body)
-    elif kind == "shape_lie":
-        entry["shape"] = [*entry["shape"], 2]
-        _rewrite(shard, header, body)
-    elif kind == "shape_lie_same_size":
-        entry["shape"] = [math.prod(entry["shape"])]
-        _rewrite(shard, header, body)
-    elif kind == "offsets_lie":
-        begin, end = entry["data_offsets"]
-        entry["data_offsets"] = [begin + 1, end + 1]
-        _rewrite(shard, header, body)
     elif kind == "key_in_two_shards":
-        other = next(n for n in sorted(set(ckpt.shard_of.values())) if n != ckpt.shard_of[key])
-        with safe_open(ckpt.directory / other, framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-        with safe_open(shard, framework="pt") as f:
-            tensors[key] = f.get_tensor(key)
-        save_file(tensors, ckpt.directory / other)
-        shard = ckpt.directory / other
+        shard = _copy_to_other_shard(ckpt, key, shard)
     elif kind == "missing_shard":
         shard.unlink()
         named = next(k for k, name in ckpt.shard_of.items() if name == shard.name)  # the index's first

@@ -15,7 +15,7 @@ SYNTHETIC = "synthetic"
 
 
 @dataclass(frozen=True)
-class ConfigCase:
+class ConfigExample:
     """A config and what any consumer must read from it."""
 
     config: Any
@@ -34,12 +34,12 @@ def _nest(inner: dict[str, Any], path: str, as_mapping: bool) -> Any:
 
 
 def synthetic_config(top_k_name: str, experts_name: str, path: str = "", as_mapping: bool = False,
-                     top_k: int = 1, experts: int = 1, layers: int = 1) -> ConfigCase:
+                     top_k: int = 1, experts: int = 1, layers: int = 1) -> ConfigExample:
     """A "new family" config spelling top-k and the expert count with the given names, nested under `path`
     ("" for the top level), as a PretrainedConfig or (`as_mapping`) a config.json mapping."""
     inner = {top_k_name: top_k, experts_name: experts, "num_hidden_layers": layers, "hidden_size": 16,
              "intermediate_size": 8, "num_attention_heads": 2, "model_type": "new_moe_family"}
-    return ConfigCase(
+    return ConfigExample(
         _nest(inner, path, as_mapping), top_k, layers,
         {"top_k_spelling": top_k_name, "experts_spelling": experts_name, "nesting": path or "<top level>",
          "form": "config.json mapping" if as_mapping else "PretrainedConfig", "top_k": top_k, "layers": layers},
@@ -48,7 +48,7 @@ def synthetic_config(top_k_name: str, experts_name: str, path: str = "", as_mapp
 
 @st.composite
 def synthetic_configs(draw: st.DrawFn, spellings: tuple[str, ...] = TOP_K_SPELLINGS,
-                      mappings: bool = False) -> ConfigCase:
+                      mappings: bool = False) -> ConfigExample:
     """A `synthetic_config` with one drawn top-k and expert-count spelling, at the top level or under any
     nesting path (with `mappings`, also as a config.json mapping). Shrinks toward the first spelling, no
     nesting, a config object."""
@@ -63,7 +63,7 @@ def synthetic_configs(draw: st.DrawFn, spellings: tuple[str, ...] = TOP_K_SPELLI
 
 
 @st.composite
-def family_configs(draw: st.DrawFn, family: str) -> ConfigCase:
+def family_configs(draw: st.DrawFn, family: str) -> ConfigExample:
     """The family's own tiny transformers config with a drawn top-k and layer count, set through the
     spelling and nesting the family itself uses."""
     from reference.config import moe_layer_indices, resolve_top_k
@@ -74,7 +74,7 @@ def family_configs(draw: st.DrawFn, family: str) -> ConfigCase:
     overrides = {name: top_k for name in names if name in TOP_K_SPELLINGS}
     overrides.update({name: layers for name in names if name == "num_hidden_layers"})
     config = tiny_config(family, **overrides)
-    return ConfigCase(config, resolve_top_k(config), len(moe_layer_indices(config)),
+    return ConfigExample(config, resolve_top_k(config), len(moe_layer_indices(config)),
                       {"family": family, "top_k": top_k, "layers": layers, "set": sorted(overrides)})
 
 
@@ -87,6 +87,12 @@ def _present_names(family: str) -> frozenset[str]:
     return frozenset(sub_config(config, moe_path(config) or "").to_dict())
 
 
-def config_cases(family: str) -> st.SearchStrategy[ConfigCase]:
-    """Synthetic configs for the `synthetic` family, else the family's own config."""
+def config_examples(family: str) -> st.SearchStrategy[ConfigExample]:
+    """Synthetic configs for the `synthetic` family, else the family's own config (each shrinks as above)."""
     return synthetic_configs() if family == SYNTHETIC else family_configs(family)
+
+
+def capture_requests(family: str) -> st.SearchStrategy[tuple[ConfigExample, int]]:
+    """A `config_examples(family)` config and a max_tokens in 1..64 for a routed-experts capturer. Shrinks
+    as the config does, and toward max_tokens 1."""
+    return st.tuples(config_examples(family), st.integers(1, 64))

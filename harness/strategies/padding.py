@@ -36,3 +36,18 @@ def padded_dims(max_hidden: int = 8192) -> st.SearchStrategy[PaddedDim]:
         st.integers(1, max_hidden // 64 - 1).map(lambda m: 64 * m + 1),
     )
     return st.builds(PaddedDim, hidden=hidden, alignment=st.sampled_from(ALIGNMENTS), dtype=st.sampled_from(DTYPES))
+
+
+@dataclass(frozen=True)
+class PaddingExample:
+    """A padded hidden size and the input: `tokens` hidden states, block and input built from `seed`."""
+
+    dim: PaddedDim
+    tokens: int
+    seed: int
+
+
+def padding_examples() -> st.SearchStrategy[PaddingExample]:
+    """A `padded_dims()` dim, 1..8 tokens, a seed in 0..2**16. Shrinks toward hidden=1 with no alignment in
+    float32, one token, seed 0."""
+    return st.builds(PaddingExample, dim=padded_dims(), tokens=st.integers(1, 8), seed=st.integers(0, 2**16))

@@ -58,7 +58,7 @@ def _logits(tokens: int, experts: int, top_k: int, style: str, seed: int, dtype:
 @st.composite
 def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIANTS,
                      max_tokens: int = 32, max_experts: int = 64) -> RoutingExample:
-    """A routing case of one of `variants`: E in 1..max_experts (any, not only powers of two), K in 1..E
+    """A routing example of one of `variants`: E in 1..max_experts (any, not only powers of two), K in 1..E
     (K = E included), grouped cases with n_group dividing E. Shrinks toward one token, one expert, fp32."""
     name = draw(st.sampled_from(variants))
     rule = variant(name)

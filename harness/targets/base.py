@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,9 @@ from typing import Any
 
 import torch
 
+# The target packages read their findings through base, so base re-exports `load_known_failures`.
+from harness.findings import KnownFailure
+from harness.findings import load_known_failures as load_known_failures
 from reference.checkpoint import KeySchema
 from reference.config import MoESpec
 
@@ -172,14 +174,6 @@ class RouterKnobsCap:
     skip: Callable[[str], str | None] | None = None
 
 
-@dataclass(frozen=True)
-class KnownFailure:
-    check: str
-    family: str
-    reason: str
-    reproducer: str
-
-
 @dataclass
 class Target:
     """One implementation under test. Capabilities are optional; a check skips a missing one."""
@@ -206,9 +200,12 @@ class Target:
         """The capability fields this target fills, in declaration order."""
         return [n for n in CAPABILITIES if getattr(self, n) is not None]
 
-    def known_failure(self, check: str, family: str) -> KnownFailure | None:
+    def known_failure(self, check: str, family: str, counterexample: dict | None = None) -> KnownFailure | None:
+        """The known failure recorded for check × family whose signature matches `counterexample` (a
+        verdict's counterexample); with none (a passing verdict), the first one of check × family. A failure
+        that no entry's signature matches is new, not known."""
         for kf in self.known_failures:
-            if kf.check == check and kf.family in (family, "*"):
+            if kf.covers(check, family) and kf.matches(counterexample):
                 return kf
         return None
 
@@ -216,14 +213,4 @@ class Target:
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
                 "checkpoint_loader", "conversion", "config_spelling", "router_knobs")
-
-
-def load_known_failures(package_file: str, target_name: str) -> list[KnownFailure]:
-    """Entries of `findings/<target>.toml` beside the target package whose `__init__` is `package_file`:
-    [[failure]] check, family, reason, reproducer."""
-    path = Path(package_file).parent / "findings" / f"{target_name}.toml"
-    if not path.exists():
-        return []
-    data = tomllib.loads(path.read_text())
-    return [KnownFailure(**entry) for entry in data.get("failure", [])]
 

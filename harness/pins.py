@@ -1,0 +1,112 @@
+"""Pinned counterexamples (Hypothesis `@example`), built from the `[failure.pin]` data of the findings files.
+
+Every run of a check × target × family tries its pins before it generates anything (the `repro` profile
+too), so a finding stays in the suite without the example database, and a known failure that stops failing
+shows up as stale at once. A pin is built when its case runs (some write a checkpoint directory), never at
+import. Each builder imports its example types (from harness.strategies) when it runs; nothing the targets
+import depends on this module, so those imports make no cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.findings import Finding, all_findings
+
+Builder = Callable[..., Any]
+
+
+def _conversion(family: str, source: str, key: str) -> Any:
+    """One checkpoint of `source` holding the single key `key`."""
+    from harness.strategies.conversion_keys import ConversionExample, ConversionKeys
+
+    return ConversionExample((ConversionKeys(source, (key,)),))
+
+
+def _two_layout_checkpoint(family: str, names: str) -> Any:
+    """A one-layer, one-expert checkpoint of `family` holding layer 0's experts both per expert (`names`:
+    proj or w) and fused."""
+    from harness.strategies.checkpoint_files import CheckpointPlan, write_checkpoint
+    from reference.checkpoint import KeySchema
+
+    per_expert, fused = (KeySchema(prefix="model.", block="mlp", layout=layout, names=names)
+                         for layout in ("per_expert", "fused"))
+    return write_checkpoint(CheckpointPlan(family=family, schema=per_expert, num_layers=1, num_experts=1,
+                                           hidden=2, intermediate=2, duplicate=fused, duplicate_layers=(0,)))
+
+
+def _spelling(family: str, experts_name: str, experts: int, top_k_name: str, top_k: int, path: str = "",
+              experts_alias: bool = False) -> Any:
+    """Both names in the family's config at `path` ("": top level); `experts_alias`: the experts name is an
+    `attribute_map` alias."""
+    from harness.strategies.spellings import SpellingExample
+    from harness.targets.base import Spelling
+
+    return SpellingExample((Spelling("num_experts", experts_name, path, experts_alias), experts),
+                           (Spelling("top_k", top_k_name, path), top_k))
+
+
+def _synthetic_capture(family: str, top_k_name: str, path: str = "") -> Any:
+    """A three-layer synthetic config spelling experts-per-token `top_k_name` (under `path`), and 8 tokens."""
+    from harness.strategies.configs import synthetic_config
+
+    return synthetic_config(top_k_name, "num_local_experts", path, top_k=2, experts=4, layers=3), 8
+
+
+def _knob(family: str, name: str, knob: str, default: Any, value: Any) -> Any:
+    """The config field `name` (reference knob `knob`) flipped from `default` to `value`."""
+    from harness.strategies.router_knobs import KnobExample
+    from harness.targets.base import Knob
+
+    return KnobExample(Knob(knob, name, default), value, tokens=8, seed=0, scale=1.0)
+
+
+def _routing(family: str, variant: str, top_k: int, renormalize: bool, logits: list[list[float]]) -> Any:
+    """Fixed fp32 `logits` routed by `variant` (no bias, no per-expert scale)."""
+    import torch
+
+    from harness.strategies.routing_inputs import RoutingExample
+    from reference.config import RoutingKnobs
+
+    knobs = RoutingKnobs(variant, top_k=top_k, renormalize=renormalize)
+    return RoutingExample(torch.tensor(logits), knobs, None, None, "normal", 0)
+
+
+# The builders by the `kind` a [failure.pin] names; each takes the finding's family and the pin's other fields.
+BUILDERS: dict[str, Builder] = {
+    "conversion": _conversion,
+    "two-layout-checkpoint": _two_layout_checkpoint,
+    "spelling": _spelling,
+    "synthetic-capture": _synthetic_capture,
+    "knob": _knob,
+    "routing": _routing,
+}
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One pinned counterexample: the finding it belongs to, and how to build it."""
+
+    finding: Finding
+
+    @property
+    def kind(self) -> str:
+        assert self.finding.pin is not None
+        return str(self.finding.pin["kind"])
+
+    def build(self) -> Any:
+        assert self.finding.pin is not None
+        fields = {k: v for k, v in self.finding.pin.items() if k != "kind"}
+        return BUILDERS[self.kind](self.finding.family, **fields)
+
+
+def all_pins() -> tuple[Pin, ...]:
+    """Every pin of every built-in target's findings, in file order."""
+    return tuple(Pin(f) for f in all_findings() if f.pin is not None)
+
+
+def pins_for(check: str, target: str, family: str) -> list[Pin]:
+    """The pins of check × target × family, in the order they were found."""
+    return [p for p in all_pins() if (p.finding.check, p.finding.target, p.finding.family) == (check, target, family)]

@@ -1,0 +1,115 @@
+"""The findings store (harness/targets/<package>/findings/<target>.toml) holds what it claims.
+
+Each reproducer, run alone in a fresh process, still shows its defect (an entry whose reproducer exits 0 is
+stale); each pin replays its finding under the `repro` profile (no generation at all), so the suite keeps every
+real-target failure without the example database; a signature tells its failure from a different one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.checks import CHECKS
+from harness.engine import run_case
+from harness.families import get_family
+from harness.findings import Finding, all_findings, finding_files
+from harness.pins import BUILDERS, Pin, all_pins
+from harness.targets import BUILTIN, TargetUnavailable, load_target
+from harness.targets.base import Target
+from harness.verdict import Status
+
+ROOT = Path(__file__).resolve().parent.parent
+REPRODUCER_TIMEOUT_S = 300
+
+
+def _id(finding: Finding) -> str:
+    return f"{finding.check}[{finding.target}-{finding.family}]"
+
+
+def _target(name: str) -> Target:
+    try:
+        return load_target(name)
+    except TargetUnavailable as exc:
+        pytest.skip(f"target {name} is not available here: {exc}")
+
+
+def test_every_file_belongs_to_a_builtin_target_and_every_entry_to_a_check() -> None:
+    assert set(finding_files()) <= set(BUILTIN), sorted(set(finding_files()) - set(BUILTIN))
+    for finding in all_findings():
+        assert finding.check in CHECKS, f"{_id(finding)}: no check {finding.check!r}"
+        if finding.pin is not None:
+            assert finding.pin["kind"] in BUILDERS, f"{_id(finding)}: no pin builder {finding.pin['kind']!r}"
+
+
+def test_every_reproducer_is_its_own() -> None:
+    """One defect, one reproducer: an entry copying another's shows that other family's defect, not its own."""
+    shared = [text for text, n in Counter(f.reproducer for f in all_findings() if f.reproducer).items() if n > 1]
+    assert not shared, f"reproducers shared word for word by several entries: {shared}"
+
+
+@pytest.mark.parametrize("finding", [f for f in all_findings() if f.reproducer], ids=_id)
+def test_reproducer_still_shows_its_defect(finding: Finding) -> None:
+    _target(finding.target)  # vllm's entries run only where vllm imports
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", finding.reproducer], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=REPRODUCER_TIMEOUT_S)
+    assert run.returncode != 0, (f"stale finding: {_id(finding)}'s reproducer no longer shows the defect "
+                                 f"({finding.reason}); delete the entry, or keep its pin as `regression = true`")
+    last = (run.stderr.strip().splitlines() or [""])[-1]
+    assert "Error" in last or "Exception" in last, f"the reproducer exited {run.returncode} without raising:\n{run.stderr}"
+
+
+@pytest.mark.parametrize("pin", all_pins(), ids=lambda p: _id(p.finding))
+def test_pin_replays_its_finding_without_generation(pin: Pin) -> None:
+    finding = pin.finding
+    target = _target(finding.target)
+    check, family = CHECKS[finding.check], get_family(finding.family)
+    verdict = run_case(check, target, family, profile="repro")
+    if verdict.status == Status.SKIP:  # e.g. an older transformers without the family or the API the check calls
+        pytest.skip(verdict.message)
+    assert verdict.examples >= 1, "the pin did not run"
+    if finding.regression:
+        assert verdict.status == Status.PASS, f"a fixed finding came back ({finding.reason}): {verdict}"
+        return
+    assert verdict.status == Status.KNOWN, f"{finding.reason}: expected the recorded failure, got {verdict}"
+    unrecorded = run_case(check, dataclasses.replace(target, known_failures=[]), family, profile="repro")
+    assert unrecorded.status == Status.FAIL
+    assert finding.matches(unrecorded.counterexample), (
+        f"the pin's failure does not show the signature {finding.signature!r}: {unrecorded.counterexample}")
+
+
+@pytest.mark.parametrize("name", ["transformers", "vllm"])
+def test_every_known_failure_that_runs_is_pinned(name: str) -> None:
+    target = _target(name)
+    pinned = {(p.finding.check, p.finding.family) for p in all_pins() if p.finding.target == name}
+    for kf in target.known_failures:
+        if (kf.check, kf.family) in pinned:
+            continue
+        # A case that skips here (its tiny model has no expert tensors, say) has no counterexample to pin.
+        verdict = run_case(CHECKS[kf.check], target, get_family(kf.family), profile="dev", max_examples=1)
+        assert verdict.status == Status.SKIP, f"{name} {kf.check} {kf.family} runs here and has no pin"
+
+
+def test_a_known_failure_covers_only_its_signature() -> None:
+    known = Finding("conversion-remap", "fam", "a rule re-applies", signature=r"(?m)^once=.*\.mlp\.mlp\.",
+                    reproducer="raise SystemExit(1)")
+    target = Target("t", "0", "a target", known_failures=[known])
+    assert target.known_failure("conversion-remap", "fam") is known  # no counterexample: a pass, found stale
+    assert target.known_failure("conversion-remap", "fam", {}) is known
+    assert target.known_failure("conversion-remap", "fam", {"once": "layers.0.mlp.mlp.experts.0.w1"}) is known
+    assert target.known_failure("conversion-remap", "fam", {"once": "layers.0.mlp.experts..w1"}) is None
+    assert target.known_failure("conversion-remap", "other", {"once": "layers.0.mlp.mlp.x"}) is None
+
+
+def test_expected_and_regression_entries_are_not_known_failures() -> None:
+    for name in ("seeds-buggy", "seeds-lookahead", "reference-triton"):
+        assert load_target(name).known_failures == [], f"{name}'s failures must read FAIL, never KNOWN"
+    assert any(f.expected for f in all_findings() if f.target == "seeds-buggy")

@@ -1,0 +1,126 @@
+"""Tiny configs: for every MoE family of the installed transformers, the shrunk config is consistent.
+
+(a) the config's own validators (`validate()`, on it and every sub-config) pass; (b) every size a shrunk field
+constrains shrank with it: unpadded vocabularies within their padded ones, every vocabulary tiny, the config's
+special token ids inside its vocabulary, routed-expert counts (also per layer) tiny, per-layer lists one entry a
+layer; (c) the tiny model builds on the meta device by the harness's own `model_builder`, and is small.
+
+Families whose tiny model cannot be built for a documented reason are listed in CANNOT_BUILD (a strict xfail:
+when a release fixes one, its entry must go). Everything here runs on the meta device, so it takes seconds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from harness.targets.transformers.tiny_model import base_config, model_builder
+from harness.tiny_configs import TINY_FIELDS, TINY_VOCAB, discover_moe_families
+from reference.config import NUM_EXPERTS_SPELLINGS
+
+FAMILIES = discover_moe_families()
+# A tiny model this small is what every check builds many times; a sub-config that escaped shrinking is larger.
+MAX_PARAMS = 20_000_000
+TINY_EXPERTS = TINY_FIELDS["num_experts"]
+
+# Families whose tiny model cannot be built, and why; each reason holds for the family's own default config too
+# (its full-size model fails the same way), or for this environment.
+CANNOT_BUILD: dict[str, str] = {
+    "dbrx": "DbrxConfig's default attn_config has no rope_theta, which the model reads (its default config fails too)",
+    "deepseek_ocr2": "the default text config leaves mlp_layer_types None, which the decoder layer indexes",
+    "deepseek_ocr2_text": "the default config leaves mlp_layer_types None, which the decoder layer indexes",
+    "lfm2_moe": "the default config leaves layer_types None, which the decoder layer indexes",
+    "qwen3_omni_moe": "the talker text config has no shared_expert_intermediate_size, which its MoE block reads",
+    "qwen3_omni_moe_talker_text": "the config has no shared_expert_intermediate_size, which its MoE block reads",
+    "ernie4_5_vl_moe": "its rotary embedding falls back to mrope_section [22, 22, 20] (head_dim 128) when the config "
+                       "names none; a tiny head_dim cannot hold it",
+    "ernie4_5_vl_moe_text": "its rotary embedding falls back to mrope_section [22, 22, 20] (head_dim 128) when the "
+                            "config names none; a tiny head_dim cannot hold it",
+    "inkling_mm_model": "its audio tower imports scipy, which moe-harness does not install",
+}
+
+
+def _configs(config: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """The config and every sub-config nested in it, with its dotted path."""
+    yield path or "<root>", config
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            yield from _configs(sub, f"{path}.{name}" if path else name)
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [x for x in value if isinstance(x, int) and not isinstance(x, bool)]
+    return []
+
+
+def _fields(config: Any) -> dict[str, Any]:
+    """The config's own fields (sub-configs excluded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {k: v for k, v in config.to_dict().items() if not (isinstance(v, dict) and "model_type" in v)}
+
+
+def test_discovers_families() -> None:
+    print(f"\n{len(FAMILIES)} MoE families; {len([f for f in CANNOT_BUILD if f in FAMILIES])} listed unbuildable")
+    assert len(FAMILIES) > 60
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_config_validates(family: str) -> None:
+    config = base_config(family)
+    for where, sub in _configs(config):
+        if hasattr(sub, "validate"):
+            sub.validate()  # raises StrictDataclassClassValidationError, naming the validator
+        layers = getattr(sub, "num_hidden_layers", None)
+        for name in ("layer_types", "mlp_layer_types"):
+            value = getattr(sub, name, None)
+            if isinstance(value, list) and isinstance(layers, int):
+                assert len(value) == layers, f"{family} {where}.{name} has {len(value)} entries for {layers} layers"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_config_sizes_are_consistent(family: str) -> None:
+    config = base_config(family)
+    problems = []
+    for where, sub in _configs(config):
+        fields = _fields(sub)
+        vocab = fields.get("vocab_size")
+        for name, value in fields.items():
+            if "vocab_size" in name and "divisible" not in name and "multiple" not in name:
+                problems += [f"{where}.{name}={v} > {TINY_VOCAB}" for v in _ints(value) if v > TINY_VOCAB]
+            if name.startswith("unpadded_") and isinstance(padded := fields.get(name.removeprefix("unpadded_")), int):
+                problems += [f"{where}.{name}={v} > {name.removeprefix('unpadded_')}={padded}"
+                             for v in _ints(value) if v > padded]
+            if name.endswith(("_token_id", "_token_ids", "_token_index")) and isinstance(vocab, int):
+                problems += [f"{where}.{name}={v} outside its vocabulary ({vocab})" for v in _ints(value)
+                             if v >= vocab]
+            if name in NUM_EXPERTS_SPELLINGS:
+                problems += [f"{where}.{name}={v} > {TINY_EXPERTS}" for v in _ints(value) if v > TINY_EXPERTS]
+        for layer, table in (fields.get("per_layer_config") or {}).items():
+            for name in set(NUM_EXPERTS_SPELLINGS) & set(table or {}):
+                problems += [f"{where}.per_layer_config[{layer}].{name}={v} > {TINY_EXPERTS}"
+                             for v in _ints(table[name]) if v > TINY_EXPERTS]
+    assert not problems, f"{family}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=CANNOT_BUILD[f])) if f in CANNOT_BUILD else f
+    for f in FAMILIES])
+def test_tiny_model_builds_small_on_meta(family: str) -> None:
+    config = base_config(family)
+    build = model_builder(config)
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = build(config)
+    count = sum(p.numel() for p in model.parameters())
+    assert count <= MAX_PARAMS, f"{family}: the tiny model has {count:,} parameters (limit {MAX_PARAMS:,})"
