@@ -105,7 +105,8 @@ def execute(
     result = CaseResult(verdict, spec=spec, target_version=target.version)
     start = time.perf_counter()
     prepared = _prepare(check, target, family, verdict)
-    if prepared is None:
+    if prepared is None:  # skipped, or the case could not be prepared
+        _apply_known_failure(check, target, family, result)
         return result
     key = case_key(check.name, target.name, family.name)
     if store:
@@ -224,7 +225,7 @@ def _judge_failure(run: _Run, exc: BaseException, verdict: Verdict) -> None:
 
 def _apply_known_failure(check: Check, target: Target, family: Family, result: CaseResult) -> None:
     """A FAIL the target lists as a known failure (for this counterexample) becomes KNOWN; a PASS it
-    lists is marked stale, its message saying the entry should go."""
+    lists is marked stale, its message saying the entry should go; one skipped or errored is unconfirmed."""
     verdict = result.verdict
     known = target.known_failure(check.name, family.name, verdict.counterexample)
     if known is None:
@@ -234,6 +235,8 @@ def _apply_known_failure(check: Check, target: Target, family: Family, result: C
     elif verdict.status == Status.PASS:
         verdict.message = f"stale known failure: passes now ({known.reason})"
         result.stale = True
+    else:  # skipped or errored: the entry is neither confirmed nor stale, and the report says so
+        result.unconfirmed = known.reason
 
 
 @contextmanager

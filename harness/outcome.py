@@ -18,7 +18,8 @@ class CaseResult:
     `spec` is how the target was named (a name or `module:object`) and `target_version` its version; `stats`
     holds Hypothesis's per-phase statistics (calls, seconds, why it stopped); `blob` is the
     `@reproduce_failure(...)` line when the profile prints blobs; `stale` is True when the case
-    passed although the target lists it as a known failure; `expected` is True when the suite
+    passed although the target lists it as a known failure; `unconfirmed` holds the reason of a known-failure
+    entry whose case was skipped or errored here, so the run neither confirms it nor finds it stale; `expected` is True when the suite
     running it expected the failure (a seed bug it must catch), so it is no new finding.
     """
 
@@ -28,6 +29,7 @@ class CaseResult:
     stats: dict[str, Any] = field(default_factory=dict)
     blob: str | None = None
     stale: bool = False
+    unconfirmed: str | None = None
     expected: bool = False
 
     @property

@@ -99,6 +99,7 @@ FACTS: tuple[FamilyFacts, ...] = (
     FamilyFacts("kimi_linear", ("KimiLinearMoE",)),
     FamilyFacts("kolibri1", ("Kolibri1SparseMoeBlock",), routing="sigmoid_logit_bias"),
     FamilyFacts("laguna", ("LagunaSparseMoeBlock",), routing="sigmoid_bias", renormalize=True),
+    FamilyFacts("lara_mini", ("LaraMiniSparseMoeBlock",)),  # transformers 5.24; its shared expert is added ungated
     FamilyFacts("llama4", ("Llama4TextMoe",), ("llama4_text",), routing="sigmoid_topk_on_logits", renormalize=False,
                 weight_on_input=True, shared="always_one"),
     FamilyFacts("longcat_flash", ("LongcatFlashMoE",)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import xml.etree.ElementTree as ET
@@ -9,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.checks import CHECKS
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
+from harness.engine import execute
+from harness.families import get_family
+from harness.findings import Finding
 from harness.outcome import CaseResult
-from harness.reports.text import render_failure, render_matrix, render_totals
+from harness.reports.text import render_failure, render_known, render_matrix, render_totals
+from harness.targets import load_target
 from harness.verdict import ErrorKind, Status, Verdict
 
 
@@ -121,3 +127,14 @@ def test_workers_run_cases_in_other_processes(run, capsys) -> None:
     out = capsys.readouterr().out
     assert code == EXIT_VIOLATION
     assert "FAIL expert-mapping[seeds-buggy-any]" in out and "FAIL remap-idempotence[seeds-buggy-gemma4]" in out
+
+
+def test_a_known_failure_whose_case_skips_is_reported_unconfirmed() -> None:
+    """An entry the run could not check (its case skipped or errored) is neither KNOWN nor stale: it is said."""
+    entry = Finding("config-spelling", "mixtral", "a spelling is dropped", signature="x", reproducer="raise SystemExit(1)")
+    target = dataclasses.replace(load_target("reference"), name="listed", known_failures=[entry])
+    result = execute(CHECKS["config-spelling"], target, get_family("mixtral"))
+    assert result.verdict.status == Status.SKIP and result.unconfirmed == "a spelling is dropped"
+    text = render_known([result])
+    assert "UNCONFIRMED  config-spelling[listed-mixtral]: listed as a known failure (a spelling is dropped)" in text
+    assert "was skipped here" in text

@@ -23,6 +23,7 @@ from harness.findings import Finding, all_findings, finding_files
 from harness.pins import BUILDERS, Pin, all_pins
 from harness.targets import BUILTIN, TargetUnavailable, load_target
 from harness.targets.base import Target
+from harness.tiny_configs import discover_moe_families
 from harness.verdict import Status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,8 @@ def test_every_reproducer_is_its_own() -> None:
 @pytest.mark.parametrize("finding", [f for f in all_findings() if f.reproducer], ids=_id)
 def test_reproducer_still_shows_its_defect(finding: Finding) -> None:
     _target(finding.target)  # vllm's entries run only where vllm imports
+    if finding.target == "transformers" and finding.family not in discover_moe_families():
+        pytest.skip(f"this transformers has no family {finding.family}: its reproducer would raise for that alone")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     run = subprocess.run([sys.executable, "-c", finding.reproducer], cwd=ROOT, env=env, capture_output=True,

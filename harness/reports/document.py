@@ -98,6 +98,10 @@ class Report:
     def stale(self) -> list[CaseResult]:
         return [r for r in self.results if r.stale]
 
+    def unconfirmed(self) -> list[CaseResult]:
+        """Cases with a known-failure entry that were skipped or errored here, so the entry went unchecked."""
+        return [r for r in self.results if r.unconfirmed]
+
 
 def targets_json(infos: list[TargetInfo]) -> str:
     """`moe-harness targets --json`: every target as the "targets" entries of report.json hold it."""

@@ -57,3 +57,5 @@ def _testcase(suite: ET.Element, r: CaseResult) -> None:
         ET.SubElement(testcase, "skipped", message=v.message)
     if r.stale:
         ET.SubElement(testcase, "system-out").text = v.message
+    elif r.unconfirmed:
+        ET.SubElement(testcase, "system-out").text = f"unconfirmed known failure: {r.unconfirmed}"

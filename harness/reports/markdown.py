@@ -45,6 +45,12 @@ def render(report: Report) -> str:
         lines += ["## Stale known failures (they pass now: remove the entries)", ""]
         lines += [f"- `{r.verdict.case_id}`: {r.verdict.message}" for r in stale]
         lines.append("")
+    unconfirmed = report.unconfirmed()
+    if unconfirmed:
+        lines += ["## Unconfirmed known failures (their case was skipped or errored here)", ""]
+        lines += [f"- `{r.verdict.case_id}` ({r.verdict.status}): {r.unconfirmed}. {r.verdict.message}"
+                  for r in unconfirmed]
+        lines.append("")
     skips = Counter(r.verdict.message for r in report.results if r.verdict.status == Status.SKIP)
     if skips:
         lines += ["## Skipped", "", "| cases | reason |", "|---|---|"]

@@ -49,7 +49,8 @@ def render_families(results: list[CaseResult]) -> str:
 
 
 def render_known(results: list[CaseResult]) -> str:
-    """Known and expected failures, one line each, and stale known-failure entries that pass now."""
+    """Known and expected failures, one line each; stale known-failure entries that pass now; and entries whose
+    case was skipped or errored, so the run could not check them."""
     lines = []
     for r in results:
         v = r.verdict
@@ -61,6 +62,12 @@ def render_known(results: list[CaseResult]) -> str:
             v = r.verdict
             lines.append(f"STALE  {v.case_id}: listed as a known failure but passes now; remove its entry from "
                          f"the findings/{v.target}.toml of its target package ({v.message})")
+    for r in results:
+        if r.unconfirmed:
+            v = r.verdict
+            lines.append(f"UNCONFIRMED  {v.case_id}: listed as a known failure ({r.unconfirmed}) but the case "
+                         f"{'errored' if v.status == Status.ERROR else 'was skipped'} here, so the entry was not "
+                         f"checked ({v.message})")
     return "\n".join(lines)
 
 
