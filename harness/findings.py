@@ -66,10 +66,6 @@ class Finding:
         return re.search(self.signature, counterexample_text(counterexample)) is not None
 
 
-# The name the targets have used for a known failure.
-KnownFailure = Finding
-
-
 def counterexample_text(counterexample: Any) -> str:
     """The text a signature is searched in: a mapping (a verdict's counterexample) as `name=value` lines,
     nested values as Python writes them; anything else as `str` does."""

@@ -14,7 +14,7 @@ import torch
 from hypothesis import find, given, settings
 from safetensors import safe_open
 
-from harness.checks.checkpoint_roundtrip import CHECKPOINT_ROUNDTRIP, check_roundtrip
+from harness.checks.checkpoint_roundtrip import CHECKPOINT_ROUNDTRIP
 from harness.engine import run_case
 from harness.families import get_family
 from harness.profiles import profile_settings
@@ -218,7 +218,7 @@ def test_transformers_loads_full_checkpoint_and_resaves_exactly(family: str, lay
     schema = next(s for s in record(family).checkpoint_schemas if s.layout == layout and s.prefix == "model.")
     ckpt = write_full_checkpoint(_plan(family=family, schema=schema, hidden=16, intermediate=8, shards=2,
                                        dtype=torch.bfloat16))
-    check_roundtrip(TRANSFORMERS, get_family(family), ckpt)
+    CHECKPOINT_ROUNDTRIP.prop(TRANSFORMERS, get_family(family), ckpt)
     first, second = resave(ckpt.directory)
     assert first.keys() == second.keys()
     assert [k for k in first if not torch.equal(as_bits(first[k]), as_bits(second[k]))] == []

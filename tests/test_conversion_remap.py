@@ -8,7 +8,7 @@ import re
 import pytest
 
 from harness.checks import CHECKS
-from harness.checks.conversion_remap import check_conversion
+from harness.checks.conversion_remap import CONVERSION_REMAP
 from harness.engine import run_case
 from harness.families import get_family
 from harness.strategies.conversion_keys import ConversionExample, ConversionKeys
@@ -103,7 +103,7 @@ def test_scale_folded_onto_weight_is_caught() -> None:
     rules = conversion_with("qwen3_moe", _renamings=[*real._renamings, fold]).rules("qwen3_moe")
     keys = ("model.layers.0.mlp.experts.0.gate_proj.weight", "model.layers.0.mlp.experts.0.gate_proj.weight_scale_inv")
     with pytest.raises(PropertyViolation, match="no declared merge"):
-        check_conversion(_target(ConversionCap(lambda name: rules)), get_family("qwen3_moe"),
+        CONVERSION_REMAP.prop(_target(ConversionCap(lambda name: rules)), get_family("qwen3_moe"),
                          ConversionExample((ConversionKeys("grammar", keys),)))
 
 

@@ -167,6 +167,3 @@ CHECKPOINT_ROUNDTRIP: Check[CheckpointLoaderCap] = Check(
     excludes=_excludes,
     families=("qwen3_moe", "mixtral", "olmoe", "gemma4"),
 )
-
-# The property on a whole target, as the engine runs it (the capability looked up first).
-check_roundtrip = CHECKPOINT_ROUNDTRIP.prop

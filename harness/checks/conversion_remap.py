@@ -93,6 +93,3 @@ CONVERSION_REMAP: Check[ConversionCap] = Check(
     holds=check_rules,
     describe=describe,
 )
-
-# The property on a whole target, as the engine runs it (the capability looked up first).
-check_conversion = CONVERSION_REMAP.prop

@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-# The target packages read their findings through base, so base re-exports `load_known_failures`.
-from harness.findings import KnownFailure
-from harness.findings import load_known_failures as load_known_failures
+from harness.findings import Finding
 from reference.checkpoint import KeySchema
 from reference.config import MoESpec
 
@@ -192,7 +190,7 @@ class Target:
     conversion: ConversionCap | None = None
     config_spelling: ConfigSpellingCap | None = None
     router_knobs: RouterKnobsCap | None = None
-    known_failures: list[KnownFailure] = field(default_factory=list)
+    known_failures: list[Finding] = field(default_factory=list)
     # The families its cases run over when a check names none (None: DEFAULT_FAMILIES).
     families: tuple[str, ...] | None = None
 
@@ -200,7 +198,7 @@ class Target:
         """The capability fields this target fills, in declaration order."""
         return [n for n in CAPABILITIES if getattr(self, n) is not None]
 
-    def known_failure(self, check: str, family: str, counterexample: dict | None = None) -> KnownFailure | None:
+    def known_failure(self, check: str, family: str, counterexample: dict | None = None) -> Finding | None:
         """The known failure recorded for check × family whose signature matches `counterexample` (a
         verdict's counterexample); with none (a passing verdict), the first one of check × family. A failure
         that no entry's signature matches is new, not known."""

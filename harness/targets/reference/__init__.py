@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 import harness
+from harness.findings import load_known_failures
 from harness.targets.base import (
     BlockCap,
     CheckpointLoaderCap,
@@ -14,7 +15,6 @@ from harness.targets.base import (
     RemapCap,
     RoutingCap,
     Target,
-    load_known_failures,
 )
 from reference.capturer import RoutedExpertsCapturer
 from reference.checkpoint import (

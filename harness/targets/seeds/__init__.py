@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from harness.findings import load_known_failures
 from harness.targets.base import (
     BlockCap,
     CheckpointLoaderCap,
     ExpertMappingCap,
     RemapCap,
     Target,
-    load_known_failures,
 )
 from harness.targets.seeds import seed_000_gemma4_routing_closure as gemma4_routing_closure
 from harness.targets.seeds import seed_001_capturer_top_k as capturer_top_k

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.targets.base import BlockCap, ConfigSpellingCap, RouterKnobsCap, Target, load_known_failures
+from harness.findings import load_known_failures
+from harness.targets.base import BlockCap, ConfigSpellingCap, RouterKnobsCap, Target
 from harness.targets.transformers import knobs, spellings
 from harness.targets.transformers.blocks import RealMoEBlock, real_block, skip_reason
 from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER

