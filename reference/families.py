@@ -156,6 +156,9 @@ def facts_for(config: Any, *names: str) -> FamilyFacts | None:
 # --- matching by code -------------------------------------------------------------------------------------------
 
 def _modeling_module(config_module: str) -> Any:
+    """The modeling module beside a transformers model's configuration module, or None (any other config)."""
+    if ".configuration_" not in config_module:
+        return None
     try:
         return importlib.import_module(config_module.replace(".configuration_", ".modeling_"))
     except Exception:  # noqa: BLE001 - no modeling module: nothing to match by code
