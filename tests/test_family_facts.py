@@ -47,17 +47,23 @@ def _resolved(make) -> object:
     return json.loads(json.dumps(spec))
 
 
-@pytest.mark.skipif(not SNAPSHOT.exists(), reason=f"no resolution snapshot for transformers {transformers.__version__}")
-def test_every_family_resolves_as_recorded() -> None:
-    """Guard for moving facts between tables and records: every family's default and tiny config give the
-    MoESpec (or the error) recorded before the move."""
+def resolutions() -> dict[str, dict[str, object]]:
+    """Every discovered family's default and tiny config resolved (an MoESpec as JSON, or the error's text)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    recorded = json.loads(SNAPSHOT.read_text())
-    assert set(recorded) == set(discover_moe_families())
-    changed = [f"{family} ({kind})" for family, want in recorded.items()
-               for kind, make in (("default", CONFIG_MAPPING[family]), ("tiny", lambda f=family: tiny_config(f)))
-               if _resolved(make) != want[kind]]
+    return {family: {"default": _resolved(CONFIG_MAPPING[family]), "tiny": _resolved(lambda f=family: tiny_config(f))}
+            for family in discover_moe_families()}
+
+
+@pytest.mark.skipif(not SNAPSHOT.exists(), reason=f"no resolution snapshot for transformers {transformers.__version__}"
+                    " (write one with `python -m tests.test_family_facts`)")
+def test_every_family_resolves_as_recorded() -> None:
+    """Guard for moving facts between tables and records: every family's default and tiny config give the
+    MoESpec (or the error) recorded before the move. After a deliberate change, read the difference and
+    rewrite the snapshot with `python -m tests.test_family_facts`."""
+    recorded, now = json.loads(SNAPSHOT.read_text()), resolutions()
+    assert set(recorded) == set(now)
+    changed = [f"{family} ({kind})" for family, want in recorded.items() for kind in want if now[family][kind] != want[kind]]
     assert not changed, f"resolution changed for {', '.join(changed)}"
 
 
@@ -122,3 +128,8 @@ def test_a_changed_copy_is_not_described(tmp_path: Path) -> None:
     assert describing(block) is None
     reason = undescribed(block) or ""
     assert "FakeEditSparseMoeBlock" in reason and "not described yet" in reason
+
+
+if __name__ == "__main__":
+    SNAPSHOT.write_text(json.dumps(resolutions(), indent=0, sort_keys=True))
+    print(f"wrote {SNAPSHOT}")
