@@ -220,8 +220,10 @@ def _described_fingerprints() -> dict[str, tuple[str, FamilyFacts]]:
     return out
 
 
+@functools.cache
 def describing(cls: type) -> FamilyFacts | None:
-    """The record describing block class `cls`: by its name, else by its code, else None."""
+    """The record describing block class `cls`: by its name, else by its code, else None (once per class: the
+    transformers target asks for every block it builds, and fingerprinting reads source)."""
     by_name = [f for f in FACTS if cls.__name__ in f.blocks]
     if by_name:
         return by_name[0]
