@@ -76,6 +76,24 @@ def assert_close_to_terms(actual: torch.Tensor, expected: torch.Tensor, terms: t
                       allowed)
 
 
+def assert_close_within(actual: torch.Tensor, expected: torch.Tensor, bound: torch.Tensor, tol: Tolerance, where: str,
+                        bound_name: str) -> None:
+    """Elementwise |actual - expected| <= atol + rtol·|expected| + bound in float64; shapes equal. As in
+    assert_close, equal elements (infinities included) and NaN facing NaN pass; NaN facing a number fails.
+
+    `bound` (>= 0, broadcastable to expected) is an absolute error bound derived by the caller from the
+    computation compared (named by `bound_name` in the failure). Guarantees: whatever assert_close allows
+    with `tol` is allowed here too (the bound only widens it, element by element), and an element whose
+    difference exceeds atol + rtol·|expected| + bound fails, reporting the allowed difference there.
+    """
+    if actual.shape != expected.shape:
+        fail(where, "shapes differ", tuple(actual.shape), tuple(expected.shape), tol)
+    a, e = _f64(actual), _f64(expected)
+    allowed = (tol.atol + tol.rtol * e.abs() + _f64(bound)).expand_as(e)
+    same = (a == e) | (a.isnan() & e.isnan())
+    _first_difference(~((a - e).abs() <= allowed) & ~same, a, e, where, f"{tol} + {bound_name}", allowed)
+
+
 def assert_valid_selection(scores: torch.Tensor, ids: torch.Tensor, k: int, where: str = "routing") -> None:
     """No unpicked expert scores above a picked one, ties allowed within SELECTION_SLACK of the largest |score|."""
     picked = scores.gather(-1, ids.long())

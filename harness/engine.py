@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis.strategies import SearchStrategy
 
 from harness.checks.base import Check
@@ -28,7 +28,16 @@ from harness.outcome import CaseResult
 from harness.pins import pins_for
 from harness.profiles import DEFAULT_PROFILE, profile_settings
 from harness.targets.base import Target
-from harness.verdict import ErrorKind, PropertyViolation, Status, TargetError, Verdict
+from harness.verdict import (
+    CheckSkipped,
+    ErrorKind,
+    PropertyViolation,
+    SkipKind,
+    Status,
+    TargetError,
+    Verdict,
+    skip_kind,
+)
 
 DEFAULT_SEED = 20260514
 
@@ -99,7 +108,7 @@ def execute(
     failure's record is written. `spec` is how the target was named, for the reproducer.
     """
     spec = spec or target.name
-    max_examples = check.max_examples(profile, max_examples)
+    max_examples = check.max_examples(profile, max_examples, target)
     verdict = Verdict(check=check.name, target=target.name, family=family.name, status=Status.PASS,
                       reproduce=reproduce_command(check.name, spec, family.name, profile, seed, max_examples))
     result = CaseResult(verdict, spec=spec, target_version=target.version)
@@ -113,8 +122,10 @@ def execute(
         result.stats["stored_examples"] = store.stored_examples(key)
     database = store.hypothesis_database() if store else None
     run = _Run(check, target, family)
-    test = _hypothesis_test(run, prepared, key, seed, profile_settings(profile, max_examples, database))
-    _run_and_judge(test, run, result)
+    test_settings = profile_settings(profile, max_examples, database)
+    pin_failures = _run_pins(run, prepared, test_settings)
+    test = _hypothesis_test(run, prepared, key, seed, test_settings)
+    _run_and_judge(test, run, pin_failures, len(prepared.pinned), result)
     verdict.examples = run.examples
     verdict.seconds = round(time.perf_counter() - start, 3)
     _apply_known_failure(check, target, family, result)
@@ -153,15 +164,23 @@ class _Run:
 
 def _prepare(check: Check, target: Target, family: Family, verdict: Verdict) -> _Prepared | None:
     """The case's strategy and built pins; None when it cannot run, with `verdict` then set to SKIP (the
-    check does not apply) or to a harness ERROR (they could not be built)."""
+    check does not apply, with the reason's kind), to FAIL (the target's own code raised while the case was
+    set up: building the family's model, say) or to a harness ERROR (our code could not set it up)."""
     try:
         reason = check.skip_reason(target, family)
         if reason:
-            verdict.status, verdict.message = Status.SKIP, reason
+            verdict.status, verdict.message, verdict.skip_kind = Status.SKIP, str(reason), skip_kind(reason)
             return None
         strategy = check.strategy(target, family)
         pinned = [pin.build() for pin in pins_for(check.name, target.name, family.name)]
-    except Exception as exc:  # e.g. the family's tiny config cannot be built
+    except CheckSkipped as exc:
+        verdict.status, verdict.message, verdict.skip_kind = Status.SKIP, str(exc.reason), skip_kind(exc.reason)
+        return None
+    except TargetError as exc:  # the target's code raised before any example (its model does not build)
+        verdict.status, verdict.kind, verdict.message = Status.FAIL, ErrorKind.TARGET_ERROR, exc.message
+        verdict.counterexample = {"setup": exc.message}
+        return None
+    except Exception as exc:  # our own preparation failed (a tiny config we cannot shrink, say)
         verdict.status, verdict.kind = Status.ERROR, ErrorKind.HARNESS_ERROR
         verdict.message = f"could not prepare {family.name}: {type(exc).__name__}: {exc}"
         return None
@@ -170,15 +189,14 @@ def _prepare(check: Check, target: Target, family: Family, verdict: Verdict) -> 
 
 def _hypothesis_test(run: _Run, prepared: _Prepared, key: bytes, seed: int,
                      test_settings: settings) -> Callable[[], None]:
-    """The Hypothesis test of `run`: pinned examples first, then draws from the seed under the profile's
-    settings, its examples stored under `key` (the case's names, see case_key)."""
+    """The Hypothesis test of `run`: draws from the seed under the profile's settings, its examples stored
+    under `key` (the case's names, see case_key). Pins are not part of it: `_run_pins` runs them first, so a
+    failing pin does not stop generation from finding another counterexample."""
 
     def body(example: Any) -> None:
         run.call(example)
 
     test = given(prepared.strategy)(body)
-    for value in reversed(prepared.pinned):  # decorators apply inside out: the first pin runs first
-        test = hypothesis.example(value)(test)
     # @seed clears the database from the settings it finds, so the settings go on after it.
     test = hypothesis.seed(seed)(test)
     test = settings(test_settings)(test)
@@ -188,15 +206,42 @@ def _hypothesis_test(run: _Run, prepared: _Prepared, key: bytes, seed: int,
     return test
 
 
-def _run_and_judge(test: Callable[[], None], run: _Run, result: CaseResult) -> None:
-    """Run `test` and record how it ended in `result` (status, kind, message, counterexample, blob, stats);
-    only KeyboardInterrupt escapes, and a pass leaves the verdict as it was."""
+def _run_pins(run: _Run, prepared: _Prepared, test_settings: settings) -> list[tuple[Any, BaseException]]:
+    """Each pinned example through the property, in order, each as its own explicit-example Hypothesis test
+    (a property may call `reject` or `target`); the ones that fail, with their exceptions."""
+    def body(example: Any) -> None:
+        run.call(example)
+
+    failed = []
+    for value in prepared.pinned:
+        test = given(prepared.strategy)(body)
+        test = settings(test_settings, phases=(Phase.explicit,), database=None)(hypothesis.example(value)(test))
+        try:
+            test()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - judged like any failing example
+            if run.failures:
+                failed.append(run.failures[-1])
+    run.failures.clear()  # the generated phase's failures are judged first; pins are the fallback
+    return failed
+
+
+def _run_and_judge(test: Callable[[], None], run: _Run, pin_failures: list[tuple[Any, BaseException]],
+                   pinned: int, result: CaseResult) -> None:
+    """Run `test` after the `pinned` pins (of which `pin_failures` failed) and record how it ended in `result`
+    (status, kind, message, counterexample, blob, stats): a generated failure is judged first, else the first
+    failing pin; only KeyboardInterrupt escapes, and a pass leaves the verdict as it was."""
+    if pinned:
+        result.stats["pins"] = {"run": pinned, "failed": len(pin_failures)}
     raw_stats: list[dict[str, Any]] = []
     try:
         with _statistics(raw_stats):
             test()
     except unittest.SkipTest as exc:  # the profile generates nothing and no example is stored
-        result.verdict.status, result.verdict.message = Status.SKIP, f"no example to run: {exc}"
+        if not pinned:
+            result.verdict.status, result.verdict.message = Status.SKIP, f"no example to run: {exc}"
+            result.verdict.skip_kind = SkipKind.NOT_APPLICABLE
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes a verdict
@@ -204,6 +249,9 @@ def _run_and_judge(test: Callable[[], None], run: _Run, result: CaseResult) -> N
         _judge_failure(run, exc, result.verdict)
     if raw_stats:
         result.stats.update(_summarise(raw_stats[-1]))
+    if result.verdict.status in (Status.PASS, Status.SKIP) and pin_failures:
+        run.failures[:] = pin_failures[:1]
+        _judge_failure(run, pin_failures[0][1], result.verdict)
 
 
 def _judge_failure(run: _Run, exc: BaseException, verdict: Verdict) -> None:
@@ -214,9 +262,14 @@ def _judge_failure(run: _Run, exc: BaseException, verdict: Verdict) -> None:
         verdict.message = _classify(exc)[1]
         return
     example, err = run.failures[-1]
+    if isinstance(err, CheckSkipped):  # the check found, mid-example, that it does not apply
+        verdict.status, verdict.message, verdict.skip_kind = Status.SKIP, str(err.reason), skip_kind(err.reason)
+        return
     kind, message, details, tolerance = _classify(err)
     verdict.status = Status.ERROR if kind == ErrorKind.HARNESS_ERROR else Status.FAIL
     verdict.kind, verdict.message, verdict.tolerance = kind, message, tolerance
+    if kind == ErrorKind.TARGET_ERROR:  # what the target raised, for a finding's signature to match
+        details = {"error": message, **details}
     try:
         verdict.counterexample = {**run.check.describe(example), **_plain(details)}
     except Exception as describe_exc:

@@ -2,7 +2,10 @@
 
 Each `[[failure]]` entry is one finding of one check × family on that target:
 
-    check, family   where it fails ("*" as family: every family of the check)
+    check, family   where it fails ("*" as family: every family of the check; "*" as check: every check on
+                    the family, for a failure before any check's property runs, such as its model not building)
+    also            optional: other checks on which the same defect shows, with the same signature (matched
+                    there too; the pin and the reproducer belong to `check`)
     signature       a regular expression searched in the failing verdict's counterexample (see
                     `counterexample_text`): a different failure of the same check × family does not match, so
                     it is reported as new instead of hidden as known
@@ -29,7 +32,7 @@ from typing import Any
 
 TARGETS_DIR = Path(__file__).resolve().parent / "targets"
 
-_FIELDS = {"check", "family", "signature", "reason", "reproducer", "expected", "regression", "pin"}
+_FIELDS = {"check", "family", "also", "signature", "reason", "reproducer", "expected", "regression", "pin"}
 
 
 class FindingsError(ValueError):
@@ -49,6 +52,7 @@ class Finding:
     regression: bool = False
     pin: Mapping[str, Any] | None = field(default=None, compare=False)
     target: str = ""
+    also: tuple[str, ...] = ()
 
     @property
     def known(self) -> bool:
@@ -56,7 +60,7 @@ class Finding:
         return not (self.expected or self.regression)
 
     def covers(self, check: str, family: str) -> bool:
-        return self.check == check and self.family in (family, "*")
+        return (self.check in (check, "*") or check in self.also) and self.family in (family, "*")
 
     def matches(self, counterexample: Any = None) -> bool:
         """Whether a failure showing `counterexample` is this finding (None or empty, as a passing verdict
@@ -81,7 +85,7 @@ def _entry(path: Path, target: str, entry: dict[str, Any]) -> Finding:
     if unknown or missing:
         raise FindingsError(f"{where}: unknown fields {sorted(unknown)}, missing {sorted(missing)}; "
                             f"an entry holds {sorted(_FIELDS)}")
-    finding = Finding(target=target, **entry)
+    finding = Finding(target=target, **{**entry, "also": tuple(entry.get("also", ()))})
     if finding.expected and finding.regression:
         raise FindingsError(f"{where}: an entry is expected (fails) or a regression (passes), not both")
     if finding.regression and finding.pin is None:

@@ -37,6 +37,15 @@ def _two_layout_checkpoint(family: str, names: str) -> Any:
                                            hidden=2, intermediate=2, duplicate=fused, duplicate_layers=(0,)))
 
 
+def _fused_checkpoint(family: str, prefix: str, block: str = "mlp", layers: int = 2, experts: int = 2) -> Any:
+    """A checkpoint of `family` in the fused layout (gate_up_proj / down_proj) under `prefix`, tiny sizes."""
+    from harness.strategies.checkpoint_files import CheckpointPlan, write_checkpoint
+    from reference.checkpoint import KeySchema
+
+    return write_checkpoint(CheckpointPlan(family=family, schema=KeySchema(prefix=prefix, block=block, layout="fused"),
+                                           num_layers=layers, num_experts=experts, hidden=8, intermediate=2))
+
+
 def _spelling(family: str, experts_name: str, experts: int, top_k_name: str, top_k: int, path: str = "",
               experts_alias: bool = False) -> Any:
     """Both names in the family's config at `path` ("": top level); `experts_alias`: the experts name is an
@@ -63,6 +72,16 @@ def _knob(family: str, name: str, knob: str, default: Any, value: Any) -> Any:
     return KnobExample(Knob(knob, name, default), value, tokens=8, seed=0, scale=1.0)
 
 
+def _config_variant(family: str, field: str, value: Any = None) -> Any:
+    """The family's tiny config with one declared field (`path.name` as the example names it) set to `value`
+    (left out: None, which TOML cannot write)."""
+    from harness.strategies.config_variants import VariantExample
+    from harness.targets.transformers.config_variants import fields
+
+    declared = next(f for f in fields(family) if str(f) == field)
+    return VariantExample(((declared, value),))
+
+
 def _routing(family: str, variant: str, top_k: int, renormalize: bool, logits: list[list[float]]) -> Any:
     """Fixed fp32 `logits` routed by `variant` (no bias, no per-expert scale)."""
     import torch
@@ -78,10 +97,12 @@ def _routing(family: str, variant: str, top_k: int, renormalize: bool, logits: l
 BUILDERS: dict[str, Builder] = {
     "conversion": _conversion,
     "two-layout-checkpoint": _two_layout_checkpoint,
+    "fused-checkpoint": _fused_checkpoint,
     "spelling": _spelling,
     "synthetic-capture": _synthetic_capture,
     "knob": _knob,
     "routing": _routing,
+    "config-variant": _config_variant,
 }
 
 

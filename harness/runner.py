@@ -13,6 +13,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from harness.checks import CHECKS
@@ -42,17 +43,43 @@ def run_cases(cases: list[Case], options: RunOptions, workers: int = 1) -> Itera
         for i, case in enumerate(cases):
             yield i, _execute(case.check.name, case.target, case.family.name, case.spec, options)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(workers,)) as pool:
-        futures: dict[Future[CaseResult], int] = {
-            pool.submit(_run_in_worker, c.check.name, c.spec, c.family.name, options): i for i, c in enumerate(cases)
-        }
+    yield from _run_in_pools(cases, options, workers)
+
+
+def _run_in_pools(cases: list[Case], options: RunOptions, workers: int) -> Iterator[tuple[int, CaseResult]]:
+    """Every case over `workers` spawned processes. A worker's death breaks the whole pool, failing every case
+    still in it, so those cases run again one at a time in a one-worker pool (rebuilt after each death): only
+    the case that kills its own worker there is reported as failed."""
+    broken: list[int] = []
+    with _pool(workers) as pool:
+        futures = {_submit(pool, cases[i], options): i for i in range(len(cases))}
         for future in as_completed(futures):
-            i = futures[future]
             try:
-                yield i, future.result()
-            except Exception as exc:  # the worker died (out of memory, a crash in native code)
-                yield i, _worker_failed(cases[i], exc)
+                yield futures[future], future.result()
+            except BrokenProcessPool:
+                broken.append(futures[future])
+            except Exception as exc:  # the worker could not run it (its target did not load there, say)
+                yield futures[future], _worker_failed(cases[futures[future]], exc)
+    pool = _pool(1)
+    for i in sorted(broken):
+        try:
+            yield i, _submit(pool, cases[i], options).result()
+        except BrokenProcessPool as exc:  # this case killed its worker
+            yield i, _worker_failed(cases[i], exc)
+            pool.shutdown()
+            pool = _pool(1)
+        except Exception as exc:
+            yield i, _worker_failed(cases[i], exc)
+    pool.shutdown()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(workers,))
+
+
+def _submit(pool: ProcessPoolExecutor, case: Case, options: RunOptions) -> Future[CaseResult]:
+    return pool.submit(_run_in_worker, case.check.name, case.spec, case.family.name, options)
 
 
 def _execute(check: str, target: Target, family: str, spec: str, options: RunOptions) -> CaseResult:

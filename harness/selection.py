@@ -50,6 +50,9 @@ class Plan:
     targets: list[tuple[str, Target]] = field(default_factory=list)  # (spec, target) in command-line order
     missing: list[Missing] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    # (spec, check) pairs left out because the target provides no capability for the check (only when the
+    # checks were not named: a check named on the command line gets its not-applicable case)
+    not_offered: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _validate(kind: str, kinds: str, names: Iterable[str], valid: Iterable[str]) -> None:
@@ -89,12 +92,16 @@ def plan(
     for spec, target in result.targets:
         for name in check_names:
             check = CHECKS[name]
+            if not checks and getattr(target, check.capability) is None:
+                result.not_offered.append((spec, name))
+                continue
             wanted = check.families or target.families or tuple(DEFAULT_FAMILIES)
+            wanted += tuple(f for f in check.extra_families if f not in wanted)
             for family in wanted:
                 if families and family not in families and "any" not in wanted:
                     continue
                 result.cases.append(Case(check, target, get_family(family), spec))
-    if result.targets and not result.cases:
+    if result.targets and not result.cases and not result.not_offered:
         runs_over = {n: CHECKS[n].families or tuple(DEFAULT_FAMILIES) for n in check_names}
         raise UsageError("no case matches: " + "; ".join(f"{n} runs over {', '.join(f)}" for n, f in runs_over.items()))
     return result

@@ -47,6 +47,7 @@ TINY_FIELDS: dict[str, Any] = {
     "moe_layer_freq": 1,
     "decoder_sparse_step": 1,
     "enable_moe_block": True,
+    "is_moe": True,
     "sliding_window": 16,
     "vocab_size_per_layer_input": 128,
     "hidden_size_per_layer_input": 8,
@@ -64,6 +65,11 @@ TINY_FIELDS: dict[str, Any] = {
     "mamba_d_state": 16,
     "mamba_chunk_size": 16,
 }
+# Per family, fields its tiny config needs beyond the shrunk sizes (set on its MoE sub-config): ernie 4.5-VL's rotary
+# embedding falls back to mrope_section [22, 22, 20] (half of head_dim 128) when the config names none, so the tiny
+# head_dim 16 gets the same split scaled to its half, 8.
+_ERNIE_VL_ROPE = {"rope_parameters": {"rope_theta": 500000.0, "rope_type": "default", "mrope_section": [3, 3, 2]}}
+FAMILY_FIELDS: dict[str, dict[str, Any]] = {"ernie4_5_vl_moe": _ERNIE_VL_ROPE, "ernie4_5_vl_moe_text": _ERNIE_VL_ROPE}
 # Fields a default config leaves None although its model reads them as numbers (dots1's shared-expert count).
 TINY_WHEN_NONE: dict[str, Any] = {"n_shared_experts": 1}
 # Every other width a config ties to a hidden size (an adapter's input, a tower's output) shrinks with it.
@@ -75,6 +81,10 @@ TINY_HEADS = 2
 TINY_HEAD_DIM = 16
 # A per-layer list whose values say which MLP a layer has: the shrunk layers keep every kind it names.
 _MOE_LAYER_WORDS = ("mlp", "moe", "expert", "sparse", "ffn")
+# Lists of layer ids that say which MLP a layer has (flint's dense `mlp_only_layers`, llama4's `moe_layers`), and
+# counts of leading dense layers the tiny fields do not already zero: both follow the layers the shrink keeps.
+_LAYER_ID_LISTS = ("mlp_only_layers", "moe_layers")
+_DENSE_PREFIX_COUNTS = ("num_dense_layers",)
 _TOKEN_ID_SUFFIXES = ("_token_id", "_token_ids", "_token_index")
 
 
@@ -127,11 +137,13 @@ def _layer_sources(data: dict[str, Any], old_layers: Any, layers: int) -> list[i
     if not _is_int(old_layers) or old_layers <= layers:
         return list(range(layers))
     kinds = [key for key, value in data.items() if isinstance(value, list) and len(value) == old_layers
-             and any(word in key for word in _MOE_LAYER_WORDS)]
+             and any(word in key for word in _MOE_LAYER_WORDS) and key not in _LAYER_ID_LISTS]
     found = data.get("per_layer_config")
     table: dict[Any, Any] = found if isinstance(found, dict) else {}
-    signature = [(tuple(repr(data[k][i]) for k in kinds), repr(table.get(str(i), table.get(i))))
-                 for i in range(old_layers)]
+    ids = [set(data[k]) for k in _LAYER_ID_LISTS if isinstance(data.get(k), list)]
+    counts = [data[k] for k in _DENSE_PREFIX_COUNTS if _is_int(data.get(k))]
+    signature = [(tuple(repr(data[k][i]) for k in kinds), repr(table.get(str(i), table.get(i))),
+                  tuple(i in s for s in ids), tuple(i < n for n in counts)) for i in range(old_layers)]
     firsts = list({sig: i for i, sig in reversed(list(enumerate(signature)))}.values())
     if set(signature[:layers]) == set(signature):
         return list(range(layers))
@@ -148,14 +160,27 @@ def _shrink_counts(value: Any) -> Any:
             for k, v in value.items()}
 
 
+def _follow_sources(data: dict[str, Any], sources: list[int]) -> None:
+    """Layer-id lists keep the shrunk layers whose source layer they listed; a leading dense count counts the
+    shrunk layers whose source layer it covered."""
+    for key in _LAYER_ID_LISTS:
+        if isinstance(data.get(key), list):
+            data[key] = [new for new, old in enumerate(sources) if old in data[key]]
+    for key in _DENSE_PREFIX_COUNTS:
+        if _is_int(data.get(key)):
+            data[key] = sum(old < data[key] for old in sources)
+
+
 def _resize_per_layer(data: dict[str, Any], old_layers: Any, layers: Any) -> None:
     """Per-layer lists and tables follow the shrunk layer count (a range of layer ids stays a range), all copying
     the same full-config layers (see `_layer_sources`), so a layer keeps its MLP kind and its expert count."""
     if not isinstance(layers, int):
         return
     sources = _layer_sources(data, old_layers, layers)
+    if _is_int(old_layers) and old_layers > layers:
+        _follow_sources(data, sources)
     for key, value in list(data.items()):
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, list) or not value or key in _LAYER_ID_LISTS:
             continue
         per_layer = key.endswith(("layer_types", "_per_layer")) or len(value) == old_layers != layers
         if not per_layer:
@@ -372,11 +397,13 @@ def _shrink_node(data: dict[str, Any], where: str, moe: str, overrides: dict[str
 def tiny_config(model_type: str, **overrides: Any) -> Any:
     """A transformers config of `model_type` with every size field shrunk, in every nested sub-config.
 
-    `overrides` set fields of the MoE sub-config. Where a family's validators reject a shrunk value
-    (a top-k fixed to 1, a head count tied to another), that one field keeps its default.
+    `overrides` set fields of the MoE sub-config (after the family's own FAMILY_FIELDS). Where a family's
+    validators reject a shrunk value (a top-k fixed to 1, a head count tied to another), that one field keeps
+    its default.
     """
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    overrides = {**FAMILY_FIELDS.get(model_type, {}), **overrides}
     cls = CONFIG_MAPPING[model_type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -45,8 +45,50 @@ class TargetError(Exception):
         self.cause = cause
 
 
+class SkipKind(StrEnum):
+    """Why a case did not run, of the only two kinds a skip may be: the capability does not exist for the
+    family (not applicable), or the reference does not model it (a harness limit, listed in the family record)."""
+
+    NOT_APPLICABLE = "not-applicable"
+    HARNESS_LIMIT = "harness-limit"
+
+
+class SkipReason(str):
+    """A skip's one-line reason that also says its kind; a plain `str` reason has no kind (unclassified)."""
+
+    kind: SkipKind
+
+    def __new__(cls, reason: str, kind: SkipKind) -> SkipReason:
+        made = super().__new__(cls, reason)
+        made.kind = kind
+        return made
+
+    def __getnewargs__(self) -> tuple[str, SkipKind]:  # type: ignore[override]  # pickles with its kind
+        return str(self), self.kind
+
+
+def not_applicable(reason: str) -> SkipReason:
+    """`reason` as a not-applicable skip: the capability does not exist for this target × family."""
+    return SkipReason(reason, SkipKind.NOT_APPLICABLE)
+
+
+def harness_limit(reason: str) -> SkipReason:
+    """`reason` as a harness-limit skip: the reference does not model it (the family record says so)."""
+    return SkipReason(reason, SkipKind.HARNESS_LIMIT)
+
+
+def skip_kind(reason: str) -> SkipKind | None:
+    """The kind `reason` carries, None for a plain string."""
+    return getattr(reason, "kind", None)
+
+
 class CheckSkipped(Exception):
-    """This check does not apply to this target × family (a capability is missing); says why."""
+    """This check does not apply to this target × family (a capability is missing); says why. Raised with a
+    SkipReason, the skip keeps its kind."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -65,11 +107,13 @@ class Verdict:
     examples: int = 0
     seconds: float = 0.0
     known_reason: str | None = None
+    skip_kind: SkipKind | None = None  # for a SKIP: its kind; None when the reason did not say (unclassified)
 
     def __post_init__(self) -> None:
         # Plain strings (report.json read back, a test's literal) become the enums they name.
         self.status = Status(self.status)
         self.kind = None if self.kind is None else ErrorKind(self.kind)
+        self.skip_kind = None if self.skip_kind is None else SkipKind(self.skip_kind)
 
     @property
     def case_id(self) -> str:

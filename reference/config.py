@@ -36,12 +36,13 @@ SHARED_WIDTH_SPELLINGS = (
     "shared_intermediate_size",
     "moe_shared_expert_intermediate_size",
     "shared_experts_intermediate_size",
+    "share_expert_dim",
 )
 HIDDEN_SPELLINGS = ("hidden_size", "d_model", "n_embd")
-ACTIVATION_SPELLINGS = ("hidden_act", "hidden_activation", "activation_function", "ffn_act_fn")
+ACTIVATION_SPELLINGS = ("hidden_act", "hidden_activation", "activation_function", "ffn_act_fn", "mlp_hidden_act")
 RENORM_SPELLINGS = ("norm_topk_prob", "moe_renormalize", "renormalize")
 SCALING_SPELLINGS = ("routed_scaling_factor", "moe_routed_scaling_factor", "router_scaling_factor",
-                     "route_scale")
+                     "route_scale", "moe_router_scaling_factor")
 NUM_LAYERS_SPELLINGS = ("num_hidden_layers", "n_layers", "num_layers")
 N_GROUP_SPELLINGS = ("n_group", "num_expert_group")
 
@@ -62,7 +63,10 @@ ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_tanh": "gelu_tanh",
+    "relu2": "relu2",
 }
+# The config keys of the (gate, up) softcaps a `swiglu_softcap` activation reads (inkling2).
+SOFTCAP_KEYS = ("mlp_gate_softcap", "mlp_up_softcap")
 
 
 class ConfigError(ValueError):
@@ -117,7 +121,10 @@ class MoESpec:
     expert_bias: bool = False  # gate_up_proj_bias [E, 2I] and down_proj_bias [E, H]
     weight_on_input: bool = False
     glu_alpha: float = 1.702  # swiglu_oai only
-    glu_limit: float = 7.0  # swiglu_oai only
+    glu_limit: float = 7.0  # swiglu_oai and swiglu_clamp only
+    glu_softcaps: tuple[float, float] | None = None  # swiglu_softcap only: (gate, up) softcaps
+    gated: bool = True  # False: experts (and shared experts) are down(act(up x)), with no gate projection
+    post_norm_eps: float | None = None  # the block's output passes an RMSNorm with a weight [H] and this eps
     spellings: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -223,10 +230,38 @@ def _moe_layers(cfg: Any, num_layers: int) -> tuple[int, ...]:
         layers = [i for i in layers if freq[i]]
     elif isinstance(freq, int) and freq > 1:
         layers = [i for i in layers if (i + 1) % freq == 0]
-    enable = _get(cfg, "enable_moe_block")
-    if enable is False:
+    if _get(cfg, "enable_moe_block") is False or _get(cfg, "is_moe") is False:  # gemma4, doge: MoE switched off
         layers = []
-    return tuple(layers)
+    return tuple(i for i in layers if _listed_moe(cfg, i))
+
+
+# Per-layer kinds a family spells as strings: which of them hold routed experts.
+_MOE_LAYER_KINDS = frozenset({"sparse", "moe", "hash_moe"})
+
+
+def _listed_moe(cfg: Any, i: int) -> bool:
+    """Whether layer `i` has routed experts by the markers that name layers one by one: a per-layer kind list
+    (`mlp_layer_types`, nemotron-h's `layers_block_type`), a list of MoE layer ids (llama4's `moe_layers`), a
+    leading dense count (`num_dense_layers`), a period and offset (jamba's `expert_layer_period`/`_offset`),
+    a start, end and interval (ernie 4.5's `moe_layer_start_index`/`_end_index`/`_interval`)."""
+    for name in ("mlp_layer_types", "layers_block_type"):
+        kinds = _get(cfg, name)
+        if not (isinstance(kinds, list | tuple) and i < len(kinds) and all(isinstance(k, str) for k in kinds)):
+            continue
+        # jamba's `layers_block_type` names attention and mamba mixers only: it says nothing of experts
+        names_experts = name == "mlp_layer_types" or bool(_MOE_LAYER_KINDS & set(kinds))
+        if names_experts and kinds[i] not in _MOE_LAYER_KINDS:
+            return False
+    ids, dense = _get(cfg, "moe_layers"), _get(cfg, "num_dense_layers")
+    if (isinstance(ids, list | tuple) and i not in ids) or (isinstance(dense, int) and i < dense):
+        return False
+    period, offset = _get(cfg, "expert_layer_period"), _get(cfg, "expert_layer_offset")
+    if isinstance(period, int) and isinstance(offset, int) and period > 0 and i % period != offset:
+        return False
+    start, end, interval = (_get(cfg, f"moe_layer_{n}") for n in ("start_index", "end_index", "interval"))
+    if isinstance(start, int) and isinstance(end, int) and isinstance(interval, int) and interval > 0:
+        return start <= i <= end and (i + 1) % interval == 0
+    return True
 
 
 def _inferred_variant(cfg: Any) -> str:
@@ -293,6 +328,57 @@ def _routing(cfg: Any, facts: FamilyFacts | None, top_k: int, num_experts: int, 
     return knobs
 
 
+def _require_float(cfg: Any, spellings: tuple[str, ...], what: str, where: str) -> tuple[str, float]:
+    """The first spelling of `what` present, as a positive float; ConfigError names the spellings tried."""
+    hit = first_spelling(cfg, spellings)
+    if hit is None:
+        raise ConfigError(f"{where}: no value for {what}; tried {', '.join(spellings)}")
+    name, value = hit
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{where}: {what} {name}={value!r} is not a positive number")
+    return name, float(value)
+
+
+def _softcaps(cfg: Any, where: str) -> tuple[float, float]:
+    """The (gate, up) softcaps of a `swiglu_softcap` activation, from SOFTCAP_KEYS."""
+    gate = _require_float(cfg, SOFTCAP_KEYS[:1], "gate softcap", where)[1]
+    up = _require_float(cfg, SOFTCAP_KEYS[1:], "up softcap", where)[1]
+    return gate, up
+
+
+def _check_no_per_layer_clamps(cfg: Any, moe_layers: tuple[int, ...], where: str) -> None:
+    """UnsupportedConfig when a per-layer SwiGLU clamp list (step3p7's `swiglu_limits`, `swiglu_limits_shared`:
+    a 0 or None entry means no clamp) clamps an MoE layer: one activation for every layer is modelled."""
+    for key in ("swiglu_limits", "swiglu_limits_shared"):
+        limits = _get(cfg, key)
+        if not isinstance(limits, list | tuple):
+            continue
+        clamped = [i for i in moe_layers if i < len(limits) and limits[i]]
+        if clamped:
+            raise UnsupportedConfig(f"{where}: {key} clamps the SwiGLU of MoE layers {clamped}; "
+                                    "per-layer clamps are not modelled")
+
+
+def _expert_fields(config: Any, cfg: Any, facts: FamilyFacts | None, where: str) -> dict[str, Any]:
+    """The MoESpec fields of the expert MLPs: activation (the record's, else the config's), its SwiGLU constants,
+    gatedness, and the post-block norm's eps; UnsupportedConfig for an activation the reference lacks."""
+    act_hit = first_spelling(cfg, ACTIVATION_SPELLINGS) or first_spelling(config, ACTIVATION_SPELLINGS)
+    act_value = act_hit[1] if act_hit else "silu"
+    # dbrx spells it as a mapping: {"name": "silu"}
+    act_name = str(act_value.get("name") if isinstance(act_value, Mapping) else act_value)
+    if act_name not in ACTIVATIONS:
+        raise UnsupportedConfig(f"{where}: activation {act_name!r} is not one of {sorted(ACTIVATIONS)}")
+    fields: dict[str, Any] = {"activation": (facts and facts.activation) or ACTIVATIONS[act_name],
+                              "gated": facts is None or facts.gated}
+    fields |= {name: float(v) for name, key in (("glu_alpha", "swiglu_alpha"), ("glu_limit", "swiglu_limit"))
+               if (v := _get(cfg, key)) not in (_MISSING, None)}
+    if fields["activation"] == "swiglu_softcap":
+        fields["glu_softcaps"] = _softcaps(cfg, where)
+    if facts is not None and facts.post_norm:
+        fields["post_norm_eps"] = _require_float(cfg, ("rms_norm_eps",), "post-block norm eps", where)[1]
+    return fields
+
+
 def resolve_moe_spec(config: Any) -> MoESpec:
     """Resolve a config into an `MoESpec`, or raise ConfigError/UnsupportedConfig naming what was tried.
 
@@ -344,20 +430,15 @@ def resolve_moe_spec(config: Any) -> MoESpec:
         combine, n_shared = "parallel_dense", 1
         shared_width = int(_get(cfg, "intermediate_size"))
 
-    act_hit = first_spelling(cfg, ACTIVATION_SPELLINGS) or first_spelling(config, ACTIVATION_SPELLINGS)
-    act_value = act_hit[1] if act_hit else "silu"
-    # dbrx spells it as a mapping: {"name": "silu"}
-    act_name = str(act_value.get("name") if isinstance(act_value, Mapping) else act_value)
-    if act_name not in ACTIVATIONS:
-        raise UnsupportedConfig(f"{where}: activation {act_name!r} is not one of {sorted(ACTIVATIONS)}")
+    expert_fields = _expert_fields(config, cfg, facts, where)
 
     layers_hit = first_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(config, NUM_LAYERS_SPELLINGS)
     num_layers = int(layers_hit[1]) if layers_hit else 1
 
     if shared_fact == "always_one":
         combine, n_shared, shared_width = "add", 1, width
-    glu = {name: float(v) for name, key in (("glu_alpha", "swiglu_alpha"), ("glu_limit", "swiglu_limit"))
-           if (v := _get(cfg, key)) not in (_MISSING, None)}
+    moe_layers = _moe_layers(cfg, num_layers)
+    _check_no_per_layer_clamps(cfg, moe_layers, where)
 
     return MoESpec(
         family=family,
@@ -366,16 +447,15 @@ def resolve_moe_spec(config: Any) -> MoESpec:
         hidden_size=hidden,
         intermediate_size=width,
         routing=_routing(cfg, facts, top_k, num_experts, where),
-        activation=(facts and facts.activation) or ACTIVATIONS[act_name],
         num_shared_experts=n_shared,
         shared_intermediate_size=shared_width,
         shared_combine=combine,
         num_layers=num_layers,
-        moe_layers=_moe_layers(cfg, num_layers),
+        moe_layers=moe_layers,
         nesting=path,
         router_bias=bool(facts and facts.router_bias),
         expert_bias=bool(facts and facts.expert_bias),
         weight_on_input=bool(facts and facts.weight_on_input),
-        **glu,
+        **expert_fields,
         spellings=spellings,
     )

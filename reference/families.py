@@ -31,8 +31,11 @@ class FamilyFacts:
     shared expert joins the routed output when the code, not the config, decides: `sigmoid_gate` (scaled by
     sigmoid(shared_expert_gate(x)) whenever the config has shared experts), `always_one` (one shared expert of
     the expert width, whatever the counts say), `parallel_dense` (a dense MLP of `intermediate_size` running
-    beside the experts). `unmodelled` says why the reference cannot build its block; `unsupported` why it is not
-    a routed top-k MoE the reference models at all.
+    beside the experts). `gated` False: its experts (and shared experts) are down(act(up x)), with no gate
+    projection (nemotron_h). `post_norm`: the block's output (routed + shared) passes an RMSNorm with a weight
+    [H] and the config's `rms_norm_eps` (axk1). `unmodelled` says why the reference cannot build its block;
+    `unsupported` why it is not a routed top-k MoE the reference models at all, and `routed_experts` False that
+    the family holds no routed-experts block at all (so a check over blocks does not apply to it).
     """
 
     name: str
@@ -45,28 +48,36 @@ class FamilyFacts:
     expert_bias: bool = False  # gate_up_proj_bias [E, 2I] and down_proj_bias [E, H]
     weight_on_input: bool = False  # the routing weight scales the expert's input, not its output
     shared: str | None = None
+    gated: bool = True
+    post_norm: bool = False
     unmodelled: str | None = None
     unsupported: str | None = None
+    routed_experts: bool = True
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
 
-_SOFTCAPPED = "its experts use a softcapped SwiGLU, which is not a modelled activation"
 _PER_MODALITY = "moe_intermediate_size is a per-modality list (text, vision); one expert width is modelled"
 
 FACTS: tuple[FamilyFacts, ...] = (
     FamilyFacts("afmoe", ("AfmoeSparseMoeBlock",), routing="sigmoid_bias", renormalize=True),
     FamilyFacts("aria", ("AriaTextMoELayer",), ("aria_text",), routing="topk_softmax", renormalize=True),
-    FamilyFacts("axk1", ("AXK1MoE",)),
+    FamilyFacts("axk1", ("AXK1MoE",), post_norm=True),  # DeepSeek-V3's block, its output RMS-normed
     FamilyFacts("axk2", ("AXK2MoE",)),
+    FamilyFacts("beam", ("BeamMoE",)),  # DeepSeek-V3 grouped routing; routed_scaling_factor applied by the block
     FamilyFacts("cohere2_moe", ("Cohere2MoeSparseMoeBlock",)),
     FamilyFacts("deepseek_v2", ("DeepseekV2Moe",)),
     FamilyFacts("deepseek_v3", ("DeepseekV3MoE",)),
     FamilyFacts("deepseek_v4", ("DeepseekV4SparseMoeBlock",),
                 unmodelled="its first layers route by a hash of the token ids (forward needs input_ids); not modelled"),
-    FamilyFacts("diffusion_gemma", ("DiffusionGemmaEncoderTextLayer",), ("diffusion_gemma_text",)),
+    FamilyFacts("diffusion_gemma", ("DiffusionGemmaEncoderTextLayer",), ("diffusion_gemma_text",), routing="gemma4",
+                renormalize=True, shared="parallel_dense"),  # gemma4's MoE layer (no enable_moe_block flag)
+    FamilyFacts("doge", ("DogeCDMoE",),
+                unmodelled="its experts are product-key retrieval experts: the router scores sqrt(E) x sqrt(E) key "
+                           "pairs and each expert is one neuron held as rows of two embeddings (down_embed, up_embed);"
+                           " the reference's experts are fused MLPs under a Linear [E, H] router"),
     FamilyFacts("dots1", ("Dots1MoE",)),
     FamilyFacts("dots3_note", ("Dots3NoteTextMoE",), ("dots3_note_text",)),
     FamilyFacts("dots3_note_vision_encoder",
@@ -76,11 +87,15 @@ FACTS: tuple[FamilyFacts, ...] = (
     FamilyFacts("ernie4_5_vl_moe", aliases=("ernie4_5_vl_moe_text",), unsupported=_PER_MODALITY),
     FamilyFacts("exaone_moe", ("ExaoneMoeSparseMoEBlock",)),
     FamilyFacts("flex_olmo", ("FlexOlmoSparseMoeBlock",)),
+    # Sigmoid scores without a bias: its top K of sigmoid(l) are the top K of l; renormalised by norm_topk_prob.
+    FamilyFacts("flint", ("FlintSparseMoeBlock",), routing="sigmoid_topk_on_logits"),
     FamilyFacts("gemma4", ("Gemma4TextDecoderLayer",), ("gemma4_text",), routing="gemma4", renormalize=True,
                 shared="parallel_dense"),
     FamilyFacts("glm4_moe", ("Glm4MoeMoE",)),
     FamilyFacts("glm4_moe_lite", ("Glm4MoeLiteMoE",)),
     FamilyFacts("glm4v_moe", ("Glm4vMoeTextMoE",), ("glm4v_moe_text",)),
+    # Its experts and shared MLP clamp gate (above) and up (both sides) at swiglu_limit before silu(gate) * up.
+    FamilyFacts("glm5_next", ("Glm5NextTextMoE",), ("glm5_next_text",), activation="swiglu_clamp"),
     FamilyFacts("gpt_oss", ("GptOssMLP",), routing="topk_softmax", renormalize=True, activation="swiglu_oai",
                 router_bias=True, expert_bias=True),
     FamilyFacts("granitemoe", ("GraniteMoeMoE",), routing="topk_softmax", renormalize=True),
@@ -92,8 +107,12 @@ FACTS: tuple[FamilyFacts, ...] = (
     FamilyFacts("hy_v3", ("HYV3MoE",), routing="sigmoid_bias", renormalize=True),
     FamilyFacts("hy_v4", ("HYV4MoE",)),
     FamilyFacts("inkling2", ("Inkling2SparseMoeBlock",), ("inkling2_text",), routing="sigmoid_bias",
-                renormalize=True, unmodelled=_SOFTCAPPED),  # renormalises always; the config has no flag
-    FamilyFacts("inkling_text", ("InklingMoE",)),
+                renormalize=True, activation="swiglu_softcap"),  # renormalises always; the config has no flag
+    FamilyFacts("inkling_text", ("InklingMoE",),
+                unmodelled="its router scores the shared experts beside the routed ones (weight [E + n_shared, H]) "
+                           "and weighs both with one normalisation (sigmoids of the K picks and of the shared "
+                           "experts, summing to route_scale x a learned global_scale); the reference's shared "
+                           "experts are added ungated or sigmoid-gated, outside the routing"),
     FamilyFacts("jamba", ("JambaSparseMoeBlock",), routing="softmax_topk", renormalize=False),
     FamilyFacts("kimi_k25", ("DeepseekV3MoE",)),
     FamilyFacts("kimi_linear", ("KimiLinearMoE",)),
@@ -102,7 +121,14 @@ FACTS: tuple[FamilyFacts, ...] = (
     FamilyFacts("lara_mini", ("LaraMiniSparseMoeBlock",)),  # transformers 5.24; its shared expert is added ungated
     FamilyFacts("llama4", ("Llama4TextMoe",), ("llama4_text",), routing="sigmoid_topk_on_logits", renormalize=False,
                 weight_on_input=True, shared="always_one"),
-    FamilyFacts("longcat_flash", ("LongcatFlashMoE",)),
+    FamilyFacts("jetmoe", ("JetMoeMoE",),
+                unmodelled="its experts are two ParallelExperts modules (input_linear, output_linear) outside an "
+                           "experts module, and the block adds an output bias [H]; the reference block has no "
+                           "output bias"),
+    FamilyFacts("longcat_flash", ("LongcatFlashMoE",),
+                unmodelled="zero-compute identity experts (zero_expert_num) are routed beside the MLP experts: its "
+                           "router scores E + zero_expert_num experts and an identity pick adds w * x; the "
+                           "reference routes MLP experts only"),
     FamilyFacts("mellum", ("MellumSparseMoeBlock",)),
     FamilyFacts("mimo_v2_flash", ("MiMoV2FlashMoE",)),
     FamilyFacts("minimax", ("MiniMaxSparseMoeBlock",), routing="softmax_topk", renormalize=True),
@@ -114,7 +140,12 @@ FACTS: tuple[FamilyFacts, ...] = (
     FamilyFacts("mistral_large4", ("MistralLarge4TextMoE",), ("mistral_large4_text",), routing="grouped_softmax",
                 renormalize=True),
     FamilyFacts("mixtral", ("MixtralSparseMoeBlock",), routing="softmax_topk", renormalize=True),
-    FamilyFacts("muse_spark", ("MuseSparkMoE",), ("muse_spark_text",)),
+    FamilyFacts("muse_spark", ("MuseSparkMoE",), ("muse_spark_text",),
+                unmodelled="its experts run in a projected latent space (pre_expert_proj, a centered RMSNorm, the "
+                           "experts with their own post_expert_norm, post_expert_proj); the reference's experts act "
+                           "on the hidden states"),
+    # Non-gated experts and shared MLP, down(relu2(up x)) (mlp_hidden_act); grouped routing from the config.
+    FamilyFacts("nemotron_h", ("NemotronHMoE",), gated=False),
     FamilyFacts("nllb-moe", unsupported="encoder-decoder top-2 capacity routing fixed by the router class; no top-k field"),
     FamilyFacts("olmoe", ("OlmoeSparseMoeBlock",)),
     FamilyFacts("openai_privacy_filter", ("OpenAIPrivacyFilterMLP",), routing="topk_softmax", renormalize=True,
@@ -131,11 +162,17 @@ FACTS: tuple[FamilyFacts, ...] = (
                 renormalize=True),  # no norm_topk_prob field; the router always renormalises
     FamilyFacts("qwen4_exp", ("Qwen4ExpTextSparseMoeBlock",), ("qwen4_exp_text",), shared="sigmoid_gate"),
     FamilyFacts("solar_open", ("SolarOpenMoE",)),
+    # Always renormalises; scaled by moe_router_scaling_factor in the block; a shared MLP of share_expert_dim.
+    FamilyFacts("step3p7", ("Step3p7SparseMoeBlock",), ("step3p5",), routing="sigmoid_bias", renormalize=True),
     FamilyFacts("switch_transformers",
                 unsupported="encoder-decoder top-1 capacity routing fixed by the router class; no top-k field"),
     FamilyFacts("unlimited_ocr", ("UnlimitedOcrTextMoe",), ("unlimited_ocr_text",)),
-    FamilyFacts("vitpose_backbone", unsupported="num_experts picks a dataset-specific head, not routed experts"),
-    FamilyFacts("zaya", ("ZayaSparseMoeBlock",)),
+    FamilyFacts("vitpose_backbone", unsupported="num_experts picks a dataset-specific head, not routed experts",
+                routed_experts=False),
+    FamilyFacts("zaya", ("ZayaSparseMoeBlock",),
+                unmodelled="its router is an MLP (down_proj, RMSNorm, fc1, fc2, out_proj) carrying state between "
+                           "layers, over E + 1 classes whose last is a skip expert; the reference's router is one "
+                           "Linear [E, H] over E MLP experts"),
 )
 
 BY_NAME: dict[str, FamilyFacts] = {name: f for f in FACTS for name in f.names}
@@ -220,10 +257,14 @@ def _described_fingerprints() -> dict[str, tuple[str, FamilyFacts]]:
     return out
 
 
-@functools.cache
 def describing(cls: type) -> FamilyFacts | None:
     """The record describing block class `cls`: by its name, else by its code, else None (once per class: the
     transformers target asks for every block it builds, and fingerprinting reads source)."""
+    return _describing(cls)
+
+
+@functools.cache
+def _describing(cls: type) -> FamilyFacts | None:
     by_name = [f for f in FACTS if cls.__name__ in f.blocks]
     if by_name:
         return by_name[0]

@@ -69,15 +69,19 @@ def test_strategy_writes_what_the_plan_says(plan: CheckpointPlan) -> None:
         assert files == ["model.safetensors"] and not plan.indexed
     schemas = [plan.schema] + ([plan.duplicate] if plan.duplicate else [])
     suffixes = tuple(f.suffix for f in formats_of(plan.quant, plan.mode))
+    spelled = [set(s.keys(plan.num_layers, plan.num_experts, suffixes if s.layout == "per_expert" else ("weight",)))
+               for s in schemas]
+    assert set(ckpt.others) <= set(on_disk)
+    assert all(torch.equal(as_bits(on_disk[k]), as_bits(t)) for k, t in ckpt.others.items())
     for key in set(on_disk) - set(ckpt.extra):
         parts = parse_expert_key(key)
         if parts is None:
-            assert key.endswith("gate.weight")
+            assert key in ckpt.others and plan.schema.prefix in key, key
             continue
         assert parts.get("suffix", parts.get("fsuffix", "weight")) in suffixes
         fused_base = key.removesuffix("." + parts["fsuffix"]) if "fsuffix" in parts else key
-        assert any(key in s.keys(plan.num_layers, plan.num_experts, suffixes) if s.layout == "per_expert"
-                   else fused_base in s.keys(plan.num_layers, plan.num_experts) for s in schemas), key
+        assert any((key if s.layout == "per_expert" else fused_base) in keys for s, keys in zip(schemas, spelled,
+                                                                                                strict=True)), key
     assert all(k not in on_disk for k in ckpt.dropped)
 
 
@@ -210,6 +214,9 @@ def test_check_catches_broken_loader(name: str) -> None:
 TRANSFORMERS = Target(name="transformers-loader", version="", description="from_pretrained",
                       checkpoint_loader=CHECKPOINT_LOADER)
 TF_FAMILIES = ("qwen3_moe", "mixtral", "olmoe")
+# Families with no schema record: their layouts are derived from their own models (a multimodal base model's
+# `language_model.` names, gemma4's experts on the layer, deepseek_v4's legacy `ffn.experts.N.w1`).
+TF_DERIVED = ("qwen3_vl_moe", "gemma4", "deepseek_v4")
 
 
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
@@ -224,10 +231,10 @@ def test_transformers_loads_full_checkpoint_and_resaves_exactly(family: str, lay
     assert [k for k in first if not torch.equal(as_bits(first[k]), as_bits(second[k]))] == []
 
 
-@pytest.mark.parametrize("family", TF_FAMILIES)
+@pytest.mark.parametrize("family", TF_FAMILIES + TF_DERIVED)
 def test_transformers_passes_the_check_without_two_layout_checkpoints(family: str) -> None:
     check = dataclasses.replace(CHECKPOINT_ROUNDTRIP, draws=lambda t, f: checkpoint_plans(
-        f.name, record(f.name).checkpoint_schemas, formats=("none",), duplicates=False).map(write_checkpoint))
+        f.name, CHECKPOINT_LOADER.schemas(f.name), formats=("none",), duplicates=False).map(write_checkpoint))
     verdict = run_case(check, TRANSFORMERS, get_family(family), max_examples=12)
     assert verdict.status == Status.PASS, verdict.message
 

@@ -21,7 +21,7 @@ from reference.checkpoint import make_expert_params_mapping, remap
 from reference.loader import load_checkpoint
 from reference.moe import MoEBlock, PaddedMoERunner, experts_forward, init_block, pad_to
 from reference.routing import route
-from tests.broken_targets import conversion_with, transformers_with
+from tests.broken_targets import assumes_every_layer_sparse, conversion_with, transformers_with
 
 
 def _broken(**caps) -> Target:
@@ -155,6 +155,8 @@ BROKEN = {
                                    {"fused_moe": FusedMoECap(_experts_erf_gelu, (torch.float32,))}),
     "checkpoint-roundtrip/gate-up-swapped": ("checkpoint-roundtrip", "mixtral", {"checkpoint_loader": dataclasses.replace(
         make_target().checkpoint_loader, load=functools.partial(load_checkpoint, remap_fn=_remap_swaps_gate_up))}),
+    "config-accepted/assumes-every-layer-sparse": ("config-accepted", "qwen3_moe", {"config_variants": _transformers_cap(
+        "config_variants", build_and_run=assumes_every_layer_sparse)}),
     "unpad-before-add/trims-wrong-end": ("unpad-before-add", "qwen2_moe", {"padded_runner": _runner_trims_wrong_end}),
 }
 

@@ -3,10 +3,11 @@
 (a) the config's own validators (`validate()`, on it and every sub-config) pass; (b) every size a shrunk field
 constrains shrank with it: unpadded vocabularies within their padded ones, every vocabulary tiny, the config's
 special token ids inside its vocabulary, routed-expert counts (also per layer) tiny, per-layer lists one entry a
-layer; (c) the tiny model builds on the meta device by the harness's own `model_builder`, and is small.
+layer; (c) the tiny model builds on the meta device by the harness's own `model_builder`, and is small; (d) shrinking keeps
+the MoE: wherever the full-size default config's model has a routed-experts module, the tiny model has one.
 
-Families whose tiny model cannot be built for a documented reason are listed in CANNOT_BUILD (a strict xfail:
-when a release fixes one, its entry must go). Everything here runs on the meta device, so it takes seconds.
+Families whose tiny model cannot be built are the findings recorded for every check (CANNOT_BUILD, a strict xfail:
+when a release fixes one, its finding must go). Everything here runs on the meta device.
 """
 
 from __future__ import annotations
@@ -20,30 +21,20 @@ import torch
 import transformers
 from packaging.version import Version
 
+from harness.findings import findings_for
 from harness.targets.transformers.tiny_model import base_config, model_builder
 from harness.tiny_configs import TINY_FIELDS, TINY_VOCAB, discover_moe_families
-from reference.config import NUM_EXPERTS_SPELLINGS
+from reference.config import NUM_EXPERTS_SPELLINGS, ConfigError, moe_layer_indices
+from reference.families import UNSUPPORTED_FAMILIES
 
 FAMILIES = discover_moe_families()
 # A tiny model this small is what every check builds many times; a sub-config that escaped shrinking is larger.
 MAX_PARAMS = 20_000_000
 TINY_EXPERTS = TINY_FIELDS["num_experts"]
 
-# Families whose tiny model cannot be built, and why; each reason holds for the family's own default config too
-# (its full-size model fails the same way), or for this environment.
-CANNOT_BUILD: dict[str, str] = {
-    "dbrx": "DbrxConfig's default attn_config has no rope_theta, which the model reads (its default config fails too)",
-    "deepseek_ocr2": "the default text config leaves mlp_layer_types None, which the decoder layer indexes",
-    "deepseek_ocr2_text": "the default config leaves mlp_layer_types None, which the decoder layer indexes",
-    "lfm2_moe": "the default config leaves layer_types None, which the decoder layer indexes",
-    "qwen3_omni_moe": "the talker text config has no shared_expert_intermediate_size, which its MoE block reads",
-    "qwen3_omni_moe_talker_text": "the config has no shared_expert_intermediate_size, which its MoE block reads",
-    "ernie4_5_vl_moe": "its rotary embedding falls back to mrope_section [22, 22, 20] (head_dim 128) when the config "
-                       "names none; a tiny head_dim cannot hold it",
-    "ernie4_5_vl_moe_text": "its rotary embedding falls back to mrope_section [22, 22, 20] (head_dim 128) when the "
-                            "config names none; a tiny head_dim cannot hold it",
-    "inkling_mm_model": "its audio tower imports scipy, which moe-harness does not install",
-}
+# Families whose tiny model cannot be built, and why: the transformers findings recorded for every check ("*"),
+# each a defect its own default config shows too (their reproducers build the default config).
+CANNOT_BUILD: dict[str, str] = {f.family: f.reason for f in findings_for("transformers") if f.check == "*"}
 
 # What fails only on the older supported releases (`tox -e tf-oldest`): family -> (the first release known not
 # to fail, why). Their tests are strict xfails below that release. Configs that do not rebuild fail every test;
@@ -148,3 +139,38 @@ def test_tiny_model_builds_small_on_meta(family: str) -> None:
         model = build(config)
     count = sum(p.numel() for p in model.parameters())
     assert count <= MAX_PARAMS, f"{family}: the tiny model has {count:,} parameters (limit {MAX_PARAMS:,})"
+
+
+def _experts_modules(config: Any) -> list[str]:
+    """The routed-experts modules (named `experts`) of the model `model_builder` builds for `config`, on meta."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = model_builder(config)(config)
+    return [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == "experts"]
+
+
+def _default_has_experts(family: str) -> bool:
+    """Whether the family's full-size default config has routed experts: MoE layers as the reference resolves
+    them from it; where the reference cannot read it, experts modules in its model (built on meta); where that
+    model does not build either, its declared routed-expert field (what discovered the family) says so."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = CONFIG_MAPPING[family]()
+    try:
+        return bool(moe_layer_indices(default))
+    except ConfigError:
+        pass
+    try:
+        return bool(_experts_modules(default))
+    except Exception:  # noqa: BLE001 - the default model does not build: a finding of its own elsewhere
+        return family not in UNSUPPORTED_FAMILIES
+
+
+@pytest.mark.parametrize("family", _families(OLDER_MODELS, CANNOT_BUILD))
+def test_shrinking_keeps_routed_experts(family: str) -> None:
+    """Wherever the full-size default config has routed experts, the tiny model has a routed-experts module."""
+    if _default_has_experts(family):
+        assert _experts_modules(base_config(family)), (
+            f"{family}: the full-size default config has routed experts, its tiny model none (shrinking dropped them)")

@@ -26,13 +26,17 @@ from reference.routing import selection_scores, weights_for
 # One family or more per routing variant and shared-expert combination: softmax_bias (ernie4_5_moe),
 # grouped_softmax with top-2-sum groups (mistral4) and DeepSeek-V2's greedy (deepseek_v2), sigmoid_logit_bias
 # (kolibri1), a shared MLP on the decoder layer (granitemoeshared), and a text model nested in a vision
-# config that used to escape shrinking (qwen3_vl_moe).
+# config that used to escape shrinking (qwen3_vl_moe); one per expert form: the clamped SwiGLU (glm5_next_text),
+# the softcapped SwiGLU (inkling2_text), non-gated relu2 experts (nemotron_h), experts on a decoder layer with
+# no enable_moe_block flag (diffusion_gemma_text), unbiased sigmoid scores (flint).
 PARITY_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss", "granitemoe", "deepseek_v3",
                    "minimax_m2", "llama4_text", "gemma4_text", "ernie4_5_moe", "mistral4", "deepseek_v2",
-                   "kolibri1", "granitemoeshared", "qwen3_vl_moe")
+                   "kolibri1", "granitemoeshared", "qwen3_vl_moe", "glm5_next_text", "inkling2_text", "nemotron_h",
+                   "diffusion_gemma_text", "flint")
 # Block-level only: minimax_m3_vl_text's router leaves routed_scaling_factor to the block, which also holds
-# a fused swiglu_oai shared MLP.
-BLOCK_FAMILIES = PARITY_FAMILIES + ("minimax_m3_vl_text",)
+# a fused swiglu_oai shared MLP; so does beam's; axk1
+# RMS-norms the block's output.
+BLOCK_FAMILIES = PARITY_FAMILIES + ("minimax_m3_vl_text", "beam", "axk1")
 TOL = Tolerance(1e-5, 1e-6)
 INSTALLED = set(discover_moe_families())
 

@@ -6,6 +6,7 @@ from harness.checks.base import Check
 from harness.checks.block_parity import BLOCK_PARITY
 from harness.checks.capturer_shape import CAPTURER
 from harness.checks.checkpoint_roundtrip import CHECKPOINT_ROUNDTRIP
+from harness.checks.config_accepted import CONFIG_ACCEPTED
 from harness.checks.config_spelling import CONFIG_SPELLING
 from harness.checks.conversion_remap import CONVERSION_REMAP
 from harness.checks.expert_mapping import EXPERT_MAPPING
@@ -18,4 +19,4 @@ from harness.checks.unpad_before_add import UNPAD
 
 CHECKS: dict[str, Check] = {c.name: c for c in (ROUTING_PARITY, REMAP, EXPERT_MAPPING, CAPTURER, FUNCTIONAL_CALL, UNPAD,
                                                 MOE_OUTPUT_PARITY, CHECKPOINT_ROUNDTRIP, BLOCK_PARITY,
-                                                CONVERSION_REMAP, CONFIG_SPELLING, ROUTER_KNOBS)}
+                                                CONVERSION_REMAP, CONFIG_SPELLING, ROUTER_KNOBS, CONFIG_ACCEPTED)}

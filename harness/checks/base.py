@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from harness.families import Family
 from harness.targets.base import Target
-from harness.verdict import CheckSkipped, TargetError
+from harness.verdict import CheckSkipped, SkipReason, TargetError, harness_limit, not_applicable
+from reference.families import UNSUPPORTED_FAMILIES, facts_named
 
 Cap = TypeVar("Cap")
 
@@ -36,8 +37,14 @@ class Check(Generic[Cap]):
     holds: Callable[[Cap, Family, Any], None]
     describe: Callable[[Any], dict[str, Any]]
     excludes: Callable[[Cap, Family, str], str | None] = lambda cap, family, target_name: None
-    # The families it runs over by default; None means DEFAULT_FAMILIES.
+    # The families it runs over when it is about some families by definition; None: every family the target
+    # serves (`target.families`, else DEFAULT_FAMILIES).
     families: tuple[str, ...] | None = None
+    # Pseudo-families it also runs over on every target (the synthetic "new family" config, say).
+    extra_families: tuple[str, ...] = ()
+    # Whether its property needs the reference's resolution of the family (its MoESpec): a family the
+    # reference does not model (reference/families.py says why) is then a harness-limit skip.
+    needs_spec: bool = True
     # Example counts per profile for a check whose every example builds a model (an explicit
     # --max-examples wins; a profile not named here keeps its own count).
     example_caps: tuple[tuple[str, int], ...] = ()
@@ -61,20 +68,26 @@ class Check(Generic[Cap]):
         """Why this check does not apply to target × family (the target has the capability), or None."""
         return self.excludes(self.capability_of(target), family, target.name)
 
-    def max_examples(self, profile: str, requested: int | None) -> int | None:
-        """The example count to run under `profile`: `requested` if given, else this check's cap, if any."""
-        return requested or dict(self.example_caps).get(profile)
+    def max_examples(self, profile: str, requested: int | None, target: Target | None = None) -> int | None:
+        """The example count to run under `profile`: `requested` if given, else the cap the target's
+        capability declares (`example_caps` on it: every example builds a model, say), else this check's."""
+        own = getattr(getattr(target, self.capability, None), "example_caps", ())
+        return requested or dict(own).get(profile) or dict(self.example_caps).get(profile)
 
     def skip_reason(self, target: Target, family: Family) -> str | None:
         """Why this check cannot run on target × family, or None when it can."""
         capability = getattr(target, self.capability)
         if capability is None:
             return self._missing(target)
+        if self.needs_spec and family.name in UNSUPPORTED_FAMILIES:
+            facts = facts_named(family.name)
+            kind = not_applicable if facts is not None and not facts.routed_experts else harness_limit
+            return kind(f"the reference does not model {family.name}: {UNSUPPORTED_FAMILIES[family.name]}")
         skip = getattr(capability, "skip", None)
         return (skip(family.name) if skip else None) or self.applies(target, family)
 
-    def _missing(self, target: Target) -> str:
-        return f"target {target.name!r} provides no {self.capability!r} capability"
+    def _missing(self, target: Target) -> SkipReason:
+        return not_applicable(f"target {target.name!r} provides no {self.capability!r} capability")
 
 
 def call_target(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

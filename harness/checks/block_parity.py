@@ -15,6 +15,7 @@ from harness.families import Family
 from harness.strategies.block_inputs import BlockInput, block_inputs
 from harness.targets.base import BlockCap
 from harness.tolerances import tolerance_for
+from harness.verdict import not_applicable
 from reference.moe import MoEBlock
 
 
@@ -36,7 +37,7 @@ def check_block_parity(block_cap: BlockCap, family: Family, example: BlockInput)
 def builds_only_for(block_cap: BlockCap, family: Family, target_name: str) -> str | None:
     """Why a block capability limited to some families does not apply to `family`, or None."""
     if block_cap.families is not None and family.name not in block_cap.families:
-        return f"{target_name} builds blocks only for {', '.join(block_cap.families)}"
+        return not_applicable(f"{target_name} builds blocks only for {', '.join(block_cap.families)}")
     return None
 
 

@@ -14,7 +14,7 @@ from harness.checks.base import Check
 from harness.families import Family
 from harness.strategies.spellings import SpellingExample, by_quantity, spelling_examples
 from harness.targets.base import ConfigSpellingCap, ValuesRejected
-from harness.verdict import PropertyViolation, TargetError
+from harness.verdict import PropertyViolation, TargetError, not_applicable
 
 
 def check_config_spelling(cap: ConfigSpellingCap, family: Family, example: SpellingExample) -> None:
@@ -47,7 +47,7 @@ def _assert_used(form: str, example: SpellingExample, seen: dict[str, list[tuple
 
 def _excludes(cap: ConfigSpellingCap, family: Family, target_name: str) -> str | None:
     missing = [q for q, names in by_quantity(cap.spellings(family.name)).items() if not names]
-    return f"its config accepts no {' or '.join(missing)} spelling" if missing else None
+    return not_applicable(f"its config accepts no {' or '.join(missing)} spelling") if missing else None
 
 
 CONFIG_SPELLING: Check[ConfigSpellingCap] = Check(
@@ -59,4 +59,5 @@ CONFIG_SPELLING: Check[ConfigSpellingCap] = Check(
     describe=lambda example: example.describe(),
     excludes=_excludes,
     example_caps=(("dev", 5), ("ci", 5)),
+    needs_spec=False,
 )

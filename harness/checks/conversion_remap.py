@@ -92,4 +92,5 @@ CONVERSION_REMAP: Check[ConversionCap] = Check(
     draws=lambda conversion, family: conversion_examples(conversion.rules(family.name)),
     holds=check_rules,
     describe=describe,
+    needs_spec=False,
 )

@@ -57,4 +57,5 @@ EXPERT_MAPPING: Check[ExpertMappingCap] = Check(
     describe=lambda example: {"call": example.source, "num_experts": example.num_experts,
                               "num_redundant_experts": example.num_redundant, "call_form": example.call_form},
     families=("any",),  # the mapping takes no config: one family stands for all
+    needs_spec=False,
 )

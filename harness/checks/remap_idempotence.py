@@ -10,7 +10,7 @@ from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.keys import CheckpointKeys, checkpoint_keys
 from harness.targets.base import RemapCap
-from harness.verdict import PropertyViolation
+from harness.verdict import PropertyViolation, not_applicable
 
 _DOUBLED = re.compile(r"(?:^|\.)([A-Za-z_]\w*)\.\1\.")
 
@@ -66,7 +66,7 @@ def _schemas(cap: RemapCap, family: Family) -> tuple:
 
 def _excludes(cap: RemapCap, family: Family, target_name: str) -> str | None:
     if not _schemas(cap, family):
-        return f"{target_name}'s remap accepts no schema with {family.name}'s prefix {family.schema.prefix!r}"
+        return not_applicable(f"{target_name}'s remap accepts no schema with {family.name}'s prefix {family.schema.prefix!r}")
     return None
 
 
@@ -78,4 +78,5 @@ REMAP: Check[RemapCap] = Check(
     holds=check_remap,
     describe=describe,
     excludes=_excludes,
+    needs_spec=False,
 )

@@ -18,7 +18,7 @@ from harness.families import Family
 from harness.strategies.router_knobs import KnobExample, flip_values, knob_examples
 from harness.targets.base import RouterKnobsCap, RouterRun
 from harness.tolerances import WEIGHT_TOLERANCE
-from harness.verdict import PropertyViolation
+from harness.verdict import PropertyViolation, not_applicable
 from reference.config import MoESpec, resolve_moe_spec
 from reference.routing import route, selection_scores, weights_for
 
@@ -91,7 +91,7 @@ def check_router_knobs(cap: RouterKnobsCap, family: Family, example: KnobExample
 def _excludes(cap: RouterKnobsCap, family: Family, target_name: str) -> str | None:
     declared = cap.knobs(family.name)
     if not any(flip_values(kn, family.spec, declared) for kn in declared):
-        return "no declared knob has a valid value other than its default"
+        return not_applicable("no declared knob has a valid value other than its default")
     return None
 
 

@@ -11,7 +11,7 @@ from harness.families import Family
 from harness.strategies.routing_inputs import RoutingExample, routing_examples
 from harness.targets.base import RoutingCap
 from harness.tolerances import WEIGHT_TOLERANCE, Tolerance
-from harness.verdict import PropertyViolation
+from harness.verdict import PropertyViolation, not_applicable
 from reference.routing import selection_scores, weights_for
 
 
@@ -52,7 +52,7 @@ def check_routing(routing: RoutingCap, family: Family, ex: RoutingExample, tol: 
 
 def _excludes(routing: RoutingCap, family: Family, target_name: str) -> str | None:
     variant = family.spec.routing.variant
-    return None if variant in routing.variants else f"{target_name} does not implement {variant} routing"
+    return None if variant in routing.variants else not_applicable(f"{target_name} does not implement {variant} routing")
 
 
 ROUTING_PARITY: Check[RoutingCap] = Check(

@@ -51,10 +51,11 @@ def render(report: Report) -> str:
         lines += [f"- `{r.verdict.case_id}` ({r.verdict.status}): {r.unconfirmed}. {r.verdict.message}"
                   for r in unconfirmed]
         lines.append("")
-    skips = Counter(r.verdict.message for r in report.results if r.verdict.status == Status.SKIP)
+    skips = Counter((r.verdict.skip_kind or "unclassified", r.verdict.message) for r in report.results
+                    if r.verdict.status == Status.SKIP)
     if skips:
-        lines += ["## Skipped", "", "| cases | reason |", "|---|---|"]
-        lines += [f"| {n} | {_cell(reason)} |" for reason, n in skips.most_common()]
+        lines += ["## Skipped", "", "| cases | kind | reason |", "|---|---|---|"]
+        lines += [f"| {n} | {kind} | {_cell(reason)} |" for (kind, reason), n in skips.most_common()]
         lines.append("")
     return "\n".join(lines)
 

@@ -9,16 +9,17 @@ stored case, with a fresh bug report for each that still fails, and the counts.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from harness.checks import CHECKS
 from harness.database import Record
 from harness.outcome import CaseResult
 from harness.replay import Replayed, ReplayOutcome
 from harness.reports.document import COLUMNS, NEW_FAIL, Report, TargetInfo, column
-from harness.verdict import Status, Verdict
+from harness.verdict import SkipKind, Status, Verdict
 
 _LEGEND = "fail = new failure; known = listed in the target's known failures or expected by the suite"
 
@@ -103,7 +104,29 @@ def render_totals(results: list[CaseResult]) -> str:
     checks = len({v.check for v in ran})
     return (f"summary: {len(results)} cases over {families} families and {checks} checks: "
             f"{counts[Status.PASS]} passed, {counts[NEW_FAIL]} new failures, {counts[Status.KNOWN]} known failures, "
-            f"{counts[Status.ERROR]} errors, {counts[Status.SKIP]} skipped")
+            f"{counts[Status.ERROR]} errors, {counts[Status.SKIP]} skipped{_skip_kinds(results)}")
+
+
+def _skip_kinds(results: list[CaseResult]) -> str:
+    """` (N not applicable, M harness limit[, K unclassified])` for the skipped cases, or "" when none."""
+    kinds = Counter(r.verdict.skip_kind for r in results if r.verdict.status == Status.SKIP)
+    if not kinds:
+        return ""
+    parts = [f"{kinds[kind]} {kind.replace('-', ' ')}" for kind in SkipKind if kinds[kind]]
+    parts += [f"{kinds[None]} unclassified"] if kinds[None] else []
+    return f" ({', '.join(parts)})"
+
+
+def render_not_offered(report: Report) -> str:
+    """One line per loaded target that lacks the capability of some check the run did not ask it for."""
+    lines = []
+    for info in report.targets:
+        asked = {r.verdict.check for r in report.results if r.verdict.target == info.name}
+        lacking = [name for name, check in CHECKS.items()
+                   if check.capability not in info.capabilities and name not in asked]
+        if info.status == "loaded" and lacking:
+            lines.append(f"NOT OFFERED target {info.spec}: no capability for {', '.join(lacking)} (no cases made)")
+    return "\n".join(lines)
 
 
 def render_report(report: Report, families: bool = False) -> str:
@@ -115,6 +138,9 @@ def render_report(report: Report, families: bool = False) -> str:
     if missing:
         parts.append("\n".join(f"{'ERROR' if t.status == 'error' else 'SKIP'}   target {t.spec}: {t.reason}"
                                for t in missing))
+    not_offered = render_not_offered(report)
+    if not_offered:
+        parts.append(not_offered)
     known = render_known(report.results)
     if known:
         parts.append(known)
@@ -126,8 +152,11 @@ def render_report(report: Report, families: bool = False) -> str:
 def render_progress(done: int, total: int, result: CaseResult, failures: int) -> str:
     """The line printed as a case ends: how far the run is, the case's status, and the failures so far."""
     v = result.verdict
-    return (f"[{done}/{total}] {v.status.upper():5} {v.case_id} "
+    line = (f"[{done}/{total}] {v.status.upper():5} {v.case_id} "
             f"({v.examples} examples, {v.seconds:.2f}s; failures so far: {failures})")
+    if v.status == Status.SKIP:
+        line += f" - {v.skip_kind or 'unclassified'}: {v.message}"
+    return line
 
 
 def render_written(paths: Sequence[Path], heading: str = "report written") -> str:

@@ -3,7 +3,9 @@
 Each expert slot (layer, parameter, suffix, expert, gate/up half) gets its own fingerprint: element i
 of slot number k holds the bit pattern `(k + i·stride) mod M`, so a misplaced slot, swapped halves, a
 wrong expert or a transpose changes the bits, and `GeneratedCheckpoint.locate` says which slot and
-element a wrong value was written for. `write_full_checkpoint` adds the rest of a real transformers
+element a wrong value was written for. The non-expert tensors a plan asks for beside the experts (the router, its
+selection bias, the shared expert, norms, attention, a dense layer's MLP) are fingerprinted the same way, so an
+expert slot holding one of them says which. `write_full_checkpoint` adds the rest of a real transformers
 model's weights, for loaders that build the whole model.
 """
 
@@ -26,7 +28,7 @@ from safetensors.torch import save_file
 from harness.families import tiny_spec
 from harness.tiny_configs import tiny_config
 from reference.checkpoint import PROJ_NAMES, KeySchema, parse_expert_key
-from reference.config import MoESpec, resolve_moe_spec
+from reference.config import MoESpec, find_moe_config, resolve_moe_spec
 from reference.loader import param_name
 from reference.shards import INDEX_NAME, SINGLE_NAME
 
@@ -123,6 +125,8 @@ class CheckpointPlan:
     duplicate_layers: tuple[int, ...] = ()
     damage: str = "none"  # none | drop (one key left out) | extra (one key that no slot takes)
     damage_at: int = 0
+    shared: str = ""  # the shared expert's spelling (reference.checkpoint.SHARED_SPELLINGS), "" for none
+    neighbours: tuple[str, ...] = ("router",)  # the non-expert kinds written (reference.checkpoint.NEIGHBOUR_KINDS)
 
     def describe(self) -> dict[str, Any]:
         """The plan as a failure report shows it."""
@@ -137,15 +141,21 @@ class CheckpointPlan:
             out["also_written_as"] = f"{self.duplicate.id} for layers {list(self.duplicate_layers)}"
         if self.damage != "none":
             out["damage"] = self.damage
+        if self.shared:
+            out["shared_expert"] = self.shared
+        if self.neighbours != ("router",):
+            out["beside_the_experts"] = list(self.neighbours)
         return out
 
 
 @dataclass(frozen=True)
 class Slot:
-    """One fingerprinted unit: an expert's gate or up half, its down projection, or a layer's router."""
+    """One fingerprinted unit: an expert's gate or up half, its down projection, or a non-expert tensor (the
+    router, a norm, ...: `param` is its role in `KeySchema.neighbour_keys`, `expert` None; layer -1 is outside
+    the layers)."""
 
     layer: int
-    param: str  # gate_up_proj | down_proj | router
+    param: str  # gate_up_proj | down_proj | a neighbour role (router, router_bias, shared_up_proj, q_proj, ...)
     suffix: str
     expert: int | None = None
     half: int | None = None  # 0 gate / 1 up
@@ -161,7 +171,8 @@ class GeneratedCheckpoint:
     """A checkpoint written to `directory` and what a correct loader must make of it.
 
     `expected` maps reference parameter names to their exact tensors; `duplicated` names parameters
-    written in two schemas; `dropped` and `extra` are keys left out or added on purpose. A directory the
+    written in two schemas; `dropped` and `extra` are keys left out or added on purpose; `others` maps each
+    non-expert key written (router, shared expert, norms, ...) to its tensor. A directory the
     writer created (`owned`) is deleted when this object is, or at `cleanup()`, so Hypothesis examples
     do not pile up on disk; a directory the caller gave stays the caller's.
     """
@@ -178,10 +189,17 @@ class GeneratedCheckpoint:
     keys_of: dict[Slot, str] = field(repr=False)
     stride: int = 1
     owned: bool = True
+    others: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.owned:
             self._finalizer = weakref.finalize(self, shutil.rmtree, self.directory, True)
+
+    def __repr__(self) -> str:  # the plan rebuilds it; its tensors and key lists run to megabytes at E = 384
+        return f"write_checkpoint({self.plan!r})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # Hypothesis's printer, for falsifying examples
+        printer.text(repr(self))
 
     def cleanup(self) -> None:
         """Delete the directory now (only one the writer created)."""
@@ -225,7 +243,7 @@ def _write(plan: CheckpointPlan, directory: Path, extra_tensors: dict[str, torch
     config = plan_config(plan)
     spec = resolve_moe_spec(config)
     formats = formats_of(plan.quant, plan.mode)
-    shapes = _slot_shapes(spec, formats)
+    shapes = _slot_shapes(plan, spec, config, formats)
     stride = 2 * len(shapes) + 3  # odd and larger than any slot number
     numbers: dict[torch.dtype, int] = {}
     prints: dict[Slot, tuple[int, torch.Tensor]] = {}
@@ -235,20 +253,21 @@ def _write(plan: CheckpointPlan, directory: Path, extra_tensors: dict[str, torch
         prints[slot] = (numbers[dtype], fingerprint(shape, dtype, numbers[dtype], stride))
     axis = {f.suffix: f.out_axis for f in formats}
     expected = {param_name(s.layer, s.param, s.suffix): _assemble(prints, s, axis[s.suffix], spec.num_experts)
-                for s in prints if s.param != "router" and s.expert == 0 and s.half in (0, None)}
+                for s in prints if s.expert == 0 and s.half in (0, None)}
     tensors: dict[str, torch.Tensor] = dict(extra_tensors or {})
     keys_of: dict[Slot, str] = {}
-    _spell(plan.schema, spec.moe_layers, prints, expected, tensors, keys_of)
+    _spell(plan, plan.schema, spec.moe_layers, prints, expected, tensors, keys_of)
     if plan.duplicate is not None:  # copies: safetensors refuses to save one storage under two keys
         second: dict[str, torch.Tensor] = {}
-        _spell(plan.duplicate, plan.duplicate_layers, prints, expected, second, {})
+        _spell(plan, plan.duplicate, plan.duplicate_layers, prints, expected, second, {}, experts_only=True)
         tensors.update({key: value.clone() for key, value in second.items()})
     duplicated = tuple(sorted({param_name(s.layer, s.param, s.suffix) for s in prints
-                               if s.layer in plan.duplicate_layers and s.param != "router"}))
-    dropped, extra = _damage(plan, prints, tensors, keys_of, stride, numbers)
+                               if s.layer in plan.duplicate_layers and s.expert is not None}))
+    dropped, extra = _damage(plan, spec, prints, tensors, keys_of, stride, numbers)
+    others = {key: tensors[key] for slot, key in keys_of.items() if slot.expert is None and key in tensors}
     shard_of = _write_files(plan, directory, tensors, config)
     return GeneratedCheckpoint(plan, directory, spec, expected, shard_of, duplicated, dropped, extra,
-                               prints, keys_of, stride, owned)
+                               prints, keys_of, stride, owned, others)
 
 
 def plan_config(plan: CheckpointPlan) -> Any:
@@ -267,19 +286,48 @@ def plan_config(plan: CheckpointPlan) -> Any:
     return tiny_config(plan.family, **overrides)
 
 
-def _slot_shapes(spec: MoESpec, formats: tuple[TensorFormat, ...]
+def _neighbour_shapes(plan: CheckpointPlan, spec: MoESpec, config: Any) -> dict[str, tuple[int, ...]]:
+    """The shape of each non-expert role, from the plan's dims and the config's head counts and widths."""
+    h, i, e = spec.hidden_size, spec.intermediate_size, spec.num_experts
+    sub, _ = find_moe_config(config)
+    heads = getattr(sub, "num_attention_heads", None) or 1
+    kv_heads = getattr(sub, "num_key_value_heads", None) or heads
+    head_dim = getattr(sub, "head_dim", None) or max(1, h // heads)
+    q, kv = heads * head_dim, kv_heads * head_dim
+    shared = spec.shared_intermediate_size or i
+    dense = i if spec.spellings.get("intermediate_size") == "intermediate_size" else (
+        getattr(sub, "intermediate_size", None) or i)
+    return {
+        "router": (e, h), "router_bias": (e,), "shared_gate": (1, h),
+        "shared_gate_proj": (shared, h), "shared_up_proj": (shared, h), "shared_down_proj": (h, shared),
+        "input_layernorm": (h,), "post_attention_layernorm": (h,), "final_norm": (h,),
+        "q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
+        "dense_gate_proj": (dense, h), "dense_up_proj": (dense, h), "dense_down_proj": (h, dense),
+    }
+
+
+def _slot_shapes(plan: CheckpointPlan, spec: MoESpec, config: Any, formats: tuple[TensorFormat, ...]
                  ) -> dict[Slot, tuple[tuple[int, ...], torch.dtype | None]]:
-    """Every slot with its shape and dtype (None: plain): gate and up are [I, H] as (out, in), down [H, I]."""
+    """Every slot with its shape and dtype (None: plain): gate and up are [I, H] as (out, in), down [H, I]; then
+    the non-expert tensors of every layer (and the final norm, layer -1) the plan asks for."""
     h, i = spec.hidden_size, spec.intermediate_size
     out: dict[Slot, tuple[tuple[int, ...], torch.dtype | None]] = {}
     for layer in spec.moe_layers:
-        out[Slot(layer, "router", "weight")] = ((spec.num_experts, h), None)
         for fmt in formats:
             for expert in range(spec.num_experts):
                 for half in (0, 1):
                     out[Slot(layer, "gate_up_proj", fmt.suffix, expert, half)] = (fmt.shape(i, h), fmt.dtype)
                 out[Slot(layer, "down_proj", fmt.suffix, expert)] = (fmt.shape(h, i), fmt.dtype)
+    shapes = _neighbour_shapes(plan, spec, config)
+    for layer in (*range(plan.num_layers), -1):
+        for role in neighbours_of(plan, spec, layer):
+            out[Slot(layer, role, "weight")] = (shapes[role], None)
     return out
+
+
+def neighbours_of(plan: CheckpointPlan, spec: MoESpec, layer: int) -> dict[str, str]:
+    """The non-expert keys (role -> key) the plan writes for `layer` in its schema."""
+    return plan.schema.neighbour_keys(layer, layer in spec.moe_layers, plan.shared, plan.neighbours)
 
 
 def _assemble(prints: dict[Slot, tuple[int, torch.Tensor]], first: Slot, axis: int, experts: int) -> torch.Tensor:
@@ -294,31 +342,42 @@ def _assemble(prints: dict[Slot, tuple[int, torch.Tensor]], first: Slot, axis: i
     return torch.stack(rows)
 
 
-def _spell(schema: KeySchema, layers: tuple[int, ...], prints: dict[Slot, tuple[int, torch.Tensor]],
-           expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], keys_of: dict[Slot, str]) -> None:
-    """Write the slots of `layers` under `schema`'s key names (fused keys hold the assembled parameter)."""
+def _spell(plan: CheckpointPlan, schema: KeySchema, layers: tuple[int, ...],
+           prints: dict[Slot, tuple[int, torch.Tensor]], expected: dict[str, torch.Tensor],
+           tensors: dict[str, torch.Tensor], keys_of: dict[Slot, str], experts_only: bool = False) -> None:
+    """Write the expert slots of `layers` under `schema`'s key names (fused keys hold the assembled parameter),
+    and unless `experts_only` every non-expert slot under its key in `schema`."""
     names = dict(zip((0, 1, None), PROJ_NAMES[schema.names], strict=True))
+    moe_layers = set(layers)
     for slot, (_, tensor) in prints.items():
+        if slot.expert is None:
+            if not experts_only:
+                keys_of[slot] = schema.neighbour_keys(slot.layer, slot.layer in moe_layers, plan.shared,
+                                                      plan.neighbours)[slot.param]
+                tensors[keys_of[slot]] = tensor
+            continue
         if slot.layer not in layers:
             continue
         root = schema.layer_root(slot.layer)
-        if slot.param == "router":
-            key, value = f"{root}gate.weight", tensor
-        elif schema.layout == "fused":
+        if schema.layout == "fused":
             key = f"{root}experts.{slot.param}" + ("" if slot.suffix == "weight" else f".{slot.suffix}")
             value = expected[param_name(slot.layer, slot.param, slot.suffix)]
+            if schema.transposed:
+                value = value.transpose(-1, -2)
         else:
             key, value = f"{root}experts.{slot.expert}.{names[slot.half]}.{slot.suffix}", tensor
         tensors[key] = value
         keys_of[slot] = key
 
 
-def _damage(plan: CheckpointPlan, prints: dict[Slot, tuple[int, torch.Tensor]], tensors: dict[str, torch.Tensor],
-            keys_of: dict[Slot, str], stride: int, numbers: dict[torch.dtype, int]) -> tuple[tuple[str, ...], ...]:
-    """Leave one expert key out (`drop`) or add one for an expert beyond the count (`extra`)."""
+def _damage(plan: CheckpointPlan, spec: MoESpec, prints: dict[Slot, tuple[int, torch.Tensor]],
+            tensors: dict[str, torch.Tensor], keys_of: dict[Slot, str], stride: int, numbers: dict[torch.dtype, int]
+            ) -> tuple[tuple[str, ...], ...]:
+    """Leave one expert key out (`drop`) or add one for an expert beyond the count (`extra`: the config's count,
+    which is the plan's wherever the family's config takes it)."""
     if plan.damage == "drop":
         candidates = sorted({key for slot, key in keys_of.items()
-                             if slot.param != "router" and slot.layer not in plan.duplicate_layers})
+                             if slot.expert is not None and slot.layer not in plan.duplicate_layers})
         key = candidates[plan.damage_at % len(candidates)]
         del tensors[key]
         return (key,), ()
@@ -327,7 +386,7 @@ def _damage(plan: CheckpointPlan, prints: dict[Slot, tuple[int, torch.Tensor]], 
         tensor = prints[first][1]
         numbers[tensor.dtype] += 1
         gate = PROJ_NAMES["proj" if plan.schema.layout == "fused" else plan.schema.names][0]
-        key = f"{plan.schema.layer_root(first.layer)}experts.{plan.num_experts}.{gate}.{first.suffix}"
+        key = f"{plan.schema.layer_root(first.layer)}experts.{spec.num_experts}.{gate}.{first.suffix}"
         tensors[key] = fingerprint(tuple(tensor.shape), tensor.dtype, numbers[tensor.dtype], stride)
         return (), (key,)
     return (), ()

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from harness.families import tiny_spec
 from harness.strategies.checkpoint_files import (
     DIM_UNIT,
     FORMATS,
@@ -27,16 +28,67 @@ from harness.strategies.checkpoint_files import (
     GeneratedCheckpoint,
     write_checkpoint,
 )
+from harness.strategies.keys import MAX_LAYERS, expert_counts, layer_counts
 from harness.tiny_configs import tiny_config
-from reference.checkpoint import KeySchema
+from reference.checkpoint import NEIGHBOUR_KINDS, SHARED_SPELLINGS, KeySchema
 
 PLAIN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DAMAGE = ("none", "drop", "extra")
+# The non-expert kinds drawn beside the always-written router, and the shared expert's spellings ("" none).
+NEIGHBOURS = tuple(k for k in NEIGHBOUR_KINDS if k != "router")
+SHARED = ("", *SHARED_SPELLINGS)
+# A format whose tensors have 8-bit codes repeats fingerprints past 256 slots of one dtype: drawn only while the
+# plan has at most this many expert projections per layer set (so every slot keeps a distinct fingerprint).
+_EIGHT_BIT_SLOTS = 256
+# Hidden sizes are drawn in multiples of this, so that hidden / heads (4 or fewer in a tiny config) stays even:
+# a rotary embedding over an odd head width is no real model (YaRN's init refuses it: mistral4 at hidden 20).
+HIDDEN_STEP = 8
+
+
+def _eight_bit(quant: str) -> bool:
+    return any(f.dtype is not None and f.dtype.itemsize == 1 for f in FORMATS[quant])
 
 
 @functools.cache
 def _has_dense_layers_knob(family: str) -> bool:
     return "mlp_only_layers" in tiny_config(family).to_dict()
+
+
+@dataclass(frozen=True)
+class FamilyLimits:
+    """What a family's config accepts in a plan, found once by asking it (`family_limits`): its leading dense
+    layers (a plan needs more layers than that to hold any expert), the fewest experts and most layers its
+    validators allow, and whether hidden and expert widths may be drawn (a multimodal config may tie the text
+    hidden size to its vision tower, or want it a multiple of the head count); where not, its tiny ones."""
+
+    first_moe_layer: int
+    min_experts: int
+    max_layers: int
+    hidden: int | None  # None: drawn freely; else the one the config accepts
+    intermediate: int | None
+
+
+@functools.cache
+def family_limits(family: str) -> FamilyLimits:
+    from harness.strategies.checkpoint_files import plan_config
+
+    spec = tiny_spec(family)
+    first = min(spec.moe_layers, default=0)
+    h0, i0 = spec.hidden_size, spec.intermediate_size
+
+    def accepts(experts: int, layers: int, hidden: int, intermediate: int) -> bool:
+        try:
+            plan_config(CheckpointPlan(family=family, schema=KeySchema(), num_layers=layers, num_experts=experts,
+                                       hidden=hidden, intermediate=intermediate))
+        except Exception:  # noqa: BLE001 - a validator refusing the value
+            return False
+        return True
+
+    low = next((e for e in (1, 2, 4) if accepts(e, first + 1, h0, i0)), 1)
+    most = next((n for n in range(max(MAX_LAYERS, first + 1), first, -1) if accepts(low, n, h0, i0)), first + 1)
+    free_hidden = all(accepts(low, first + 1, h, i0) for h in (HIDDEN_STEP, 3 * HIDDEN_STEP))
+    free_width = all(accepts(low, first + 1, h0, i) for i in (3, 7))
+    return FamilyLimits(first, low, most, None if free_hidden else h0, None if free_width else i0)
 
 
 def _distinct(schema: KeySchema, other: KeySchema) -> bool:
@@ -52,24 +104,43 @@ def checkpoint_plans(
     dtypes: tuple[torch.dtype, ...] = PLAIN_DTYPES,
     duplicates: bool = True,
     damage: tuple[str, ...] = DAMAGE,
+    experts: st.SearchStrategy[int] | None = None,
+    max_layers: int = MAX_LAYERS,
+    shared: tuple[str, ...] = SHARED,
+    neighbours: tuple[str, ...] = NEIGHBOURS,
 ) -> CheckpointPlan:
-    """A checkpoint of `family` in one of `schemas`: 1–3 layers (some dense where the family's config can
-    say so), 1–6 experts, dims with hidden == intermediate and hidden == 2·intermediate drawn as often as
-    free ones, a plain dtype, a format of `formats` (quantization tensors instead of or beside plain
-    weights), 1–4 shards split contiguously or round-robin, maybe a second schema holding some layers
-    again, maybe one key dropped (outside the duplicated layers) or one extra. Shrinks toward the first
-    schema, one layer, one expert, the smallest dims, float32, no quantization, one unindexed shard, no
-    duplicate, no damage."""
+    """A checkpoint of `family` in one of `schemas`: `experts` routed experts (default `keys.expert_counts()`:
+    1–8, or a released model's 8–384), 1–`max_layers` layers within the layer × expert budget (some dense where
+    the family's config can say so), dims with hidden == intermediate and hidden == 2·intermediate drawn as
+    often as free ones, a plain dtype, a format of `formats` (quantization tensors instead of or beside plain
+    weights; 8-bit ones only while their fingerprints stay distinct), 1–4 shards split contiguously or
+    round-robin, maybe a second schema holding some layers' experts again, maybe one key dropped (outside the
+    duplicated layers) or one extra; beside the experts the router, a shared expert spelled one of `shared`
+    ("" none) and any of the `neighbours` kinds (router bias, norms, attention, a dense layer's MLP). Shrinks
+    toward the first schema, one expert, one layer, no quantization, the smallest dims, float32, one unindexed
+    shard, no duplicate, no damage, nothing beside the experts but the router."""
+    limits = family_limits(family)
     schema = draw(st.sampled_from(schemas))
+    num_experts = max(draw(experts if experts is not None else expert_counts()), limits.min_experts)
+    num_layers = draw(layer_counts(num_experts, max(min(max_layers, limits.max_layers), limits.first_moe_layer + 1),
+                                   limits.first_moe_layer + 1))
+    if 3 * num_experts * num_layers > _EIGHT_BIT_SLOTS:
+        formats = tuple(q for q in formats if not _eight_bit(q)) or formats
+    fixed = [d for d in (limits.hidden, limits.intermediate) if d is not None]
+    formats = tuple(q for q in formats if all(d % DIM_UNIT.get(q, 1) == 0 for d in fixed)) or formats
     quant = draw(st.sampled_from(formats))
     mode = draw(st.sampled_from(("instead", "beside"))) if quant != "none" else "instead"
     unit = DIM_UNIT.get(quant, 1)
-    top = 12 if unit == 1 else 2
-    intermediate = unit * draw(st.integers(2 if unit == 1 else 1, top))
     relation = draw(st.sampled_from(("free", "square", "double")))
-    hidden = {"square": intermediate, "double": 2 * intermediate}.get(relation) or unit * draw(
-        st.integers(2 if unit == 1 else 1, 2 * top))
-    num_layers = draw(st.integers(1, 3))
+    step = max(unit, HIDDEN_STEP)
+    if unit == 1 and relation == "square":  # hidden == intermediate: the width follows the hidden size's step
+        intermediate = limits.intermediate or step * draw(st.integers(1, 3))
+    else:
+        intermediate = limits.intermediate or unit * draw(st.integers(2 if unit == 1 else 1, 12 if unit == 1 else 2))
+    if relation == "double" and (2 * intermediate) % step:
+        relation = "free"  # an odd head width would follow: the free hidden size instead
+    hidden = limits.hidden or {"square": intermediate, "double": 2 * intermediate}.get(relation) or step * draw(
+        st.integers(1, 3 if unit == 1 else 4))
     dense: tuple[int, ...] = ()
     if num_layers > 1 and _has_dense_layers_knob(family):
         dense = tuple(sorted(draw(st.sets(st.integers(0, num_layers - 1), max_size=num_layers - 1))))
@@ -81,7 +152,7 @@ def checkpoint_plans(
         family=family,
         schema=schema,
         num_layers=num_layers,
-        num_experts=draw(st.integers(1, 6)),
+        num_experts=num_experts,
         hidden=hidden,
         intermediate=intermediate,
         dtype=draw(st.sampled_from(dtypes)),
@@ -96,6 +167,8 @@ def checkpoint_plans(
         damage=draw(st.sampled_from(damage if len(duplicate_layers) < len(moe_layers)
                                     else tuple(d for d in damage if d != "drop") or ("none",))),
         damage_at=draw(st.integers(0, 255)),
+        shared=draw(st.sampled_from(shared)),
+        neighbours=("router", *(kind for kind in neighbours if draw(st.booleans()))),
     )
 
 

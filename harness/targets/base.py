@@ -172,6 +172,61 @@ class RouterKnobsCap:
     skip: Callable[[str], str | None] | None = None
 
 
+@dataclass(frozen=True)
+class ConfigField:
+    """A field a family's MoE (sub-)config declares, as the config class itself describes it.
+
+    `name` is the stored name (its `config.json` key) in the sub-config at `path` ("" for the top level); `kind`
+    one of FIELD_KINDS; `default` its value in the tiny config; `choices` the values a `str` field, or each
+    entry of a `layer_kinds` list, may take; `optional` when its annotation admits None; `layers` the layer
+    count a per-layer list spans (0 for other kinds).
+    """
+
+    name: str
+    kind: str
+    default: Any = field(hash=False)  # may be a list
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+    layers: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}.{self.name}" if self.path else self.name
+
+
+# bool, int, float: scalars; str: one of `choices`; layer_kinds: a per-layer list of `choices` (mlp_layer_types);
+# layer_ids: a list of layer indices (mlp_only_layers); ints: a list of sizes (a per-modality width).
+FIELD_KINDS = ("bool", "int", "float", "str", "layer_kinds", "layer_ids", "ints")
+
+
+class ConfigRejected(ValueError):
+    """The config class refused the values at construction; `error` is what its constructor raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+class VariantFailed(Exception):
+    """A config the class accepted failed later: `stage` ("model build" or "forward") raised `error`."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage} raised {type(error).__name__}: {error}")
+        self.stage, self.error = stage, error
+
+
+@dataclass(frozen=True)
+class ConfigVariantsCap:
+    """fields(family): the MoE fields its config class declares; build_and_run(family, ((name, value), ...)) ->
+    the float output of a forward on a few tokens through the model built from its tiny config with those
+    values set on the MoE (sub-)config. Raises ConfigRejected when the config class refuses the values at
+    construction, VariantFailed when the model build or the forward raises on a config it accepted."""
+
+    fields: Callable[[str], tuple[ConfigField, ...]]
+    build_and_run: Callable[[str, tuple[tuple[str, Any], ...]], torch.Tensor]
+    skip: Callable[[str], str | None] | None = None
+
+
 @dataclass
 class Target:
     """One implementation under test. Capabilities are optional; a check skips a missing one."""
@@ -193,6 +248,7 @@ class Target:
     known_failures: list[Finding] = field(default_factory=list)
     # The families its cases run over when a check names none (None: DEFAULT_FAMILIES).
     families: tuple[str, ...] | None = None
+    config_variants: ConfigVariantsCap | None = None
 
     def capabilities(self) -> list[str]:
         """The capability fields this target fills, in declaration order."""
@@ -201,8 +257,11 @@ class Target:
     def known_failure(self, check: str, family: str, counterexample: dict | None = None) -> Finding | None:
         """The known failure recorded for check × family whose signature matches `counterexample` (a
         verdict's counterexample); with none (a passing verdict), the first one of check × family. A failure
-        that no entry's signature matches is new, not known."""
+        that no entry's signature matches is new, not known. An entry for every check ("*") is matched by
+        failures only: a check that passes without reaching what it covers does not make it stale."""
         for kf in self.known_failures:
+            if kf.check == "*" and not counterexample:
+                continue
             if kf.covers(check, family) and kf.matches(counterexample):
                 return kf
         return None
@@ -210,5 +269,5 @@ class Target:
 
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
-                "checkpoint_loader", "conversion", "config_spelling", "router_knobs")
+                "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants")
 

@@ -12,7 +12,9 @@ from harness.findings import load_known_failures
 from harness.targets.base import BlockCap, ConfigSpellingCap, RouterKnobsCap, Target
 from harness.targets.transformers import knobs, spellings
 from harness.targets.transformers.blocks import RealMoEBlock, real_block, skip_reason
+from harness.targets.transformers.capturer import TransformersCapturer
 from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER
+from harness.targets.transformers.config_variants import CONFIG_VARIANTS
 from harness.targets.transformers.conversion import CONVERSION
 from harness.tiny_configs import discover_moe_families
 from reference.config import MoESpec
@@ -33,10 +35,12 @@ def make_target() -> Target:
         description="the installed transformers' own MoE blocks, configs, routers, conversion rules and loader",
         block=BlockCap(build, skip=skip_reason),
         checkpoint_loader=CHECKPOINT_LOADER,
+        capturer=TransformersCapturer(),
         conversion=CONVERSION,
         config_spelling=ConfigSpellingCap(spellings.spellings, spellings.used, spellings.FORMS,
                                           skip=spellings.skip_reason),
         router_knobs=RouterKnobsCap(knobs.knobs, knobs.build, skip=knobs.skip_reason),
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "transformers"),
+        config_variants=CONFIG_VARIANTS,
     )

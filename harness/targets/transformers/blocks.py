@@ -3,6 +3,10 @@
 Where a block sits and how its weights are laid out is read from the module tree and from the flags
 transformers' experts decorator sets (`is_transposed`, `is_concatenated`); the family's `layout` record holds the
 families whose experts carry no flags. Nothing here re-implements a family: `forward` runs its own code.
+
+Experts are fused gated (`gate_up_proj` [E, 2I, H]) or non-gated (`up_proj` [E, I, H], the reference's
+`gated=False`); a norm module on the block is the reference's post-block norm when the family's record says the
+block has one. Every skip reason `skip_reason` gives carries its kind (`harness.verdict`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from torch import nn
 from harness.families import tiny_spec
 from harness.targets.transformers.families import record
 from harness.targets.transformers.tiny_model import tiny_model, unbuildable
+from harness.verdict import SkipReason, harness_limit, not_applicable
 from reference.config import MoESpec
-from reference.families import UNSUPPORTED_FAMILIES, describing, undescribed
+from reference.families import describing, facts_named, undescribed
 
 ROUTER_NAMES = ("gate", "router")
 SHARED_NAMES = ("shared_experts", "shared_expert", "shared_mlp")
@@ -31,6 +36,8 @@ SELECTION_TENSORS = {"e_score_correction_bias": ("e_score_correction_bias", "exp
 LAYER_SHARED_NAMES = ("shared_mlp",)
 # Fused shared-MLP Linear names, as the reference's (gate_up_proj [2I, H], gate rows first).
 FUSED_SHARED_NAMES = {"input_linear": "gate_up_proj", "output_linear": "down_proj"}
+# The first projection of an experts module: fused gate and up [E, 2I, H], or a non-gated up [E, I, H].
+FIRST_PROJ_NAMES = ("gate_up_proj", "up_proj")
 
 class UnmappedBlock(Exception):
     """The family's block holds tensors, or a structure, that the reference block does not model."""
@@ -52,9 +59,9 @@ class RealMoEBlock(nn.Module):
         if router is None:
             raise UnmappedBlock(f"{family}: block {type(block).__name__} has no child named "
                                 f"{' or '.join(ROUTER_NAMES)}")
-        # gemma4: router and experts sit on the decoder layer beside a dense `mlp` that runs in parallel.
-        self.on_layer = bool(getattr(block, "enable_moe_block", False)) and isinstance(getattr(block, "mlp", None),
-                                                                                         nn.Module)
+        # gemma4, diffusion_gemma: router and experts sit on the decoder layer beside a dense `mlp` that runs
+        # in parallel.
+        self.on_layer = _experts_on_layer(block)
         shared = ("mlp", block.mlp) if self.on_layer else _child(block, SHARED_NAMES)
         shared_gate = _child(block, SHARED_GATE_NAMES)
         required = [p.name for p in list(inspect.signature(block.forward).parameters.values())[1:]
@@ -73,6 +80,8 @@ class RealMoEBlock(nn.Module):
         self.router_weight = _router_weight(self.router_name, router[1], spec)
         self.transposed, self.concatenated = record(family).layout or (
             bool(getattr(experts, "is_transposed", False)), bool(getattr(experts, "is_concatenated", True)))
+        self.gated = spec.gated
+        self.post_norm_name = None if spec.post_norm_eps is None or self.on_layer else _post_norm(family, block)
 
     @property
     def router(self) -> nn.Module:
@@ -128,6 +137,9 @@ class RealMoEBlock(nn.Module):
         tensors = dict(self.moe.named_parameters()) | {n: b for n, b in self.moe.named_buffers()
                                                         if b.is_floating_point()}
         slots = self._router_slots(tensors) | self._expert_slots(tensors) | self._shared_slots(tensors)
+        if self.post_norm_name is not None:
+            name = f"{self.post_norm_name}.weight"
+            slots["post_norm.weight"] = (name, tensors[name])
         used = {theirs for theirs, _ in slots.values()}
         unmapped = sorted(n for n in tensors if n not in used and not n.startswith(self.router_name + "."))
         if unmapped:
@@ -156,14 +168,20 @@ class RealMoEBlock(nn.Module):
         return slots
 
     def _expert_slots(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
-        """The fused expert tensors (and biases) in the reference's [E, 2I, H] / [E, H, I] layout, gates first."""
+        """The fused expert tensors (and biases) in the reference's [E, 2I, H] / [E, H, I] layout, gates first;
+        non-gated experts' up_proj in the reference's [E, I, H]."""
         slots = {}
-        for ours in ("gate_up_proj", "down_proj"):
+        first = FIRST_PROJ_NAMES[0] if self.gated else FIRST_PROJ_NAMES[1]
+        if f"experts.{first}" not in tensors:
+            raise UnmappedBlock(f"{self.family}: its experts hold no {first}, which a "
+                                f"{'gated' if self.gated else 'non-gated'} expert of the reference needs")
+        for ours in (first, "down_proj"):
             name = f"experts.{ours}"
-            slots[name] = (name, self._expert_tensor(tensors[name], ours == "gate_up_proj"))
+            gate_up = ours == "gate_up_proj"
+            slots[name] = (name, self._expert_tensor(tensors[name], gate_up))
             if f"{name}_bias" in tensors:
                 b = tensors[f"{name}_bias"]
-                slots[f"{name}_bias"] = (f"{name}_bias", self._split_gate_up(b, -1) if ours == "gate_up_proj" else b)
+                slots[f"{name}_bias"] = (f"{name}_bias", self._split_gate_up(b, -1) if gate_up else b)
         return slots
 
     def _shared_slots(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
@@ -188,11 +206,28 @@ class RealMoEBlock(nn.Module):
         return torch.cat([t.index_select(dim, evens), t.index_select(dim, odds)], dim=dim)
 
     def _expert_tensor(self, t: torch.Tensor, gate_up: bool) -> torch.Tensor:
-        if self.transposed:  # [E, H, 2I] -> [E, 2I, H]; [E, I, H] -> [E, H, I]
+        if self.transposed:  # [E, H, 2I] -> [E, 2I, H]; [E, I, H] -> [E, H, I] (and back for a non-gated up)
             t = t.transpose(1, 2)
         if gate_up:
             t = self._split_gate_up(t, 1)
         return t.contiguous()
+
+
+def _experts_on_layer(block: nn.Module) -> bool:
+    """Whether `block`, the experts' parent, is a decoder layer (it holds the attention) whose dense `mlp` runs
+    beside the experts, and whose MoE part is not switched off by its `enable_moe_block` flag."""
+    return getattr(block, "enable_moe_block", True) is not False and all(
+        isinstance(getattr(block, name, None), nn.Module) for name in ("self_attn", "mlp"))
+
+
+def _post_norm(family: str, block: nn.Module) -> str:
+    """The name of the block's one norm child (its class named a norm), the post-block norm its record says it
+    applies to its output; UnmappedBlock unless there is exactly one."""
+    norms = [name for name, child in block.named_children() if "Norm" in type(child).__name__]
+    if len(norms) != 1:
+        raise UnmappedBlock(f"{family}: its record says the block's output is normed, but the block holds "
+                            f"{len(norms)} norm modules ({', '.join(norms) or 'none'}), expected one")
+    return norms[0]
 
 
 def _child(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | None:
@@ -212,11 +247,15 @@ def _router_weight(router_name: str, router: nn.Module, spec: MoESpec) -> str:
 
 
 def _block_path(family: str) -> str:
+    """The path of the first MoE block: the parent of the first experts module holding a 3-D first projection
+    (FIRST_PROJ_NAMES); UnmappedBlock, saying whether the tiny config has any MoE layer, when there is none."""
     model = tiny_model(family)
-    experts_path = next((n for n, m in model.named_modules()
-                         if n.endswith("experts") and isinstance(getattr(m, "gate_up_proj", None), torch.Tensor)), None)
+    experts_path = next((n for n, m in model.named_modules() if n.endswith("experts") and any(
+        isinstance(t := getattr(m, name, None), torch.Tensor) and t.dim() == 3 for name in FIRST_PROJ_NAMES)), None)
     if experts_path is None:
-        raise UnmappedBlock(f"{family}: no experts module with a fused gate_up_proj")
+        no_layer = not tiny_spec(family).moe_layers
+        raise UnmappedBlock(f"{family}: no experts module with a fused gate_up_proj or a non-gated up_proj"
+                            + ("; its tiny config leaves no MoE layer (every layer is dense)" if no_layer else ""))
     return experts_path.rsplit(".", 1)[0]
 
 
@@ -252,11 +291,18 @@ def real_block(family: str, spec: MoESpec) -> RealMoEBlock:
 
 
 @functools.cache
-def skip_reason(family: str) -> str | None:
-    """Why the family has no block to run here (not modelled, or its shrunk model cannot be built), or None."""
-    if family in UNSUPPORTED_FAMILIES:
-        return f"the reference does not model {family}: {UNSUPPORTED_FAMILIES[family]}"
+def skip_reason(family: str) -> SkipReason | None:
+    """Why the family has no block to run here, or None: not applicable (its record says it holds no routed-experts
+    block, or `unbuildable` finds no model class for its config) or a harness limit (its record says the reference
+    does not model it, or its block does not map onto the reference)."""
+    facts = facts_named(family)
+    if facts is not None and facts.unsupported:
+        if not facts.routed_experts:
+            return not_applicable(f"{family} holds no routed-experts block: {facts.unsupported}")
+        return harness_limit(f"the reference does not model {family}: {facts.unsupported}")
+    if facts is not None and facts.unmodelled:
+        return harness_limit(f"{family}: {facts.unmodelled}")
     try:
-        return unbuildable(lambda: real_block(family, tiny_spec(family)).reference_state(), (UnmappedBlock,))
+        return unbuildable(lambda: real_block(family, tiny_spec(family)).reference_state())
     except UnmappedBlock as exc:
-        return str(exc)
+        return harness_limit(str(exc))

@@ -21,6 +21,7 @@ from typing import Any
 
 from harness.targets.base import ConversionCap, ConversionRules
 from harness.targets.transformers.tiny_model import tiny_model, unbuildable
+from harness.verdict import not_applicable
 from reference.checkpoint import BLOCKS, PREFIXES, PROJ_NAMES, KeySchema
 
 # `<prefix>layers.<L>.<block>.experts.`: where a family keeps its experts, in any of its spellings.
@@ -187,7 +188,7 @@ def skip_reason(family: str) -> str | None:
     check calls, or the family's tiny model cannot be built), or None."""
     missing = missing_loading_api()
     if missing:
-        return missing
+        return not_applicable(missing)
     return unbuildable(lambda: tiny_model(family))
 
 

@@ -7,8 +7,7 @@ that declares none, and the legacy checkpoint layouts its load-time conversion c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from reference.checkpoint import KeySchema
 
@@ -19,11 +18,13 @@ class TransformersFamily:
 
     `layout` is (transposed, concatenated gate/up) where the experts module carries no flags; `checkpoint_schemas`
     the layouts (NOTES §5) transformers' conversion mapping converts for it, plus the fused layout its model holds.
+    A family with no `checkpoint_schemas` gets them derived from its own tiny model
+    (`harness.targets.transformers.checkpoint.family_schemas`: its fused experts' prefix and block, their
+    base-model spelling, the per-expert layout its conversion reverts to); a record is for what that misses.
     """
 
     name: str
     aliases: tuple[str, ...] = ()
-    build_fields: dict[str, Any] = field(default_factory=dict)
     layout: tuple[bool, bool] | None = None
     checkpoint_schemas: tuple[KeySchema, ...] = ()
 
@@ -37,7 +38,6 @@ _MIXTRAL_STYLE = tuple(KeySchema(prefix, block, layout, "w")
                        for layout in ("per_expert", "fused"))
 
 RECORDS: tuple[TransformersFamily, ...] = (
-    TransformersFamily("gemma4", ("gemma4_text",), build_fields={"enable_moe_block": True}),
     TransformersFamily("llama4", ("llama4_text",), layout=(True, True)),
     TransformersFamily("qwen3_moe", checkpoint_schemas=_QWEN2_MOE_STYLE),
     TransformersFamily("olmoe", checkpoint_schemas=_QWEN2_MOE_STYLE),

@@ -26,6 +26,7 @@ from harness.targets.transformers.spellings import (
     with_moe_fields,
 )
 from harness.tiny_configs import moe_path, sub_config
+from harness.verdict import not_applicable
 from reference.config import N_GROUP_SPELLINGS, RENORM_SPELLINGS, SCALING_SPELLINGS, resolve_moe_spec
 
 KNOB_SPELLINGS: dict[str, tuple[str, ...]] = {
@@ -152,5 +153,6 @@ def skip_reason(family: str) -> str | None:
     if reason:
         return reason
     if not knobs(family):
-        return "its config declares no routing knob (" + ", ".join(n for s in KNOB_SPELLINGS.values() for n in s) + ")"
+        return not_applicable("its config declares no routing knob ("
+                              + ", ".join(n for s in KNOB_SPELLINGS.values() for n in s) + ")")
     return None

@@ -25,6 +25,7 @@ from harness.targets.base import Spelling, ValuesRejected
 from harness.targets.transformers.blocks import ROUTER_NAMES
 from harness.targets.transformers.tiny_model import base_config, build_sized, unbuildable
 from harness.tiny_configs import moe_path, sub_config
+from harness.verdict import harness_limit, not_applicable
 from reference.config import NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS
 from reference.families import UNSUPPORTED_FAMILIES
 from reference.moe import init_block
@@ -161,9 +162,21 @@ def _router(block: nn.Module) -> nn.Module | None:
     return None
 
 
-def _hidden_size(config: Any, path: str) -> int:
+def hidden_size_of(config: Any, path: str) -> int:
     sub = sub_config(config, path)
     return int(getattr(sub, "hidden_size", None) or config.hidden_size)
+
+
+def _routing_tensor(inputs: tuple[Any, ...], router_out: Any, experts: int) -> tuple[str, torch.Tensor] | None:
+    """("ids", the [T, K] expert ids the experts module received), else ("dense", a [T, E] routing-score matrix
+    the router returned), else None."""
+    ints = [t for t in inputs if isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dim() == 2]
+    if ints:
+        return "ids", ints[0]
+    outs = router_out if isinstance(router_out, tuple) else (router_out,)
+    dense = [t for t in outs if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 2
+             and t.shape[-1] == experts]
+    return ("dense", dense[0]) if dense else None
 
 
 def _selected_per_token(inputs: tuple[Any, ...], router_out: Any, experts: int) -> list[int] | None:
@@ -171,16 +184,12 @@ def _selected_per_token(inputs: tuple[Any, ...], router_out: Any, experts: int) 
     else the nonzero entries of a dense [T, E] routing-score matrix the router returns. Slots, not distinct
     experts or nonzero weights: a hash router with an untrained table may fill two slots with one expert,
     and a skip slot (zaya) carries a zero weight by design."""
-    ints = [t for t in inputs if isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dim() == 2]
-    if ints:
-        ids = ints[0]
-        return [int(n) for n in ((ids >= 0) & (ids < experts)).sum(-1).tolist()]
-    outs = router_out if isinstance(router_out, tuple) else (router_out,)
-    dense = [t for t in outs if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 2
-             and t.shape[-1] == experts]
-    if dense:
-        return [int(n) for n in (dense[0] != 0).sum(-1).tolist()]
-    return None
+    found = _routing_tensor(inputs, router_out, experts)
+    if found is None:
+        return None
+    kind, t = found
+    counts = ((t >= 0) & (t < experts)).sum(-1) if kind == "ids" else (t != 0).sum(-1)
+    return [int(n) for n in counts.tolist()]
 
 
 def _keep(captured: dict[str, dict[str, Any]], block: str, what: str) -> Any:
@@ -201,36 +210,60 @@ def measure(model: nn.Module, vocab_size: int, hidden_size: int | None = None, s
     PROBE_TOKENS tokens is sent to in a forward pass of the whole model; with `blocks_alone` (for a family
     whose own tiny model fails outside its MoE blocks, see `full_forward_runs`), of each MoE block alone."""
     seen: Observations = {"num_experts": [], "top_k": []}
-    handles = []
-    captured: dict[str, dict[str, Any]] = {}
     for name, block in moe_blocks(model).items():
-        experts = block.get_submodule("experts")
-        for tensor_name, tensor in _expert_tensors(experts):
+        for tensor_name, tensor in _expert_tensors(block.get_submodule("experts")):
             seen["num_experts"].append((f"{name}.experts.{tensor_name} leading dim", int(tensor.shape[0])))
-        router = _router(block)
-        if router is not None:
-            handles.append(router.register_forward_hook(_keep(captured, name, "router")))
-        handles.append(experts.register_forward_pre_hook(_keep(captured, name, "experts"), with_kwargs=True))
-    try:
-        _probe(model, vocab_size, hidden_size, seed, blocks_alone)
-    finally:
-        for handle in handles:
-            handle.remove()
+    captured = capture_routing(model, vocab_size, hidden_size, seed, blocks_alone)
     seen["top_k"] = _picks_per_token(model, captured)
     return seen
 
 
-def _probe(model: nn.Module, vocab_size: int, hidden_size: int | None, seed: int, blocks_alone: bool) -> None:
-    """One forward of PROBE_TOKENS random tokens through the whole model, or through each MoE block alone."""
+def capture_routing(model: nn.Module, vocab_size: int, hidden_size: int | None = None, seed: int = 0,
+                    blocks_alone: bool = False, tokens: int = PROBE_TOKENS) -> dict[str, dict[str, Any]]:
+    """Per MoE block the forward of `tokens` random tokens reached (see `_probe`), in module order: its
+    router's outputs ("router") and its experts module's inputs ("experts"), from the block's first call."""
+    handles = []
+    captured: dict[str, dict[str, Any]] = {}
+    for name, block in moe_blocks(model).items():
+        router = _router(block)
+        if router is not None:
+            handles.append(router.register_forward_hook(_keep(captured, name, "router")))
+        handles.append(block.get_submodule("experts").register_forward_pre_hook(_keep(captured, name, "experts"),
+                                                                                with_kwargs=True))
+    try:
+        _probe(model, vocab_size, hidden_size, seed, blocks_alone, tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def routed_ids(inputs: tuple[Any, ...], router_out: Any, experts: int) -> torch.Tensor | None:
+    """The [T, K] expert ids the experts module received, else the picks of a sparse [T, E] routing matrix the
+    router returned (each token's nonzero columns, when every token has as many and fewer than E: a matrix
+    nonzero everywhere holds scores, not picks), else None."""
+    found = _routing_tensor(inputs, router_out, experts)
+    if found is None or found[0] == "ids":
+        return None if found is None else found[1]
+    picked = found[1] != 0
+    counts = picked.sum(-1)
+    if not bool((counts == counts[0]).all()) or int(counts[0]) >= experts:
+        return None
+    return picked.nonzero()[:, 1].reshape(picked.shape[0], -1)
+
+
+def _probe(model: nn.Module, vocab_size: int, hidden_size: int | None, seed: int, blocks_alone: bool,
+           tokens: int = PROBE_TOKENS) -> None:
+    """One forward of `tokens` random tokens through the whole model, or through each MoE block alone."""
     gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab_size, (1, PROBE_TOKENS), generator=gen)
+    input_ids = torch.randint(0, vocab_size, (1, tokens), generator=gen)
     with torch.no_grad():
         if not blocks_alone:
             model(input_ids=input_ids, use_cache=False)
             return
         for block in moe_blocks(model).values():
             hidden = int(_expert_tensors(block.get_submodule("experts"))[0][1].shape[-1])
-            block(torch.randn(1, PROBE_TOKENS, hidden_size or hidden, generator=gen))
+            block(torch.randn(1, tokens, hidden_size or hidden, generator=gen))
 
 
 def _picks_per_token(model: nn.Module, captured: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
@@ -249,7 +282,7 @@ def _picks_per_token(model: nn.Module, captured: dict[str, dict[str, Any]]) -> l
     return found
 
 
-def _vocab(config: Any, path: str) -> int:
+def vocab_size(config: Any, path: str) -> int:
     for cfg in (config, sub_config(config, path)):
         vocab = getattr(cfg, "vocab_size", None)
         if isinstance(vocab, int):
@@ -272,7 +305,7 @@ def used(family: str, form: str, settings: Settings) -> Observations:
         raise
     path = moe_path(config) or ""
     model = build_model(config)
-    return measure(model, _vocab(config, path), _hidden_size(config, path), blocks_alone=not full_forward_runs(family))
+    return measure(model, vocab_size(config, path), hidden_size_of(config, path), blocks_alone=not full_forward_runs(family))
 
 
 @functools.cache
@@ -283,7 +316,7 @@ def full_forward_runs(family: str) -> bool:
     config = base_config(family)
     path = moe_path(config) or ""
     try:
-        measure(build_model(config), _vocab(config, path), _hidden_size(config, path))
+        measure(build_model(config), vocab_size(config, path), hidden_size_of(config, path))
     except Exception:  # noqa: BLE001 - any failure of the unchanged model: our shrink, not a finding
         return False
     return True
@@ -299,19 +332,20 @@ def _keyword(family: str, quantity: str) -> Spelling:
 def skip_reason(family: str) -> str | None:
     """Why the family has no spelling to check here (no top-k field, no buildable model), or None."""
     if family in UNSUPPORTED_FAMILIES:
-        return f"not a routed top-k MoE the harness models: {UNSUPPORTED_FAMILIES[family]}"
+        return harness_limit(f"not a routed top-k MoE the harness models: {UNSUPPORTED_FAMILIES[family]}")
     quantities = {s.quantity for s in spellings(family)}
     missing = set(QUANTITIES) - quantities
     if missing:
-        return f"its config has no {' or '.join(sorted(missing))} spelling"
+        return not_applicable(f"its config has no {' or '.join(sorted(missing))} spelling")
     reason = unbuildable(lambda: build_model(base_config(family)))
     if reason:
         return reason
     model = build_model(base_config(family))
     if not moe_blocks(model):
-        return "its tiny model has no experts module with 3-D expert tensors"
+        return harness_limit("its tiny model has no experts module with 3-D expert tensors (the only expert layout "
+                             "this capability measures)")
     # Outside the try: the family's own tiny model failing to run is an error to see, not a skip.
     path = moe_path(base_config(family)) or ""
-    measure(model, _vocab(base_config(family), path), _hidden_size(base_config(family), path),
+    measure(model, vocab_size(base_config(family), path), hidden_size_of(base_config(family), path),
             blocks_alone=not full_forward_runs(family))
     return None

@@ -1,13 +1,16 @@
 """A family's tiny transformers model, built in exactly one place: its shrunk config (with the fields its MoE
 block needs to exist), sized on the meta device before anything is allocated, cached once per process.
 
-`unbuildable` is the one way a capability says that a family's tiny model cannot be built here.
+A model that transformers' own code fails to build from a config its config class accepted is a finding:
+`tiny_model` raises `ModelBuildFailed` (a TargetError), and the case that needed the model fails with it.
+Only a config with no model class at all is a skip (`unbuildable` says so: not applicable).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.targets.transformers.families import record
 from harness.tiny_configs import tiny_config
+from harness.verdict import SkipReason, TargetError, not_applicable
 
 # A shrunk config that still asks for more parameters than this is not built: a sub-config that
 # escaped shrinking (a full-size vision tower, say) would take the machine's memory.
@@ -31,12 +34,16 @@ class NoModelClass(Exception):
     """No Auto class and no model class of the config's family declares the config."""
 
 
+class ModelBuildFailed(TargetError):
+    """transformers raised while building a model from a config its own config class accepted."""
+
+
 @functools.cache
 def base_config(family: str) -> Any:
     """The family's tiny config (the one every transformers capability builds from)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tiny_config(family, **record(family).build_fields)
+        return tiny_config(family)
 
 
 def model_builder(config: Any) -> Any:
@@ -62,33 +69,74 @@ def model_builder(config: Any) -> Any:
 
 def build_sized(config: Any) -> nn.Module:
     """The model of `config` (see `model_builder`) in eval mode, float32; sized on the `meta` device first,
-    ModelTooLarge (and nothing allocated) when it asks for more than MAX_TINY_PARAMS."""
+    ModelTooLarge (and nothing allocated) when it asks for more than MAX_TINY_PARAMS; ModelBuildFailed when
+    transformers' own model code raises on the config."""
     builder = model_builder(config)
-    with torch.device("meta"):
-        count = sum(p.numel() for p in builder(config).parameters())
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in builder(config).parameters())
+    except Exception as exc:
+        raise ModelBuildFailed(f"building {config.model_type}'s model (from a config its {type(config).__name__} "
+                               f"accepted) raised {_one_line(exc)}; {_default_build(config.model_type)}",
+                               exc) from exc
     if count > MAX_TINY_PARAMS:
         raise ModelTooLarge(f"{config.model_type}: the config asks for {count:,} parameters "
                             f"(limit {MAX_TINY_PARAMS:,}); a sub-config escaped shrinking")
-    return builder(config).eval()
+    try:
+        return builder(config).eval()
+    except Exception as exc:
+        raise ModelBuildFailed(f"building {config.model_type}'s model (from a config its {type(config).__name__} "
+                               f"accepted) raised {_one_line(exc)}", exc) from exc
+
+
+_BUILD_FAILURES: dict[str, ModelBuildFailed] = {}
 
 
 @functools.cache
 def tiny_model(family: str) -> nn.Module:
-    """The family's tiny model (causal LM, else its base model), built once per process by `build_sized`."""
-    return build_sized(base_config(family))
+    """The family's tiny model (causal LM, else its base model), built once per process by `build_sized`;
+    a ModelBuildFailed is raised again on every later call without building again."""
+    if family in _BUILD_FAILURES:
+        raise _BUILD_FAILURES[family]
+    try:
+        return build_sized(base_config(family))
+    except ModelBuildFailed as failure:
+        _BUILD_FAILURES[family] = failure
+        raise
 
 
-def unbuildable(build: Callable[[], object], passes: tuple[type[Exception], ...] = ()) -> str | None:
-    """None when `build()` succeeds, else why the family's tiny model cannot be built here (one line);
-    exceptions of the `passes` types propagate to the caller, which says what they mean.
+def _one_line(exc: BaseException) -> str:
+    """`Type: first line of the message (at file:line of the innermost frame)`."""
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('site-packages/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {first}{where}"
 
-    Only our shrunk config or builder choice fails here; whatever the case itself runs is not guarded.
+
+def _default_build(family: str) -> str:
+    """Whether the family's full-size default config builds (on the meta device, nothing allocated): says
+    whether the defect needs our shrunk config at all."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = CONFIG_MAPPING[family]()
+            with torch.device("meta"):
+                model_builder(config)(config)
+    except Exception as exc:  # noqa: BLE001 - only the evidence is wanted here
+        return f"its full-size default config fails too ({_one_line(exc)})"
+    return "its full-size default config builds (the shrunk values trigger it)"
+
+
+def unbuildable(build: Callable[[], object]) -> SkipReason | None:
+    """None when `build()` succeeds; a not-applicable reason when the family's config has no model class.
+
+    Anything else `build()` raises propagates: ModelBuildFailed is the target's failure, any other exception
+    our own (a shrink we must fix), so neither becomes a skip.
     """
     try:
         build()
-    except passes:
-        raise
-    except Exception as exc:  # noqa: BLE001 - our shrunk config or builder choice, not a finding by itself
-        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return f"its tiny model cannot be built here ({type(exc).__name__}: {first_line})"
+    except NoModelClass as exc:
+        return not_applicable(f"transformers has no model for this config ({exc})")
     return None

@@ -18,6 +18,7 @@ from torch import nn
 
 from harness.targets.vllm.runtime import building, process_weights, running, seed_parameters
 from harness.tiny_configs import tiny_config
+from harness.verdict import harness_limit
 from reference.config import MoESpec
 
 BLOCK_FAMILIES = ("gemma4",)
@@ -105,5 +106,5 @@ def skip_reason(family: str) -> str | None:
     """Why vLLM has no CPU-buildable block here for `family`, or None."""
     if family in BLOCK_FAMILIES:
         return None
-    return (f"the vllm target builds CPU blocks only for {', '.join(BLOCK_FAMILIES)} "
-            f"(the other MoE layers are not wired in yet)")
+    return harness_limit(f"the vllm target builds CPU blocks only for {', '.join(BLOCK_FAMILIES)} "
+                         f"(the other MoE layers are not wired in yet)")

@@ -18,6 +18,7 @@ from typing import Any
 from harness.families import DEFAULT_FAMILIES
 from harness.targets.base import RemapCap
 from harness.tiny_configs import tiny_config
+from harness.verdict import harness_limit, not_applicable
 from reference.checkpoint import KeySchema
 
 DROPPED = "<dropped by the mapper>"
@@ -127,4 +128,6 @@ def skip_reason(family: str) -> str | None:
     """Why no vLLM mapper chain is checked for `family`, or None."""
     if family in CHAINS:
         return None
-    return UNSPELLABLE.get(family, f"no vLLM model class is wired to {family} in harness/targets/vllm/mappers.py CHAINS")
+    if family in UNSPELLABLE:
+        return not_applicable(UNSPELLABLE[family])
+    return harness_limit(f"no vLLM model class is wired to {family} in harness/targets/vllm/mappers.py CHAINS")
