@@ -144,22 +144,40 @@ class _Prepared:
 
 @dataclass
 class _Run:
-    """One case's property as Hypothesis calls it: counts the examples and keeps every failing one."""
+    """One case's property as Hypothesis calls it: counts the examples and keeps every failing one.
+
+    With `past_known` set (the generated phase), an example failing as one of the target's known failures
+    is kept in `known_seen` and not raised on, so the search goes on for a failure nobody has recorded: a
+    known defect every example trips (a loader that mishandles a key on every family) must not hide the rest.
+    """
 
     check: Check
     target: Target
     family: Family
     examples: int = 0
     failures: list[tuple[Any, BaseException]] = field(default_factory=list)
+    known_seen: list[tuple[Any, BaseException]] = field(default_factory=list)
+    past_known: bool = False
 
     def call(self, example: Any) -> None:
-        """The property on one drawn example; a failure is kept (with its example) and raised on."""
+        """The property on one drawn example; a failure is kept (with its example) and raised on, unless
+        `past_known` and the target lists it as known."""
         self.examples += 1
         try:
             self.check.prop(self.target, self.family, example)
         except BaseException as exc:
+            if self.past_known and self._known(example, exc):
+                self.known_seen.append((example, exc))
+                return
             self.failures.append((example, exc))
             raise
+
+    def _known(self, example: Any, exc: BaseException) -> bool:
+        """Whether `exc` on `example` is a failure (not a skip, not our own error) the target records."""
+        if not isinstance(exc, PropertyViolation | TargetError):
+            return False
+        found = _failure_record(self.check, example, exc)
+        return self.target.known_failure(self.check.name, self.family.name, found[3]) is not None
 
 
 def _prepare(check: Check, target: Target, family: Family, verdict: Verdict) -> _Prepared | None:
@@ -194,6 +212,7 @@ def _hypothesis_test(run: _Run, prepared: _Prepared, key: bytes, seed: int,
     failing pin does not stop generation from finding another counterexample."""
 
     def body(example: Any) -> None:
+        run.past_known = True
         run.call(example)
 
     test = given(prepared.strategy)(body)
@@ -249,9 +268,13 @@ def _run_and_judge(test: Callable[[], None], run: _Run, pin_failures: list[tuple
         _judge_failure(run, exc, result.verdict)
     if raw_stats:
         result.stats.update(_summarise(raw_stats[-1]))
-    if result.verdict.status in (Status.PASS, Status.SKIP) and pin_failures:
-        run.failures[:] = pin_failures[:1]
-        _judge_failure(run, pin_failures[0][1], result.verdict)
+    # Nothing new was generated: a failing pin, else the first known failure generation met, is the verdict.
+    fallback = pin_failures[:1] or run.known_seen[:1]
+    if result.verdict.status in (Status.PASS, Status.SKIP) and fallback:
+        run.failures[:] = fallback
+        _judge_failure(run, fallback[0][1], result.verdict)
+    if run.known_seen:
+        result.stats["known_failures_met"] = len(run.known_seen)
 
 
 def _judge_failure(run: _Run, exc: BaseException, verdict: Verdict) -> None:
@@ -265,15 +288,23 @@ def _judge_failure(run: _Run, exc: BaseException, verdict: Verdict) -> None:
     if isinstance(err, CheckSkipped):  # the check found, mid-example, that it does not apply
         verdict.status, verdict.message, verdict.skip_kind = Status.SKIP, str(err.reason), skip_kind(err.reason)
         return
-    kind, message, details, tolerance = _classify(err)
+    kind, message, tolerance, verdict.counterexample = _failure_record(run.check, example, err)
     verdict.status = Status.ERROR if kind == ErrorKind.HARNESS_ERROR else Status.FAIL
     verdict.kind, verdict.message, verdict.tolerance = kind, message, tolerance
+
+
+def _failure_record(check: Check, example: Any, err: BaseException) -> tuple[ErrorKind, str, str | None,
+                                                                              dict[str, Any]]:
+    """(kind, message, tolerance, counterexample) of `err` raised on `example`: the counterexample is the
+    example as the check describes it plus the failure's details, what a finding's signature is matched on."""
+    kind, message, details, tolerance = _classify(err)
     if kind == ErrorKind.TARGET_ERROR:  # what the target raised, for a finding's signature to match
         details = {"error": message, **details}
     try:
-        verdict.counterexample = {**run.check.describe(example), **_plain(details)}
+        counterexample = {**check.describe(example), **_plain(details)}
     except Exception as describe_exc:
-        verdict.counterexample = {"describe_failed": repr(describe_exc)}
+        counterexample = {"describe_failed": repr(describe_exc)}
+    return kind, message, tolerance, counterexample
 
 
 def _apply_known_failure(check: Check, target: Target, family: Family, result: CaseResult) -> None:

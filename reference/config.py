@@ -209,8 +209,17 @@ def _where(config: Any, path: str) -> str:
 def moe_layer_indices(config: Any) -> tuple[int, ...]:
     """The indices of the MoE layers, from the layer count and whichever dense-layer marker is set."""
     cfg, _ = find_moe_config(config)
-    hit = first_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(config, NUM_LAYERS_SPELLINGS)
+    hit = (_stored_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(cfg, NUM_LAYERS_SPELLINGS)
+           or first_spelling(config, NUM_LAYERS_SPELLINGS))
     return _moe_layers(cfg, int(hit[1]) if hit else 1)
+
+
+def _stored_spelling(cfg: Any, spellings: tuple[str, ...]) -> tuple[str, Any] | None:
+    """The first spelling the config stores (not one its class computes): longcat_flash derives
+    num_hidden_layers = 2 * num_layers (two attention sublayers per decoder layer) from the stored num_layers,
+    and only the stored count is the number of decoder layers, each with its one MoE block."""
+    stored = cfg if isinstance(cfg, Mapping) else vars(cfg)
+    return first_spelling({n: stored[n] for n in spellings if n in stored}, spellings)
 
 
 def _moe_layers(cfg: Any, num_layers: int) -> tuple[int, ...]:
@@ -275,7 +284,9 @@ def _inferred_variant(cfg: Any) -> str:
         return "grouped_softmax"
     if selection_fn in ("softmax", "sigmoid"):
         return "topk_softmax" if selection_fn == "softmax" else "sigmoid_topk_on_logits"
-    if isinstance(n_group, int) and n_group > 1 and isinstance(topk_group, int):
+    if isinstance(n_group, int) and n_group >= 1 and isinstance(topk_group, int):
+        # One group is still the grouped code path (sigmoid scores, the selection bias, the scaling factor):
+        # DeepSeek-V3-style blocks do not special-case n_group=1.
         return "grouped"
     return "sigmoid_bias" if _get(cfg, "scoring_func") == "sigmoid" else "softmax_topk"
 
@@ -288,7 +299,7 @@ def _groups(cfg: Any, name: str, inferred: bool) -> tuple[Any, Any, str]:
     method = _get(cfg, "topk_method") if inferred else None
     group_score = "max" if method in ("greedy", "group_limited_greedy") else "top2_sum"
     ungrouped = not variant(name).grouped or method == "greedy" or (
-        name == "grouped_softmax" and not (isinstance(n_group, int) and isinstance(topk_group, int)))
+        variant(name).groups_optional and not (isinstance(n_group, int) and isinstance(topk_group, int)))
     return (None, None, group_score) if ungrouped else (n_group, topk_group, group_score)
 
 

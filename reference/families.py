@@ -65,7 +65,8 @@ FACTS: tuple[FamilyFacts, ...] = (
     FamilyFacts("afmoe", ("AfmoeSparseMoeBlock",), routing="sigmoid_bias", renormalize=True),
     FamilyFacts("aria", ("AriaTextMoELayer",), ("aria_text",), routing="topk_softmax", renormalize=True),
     FamilyFacts("axk1", ("AXK1MoE",), post_norm=True),  # DeepSeek-V3's block, its output RMS-normed
-    FamilyFacts("axk2", ("AXK2MoE",)),
+    # AXK2 fills the dropped groups' scores with 0.0 (its code: "to match reference implementation").
+    FamilyFacts("axk2", ("AXK2MoE",), routing="grouped_zero_filled"),
     FamilyFacts("beam", ("BeamMoE",)),  # DeepSeek-V3 grouped routing; routed_scaling_factor applied by the block
     FamilyFacts("cohere2_moe", ("Cohere2MoeSparseMoeBlock",)),
     FamilyFacts("deepseek_v2", ("DeepseekV2Moe",)),

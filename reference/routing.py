@@ -39,8 +39,7 @@ def _grouped_choice(scores: torch.Tensor, knobs: RoutingKnobs) -> torch.Tensor:
         group_score = topk_stable(per_group, min(2, e // knobs.n_group))[0].sum(-1)
     _, keep = topk_stable(group_score, knobs.topk_group)
     mask = torch.zeros(t, knobs.n_group, dtype=torch.bool, device=scores.device).scatter_(1, keep, True)
-    # Masked experts get -inf: a kept expert with a negative biased score must still beat them.
-    return per_group.masked_fill(~mask[..., None], float("-inf")).view(t, e)
+    return per_group.masked_fill(~mask[..., None], variant(knobs.variant).dropped_score).view(t, e)
 
 
 _SCORES = {"softmax": lambda x: torch.softmax(x, dim=-1), "sigmoid": torch.sigmoid, "logits": lambda x: x}
@@ -99,8 +98,9 @@ def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
 
 def _validate_groups(knobs: RoutingKnobs, num_experts: int) -> None:
     """Groups given both or neither (`grouped` needs them), dividing the experts, their kept experts holding K."""
-    if knobs.variant == "grouped" and (knobs.n_group is None or knobs.topk_group is None):
-        raise RoutingInputError("grouped routing needs n_group and topk_group")
+    rule = variant(knobs.variant)
+    if rule.grouped and not rule.groups_optional and (knobs.n_group is None or knobs.topk_group is None):
+        raise RoutingInputError(f"{knobs.variant} routing needs n_group and topk_group")
     if (knobs.n_group is None) != (knobs.topk_group is None):
         raise RoutingInputError(f"n_group={knobs.n_group} and topk_group={knobs.topk_group}: give both or neither")
     if knobs.n_group is None or knobs.topk_group is None:

@@ -134,3 +134,22 @@ def test_the_plan_makes_no_case_for_a_capability_the_target_lacks() -> None:
     assert ("seeds-fixed", "config-spelling") in selection.not_offered
     named = plan(["seeds-fixed"], ["config-spelling"])
     assert named.cases and not named.not_offered, "a check named on the command line gets its case (a skip)"
+
+
+def test_a_known_failure_every_example_meets_does_not_hide_a_new_one(pinned: Any) -> None:
+    """Half the inputs trip a recorded defect (odd x); generation still finds the unrecorded one (x >= 50)."""
+    pinned()
+    known = Finding(check="toy-below-50", family="mixtral", reason="odd x", signature=r"odd=True", reproducer="x")
+
+    def odd_aware(cap: Any, family: Family, x: int) -> None:
+        if x % 2:
+            raise PropertyViolation(f"f({x}) rejected an odd x", odd=True)
+        _below_50(cap, family, x)
+
+    check = _check(holds=odd_aware)
+    found = engine.execute(check, _target(lambda x: x, known_failures=[known]), FAMILY, profile="dev", seed=1)
+    assert found.verdict.status == Status.FAIL and found.verdict.counterexample["x"] == 50, found.verdict
+    only_known = engine.execute(check, _target(lambda x: 0, known_failures=[known]), FAMILY, profile="dev", seed=1)
+    assert only_known.verdict.status == Status.KNOWN and only_known.verdict.counterexample["x"] % 2
+    assert only_known.stats["known_failures_met"] > 0
+    assert only_known.verdict.examples > 1, "the search went on past the known failure"

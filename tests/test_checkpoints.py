@@ -31,7 +31,7 @@ from harness.targets.base import CheckpointLoaderCap, Target
 from harness.targets.reference import ALL_SCHEMAS, make_target
 from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER, resave
 from harness.targets.transformers.families import record
-from harness.verdict import ErrorKind, Status
+from harness.verdict import ErrorKind, PropertyViolation, Status
 from reference.checkpoint import ExpertParamEntry, KeySchema, make_expert_params_mapping, parse_expert_key
 from reference.loader import load_checkpoint
 from reference.shards import INDEX_NAME, CheckpointError
@@ -249,3 +249,22 @@ def test_transformers_two_layout_checkpoint_is_rejected_without_naming_a_key() -
     verdict = run_case(check, TRANSFORMERS, get_family("qwen3_moe"), max_examples=3)
     assert (verdict.status, verdict.kind) == (Status.FAIL, ErrorKind.PROPERTY_VIOLATION), verdict.message
     assert "AttributeError" in verdict.counterexample["error"]
+
+
+def test_transformers_twin_spelling_is_loaded_silently() -> None:
+    """transformers 5.24: the same expert parameter under `model.layers.0...` and `layers.0...` loads one copy
+    and reports neither (the recorded `family = "*"` finding); the check fails on it."""
+    plan = _plan(family="qwen3_moe", num_layers=1, num_experts=2, hidden=4, intermediate=2,
+                 schema=KeySchema("model.", "mlp", "fused"), duplicate=KeySchema("", "mlp", "fused"),
+                 duplicate_layers=(0,))
+    with pytest.raises(PropertyViolation, match="neither rejected nor reported as a conflict"):
+        CHECKPOINT_ROUNDTRIP.prop(TRANSFORMERS, get_family("qwen3_moe"), write_checkpoint(plan))
+
+
+def test_a_load_report_naming_layers_in_braces_names_each_layer() -> None:
+    """transformers' load report compresses `layers.0.x` and `layers.1.x` to `layers.{0, 1}.x`: that names both."""
+    from harness.checks.checkpoint_roundtrip import _cited_names
+
+    assert _cited_names("model.layers.{0, 1}.mlp.experts.down_proj | MISMATCH") == [
+        "model.layers.0.mlp.experts.down_proj", "model.layers.1.mlp.experts.down_proj", "MISMATCH"]
+    assert len(_cited_names("model.layers.{0...11}.mlp.experts.down_proj")) == 12  # over ten: first...last

@@ -51,6 +51,18 @@ def test_grouped_masks_with_negative_infinity() -> None:
     assert sorted(ids[0].tolist()) == [2, 3]
 
 
+def test_grouped_zero_filled_picks_a_dropped_expert_over_a_negative_kept_one() -> None:
+    from reference.config import RoutingKnobs
+
+    # Group {2,3} is kept; its biased scores (sigmoid - 10) are negative, so the dropped group's 0.0 wins (AXK2).
+    knobs = RoutingKnobs("grouped_zero_filled", 2, n_group=2, topk_group=1)
+    logits = torch.tensor([[0.0, 0.0, 5.0, 5.0]])
+    bias = torch.tensor([-20.0, -20.0, -10.0, -10.0])
+    w, ids = route(logits, knobs, bias=bias, oracle=True)
+    assert sorted(ids[0].tolist()) == [0, 1]
+    assert torch.allclose(w[0].double(), torch.sigmoid(torch.zeros(2, dtype=torch.float64)))
+
+
 def _softmax_bias_by_hand(logits: list[float], bias: list[float], k: int, renorm: bool,
                           scale: float) -> tuple[list[int], list[float]]:
     """softmax_bias written out with math.exp: choose on p + bias, weigh with p (NOTES §2, ernie4_5_moe)."""

@@ -8,6 +8,7 @@ loader says one).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from typing import Any
@@ -61,6 +62,29 @@ def _same_expert(name: str, key: str) -> bool:
     """`name` is the (layer, expert) of `key`, however the loader renamed it."""
     a = _layer_expert(name)
     return name == key or (a is not None and a == _layer_expert(key))
+
+
+_CITED = re.compile(r"[\w.*]+(?:\{[\d, .]+\}[\w.*]*)*")
+_BRACES = re.compile(r"\{([\d, .]+)\}")
+
+
+def _indices(group: str) -> list[str]:
+    """`0, 1` as its indices; `0...11` (a report's cut-short list) as every index from first to last."""
+    if "..." in group:
+        first, last = (int(n) for n in group.split("..."))
+        return [str(i) for i in range(first, last + 1)]
+    return [n.strip() for n in group.split(",")]
+
+
+def _cited_names(text: str) -> list[str]:
+    """The names an error text cites, a load report's compressed `layers.{0, 1}.x` (or `layers.{0...11}.x`)
+    spelled out per index."""
+    names: list[str] = []
+    for token in _CITED.findall(text):
+        parts = _BRACES.split(token)  # literal, indices, literal, ...
+        choices = [[part] if i % 2 == 0 else _indices(part) for i, part in enumerate(parts)]
+        names.extend("".join(choice) for choice in itertools.product(*choices))
+    return names
 
 
 def _offending(ckpt: GeneratedCheckpoint) -> list[str]:
@@ -139,7 +163,7 @@ def _judge_rejection(ckpt: GeneratedCheckpoint, exc: Exception) -> None:
     offending = _offending(ckpt)
     if not offending:
         raise TargetError(f"checkpoint_loader raised {message}", exc) from exc
-    cited = re.findall(r"[\w.*]+", str(exc))
+    cited = _cited_names(str(exc))
     if not any(name == c or _covers(c, name) or _covers(name, c) for name in offending for c in cited):
         raise PropertyViolation("the loader rejected the checkpoint with an error that names none of the "
                                 "duplicated, missing or extra keys", error=message[:400],
@@ -234,11 +258,8 @@ CHECKPOINT_ROUNDTRIP: Check[CheckpointLoaderCap] = Check(
     capability="checkpoint_loader",
     summary="every expert slot written once with exactly its tensor; missing, unexpected and two-layout keys "
             "reported by name or rejected",
-    # A loader may say it is not to be given checkpoints holding a parameter twice (`duplicates` False, with
-    # its reason: the transformers target's); every other loader is.
     draws=lambda loader, family: checkpoints(family.name, loader.schemas(family.name),
-                                             formats=loader.formats or tuple(FORMATS),
-                                             duplicates=getattr(loader, "duplicates", True)),
+                                             formats=loader.formats or tuple(FORMATS)),
     holds=check_loader,
     describe=describe,
     excludes=_excludes,

@@ -1,7 +1,7 @@
 """router-knobs: each routing knob a family's config declares, flipped, changes its real router as the
 reference says, and the router built with it routes as the reference does.
 
-A knob (renormalize, scaling factor, n_group, topk_group) is drawn with a valid value other than the
+A knob (renormalize, scaling factor, n_group, topk_group, experts per token) is drawn with a valid value other than the
 tiny config's; the target builds the family's real router with and without it. On the same logits, where
 the reference's routing for the two resolved specs differs, the real routings must differ too (else the
 knob has no effect); and each real routing must be a valid top-K of the reference's selection score with

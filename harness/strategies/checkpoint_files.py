@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hypothesis import reject
 from safetensors.torch import save_file
 
 from harness.families import tiny_spec
@@ -378,6 +379,10 @@ def _damage(plan: CheckpointPlan, spec: MoESpec, prints: dict[Slot, tuple[int, t
     if plan.damage == "drop":
         candidates = sorted({key for slot, key in keys_of.items()
                              if slot.expert is not None and slot.layer not in plan.duplicate_layers})
+        # Every expert layer the family's config keeps is written twice (the plan cannot know a config that
+        # makes more layers dense than it chose): no key can go missing, so the plan cannot be realised.
+        if not candidates:
+            reject()
         key = candidates[plan.damage_at % len(candidates)]
         del tensors[key]
         return (key,), ()

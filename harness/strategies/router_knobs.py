@@ -30,7 +30,8 @@ class KnobExample:
 
 
 def flip_values(knob: Knob, spec: MoESpec, knobs: tuple[Knob, ...]) -> list[Any]:
-    """The values other than the default that keep the config valid (n_group divides E, K fits the kept groups)."""
+    """The values other than the default that keep the config valid (n_group divides E, K fits the kept groups,
+    K at most the experts the kept groups hold)."""
     e, k = spec.num_experts, spec.top_k
     current = {kn.kind: kn.default for kn in knobs}
     if knob.kind == "renormalize":
@@ -44,6 +45,10 @@ def flip_values(knob: Knob, spec: MoESpec, knobs: tuple[Knob, ...]) -> list[Any]
     if knob.kind == "topk_group":
         n_group = current.get("n_group") or 1
         return [t for t in range(1, n_group + 1) if t != knob.default and k <= t * (e // n_group)]
+    if knob.kind == "top_k":
+        n_group = current.get("n_group") or 1
+        reachable = (current.get("topk_group") or n_group) * (e // n_group)
+        return [t for t in range(1, min(e, reachable) + 1) if t != knob.default]
     return []
 
 

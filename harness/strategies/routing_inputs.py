@@ -65,8 +65,7 @@ def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIAN
     experts = draw(st.integers(1, max_experts))
     kw: dict[str, object] = {}
     k_max = experts
-    # grouped must have groups; grouped_softmax may also route greedily over all experts (DeepSeek-V2).
-    if name == "grouped" or (rule.grouped and draw(st.booleans())):
+    if rule.grouped and (not rule.groups_optional or draw(st.booleans())):
         divisors = [d for d in range(1, experts + 1) if experts % d == 0]
         n_group = draw(st.sampled_from(divisors))
         topk_group = draw(st.integers(1, n_group))

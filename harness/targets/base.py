@@ -142,7 +142,7 @@ class ConfigSpellingCap:
 @dataclass(frozen=True)
 class Knob:
     """A routing knob a family's config declares: `kind` is the reference knob it sets (renormalize,
-    scaling_factor, n_group, topk_group), `name` the config field, `default` its value in the tiny config."""
+    scaling_factor, n_group, topk_group, top_k), `name` the config field, `default` its value in the tiny config."""
 
     kind: str
     name: str

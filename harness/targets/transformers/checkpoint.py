@@ -356,19 +356,9 @@ class FamilySchemas:
 class TransformersCheckpointLoader(CheckpointLoaderCap):
     """The capability, with `example_caps`: every example builds the family's model through from_pretrained
     (a tenth to a half of a second each), and the check runs on every discovered family, so dev and ci draw
-    fewer (nightly keeps its own count).
-
-    `duplicates` False: checkpoints holding a parameter twice (a second schema, `CheckpointPlan.duplicate`) are
-    not drawn for transformers. Its loading info has no conflicts, and in 5.24 every family fails them one of
-    two known ways: the base-model twin of a key (`layers.N...` beside `model.layers.N...`) loads silently, the
-    other copy winning; per-expert beside fused raises an AttributeError naming no key (the recorded qwen3_moe,
-    mixtral, olmoe findings). Drawn, they fail all 80-odd families at once and each case spends its time
-    shrinking that, hiding every other region; the recorded findings' pins (`harness/pins.py`,
-    two-layout-checkpoint) keep confirming them on every run instead.
-    """
+    fewer (nightly keeps its own count)."""
 
     example_caps: tuple[tuple[str, int], ...] = (("dev", 8), ("ci", 10))
-    duplicates: bool = False
 
 
 FAMILY_SCHEMAS = FamilySchemas()

@@ -95,8 +95,10 @@ class FamilyConversion:
         if pattern is None:
             return None
         converter = self._converter_of[pattern]
+        # A many-to-many op (ernie4_5_vl_moe's fuse-and-split of the text and vision experts) stacks its lists too.
         merges = len(converter.source_patterns) > 1 or any(
-            isinstance(op, (MergeModulelist, Concatenate)) for op in converter.operations)
+            isinstance(op, (MergeModulelist, Concatenate)) or getattr(op, "supports_many_to_many", False)
+            for op in converter.operations)
         if not merges:
             return None
         matched = converter._scoped_match(renamed)

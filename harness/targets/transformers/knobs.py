@@ -2,7 +2,7 @@
 built with any of them set.
 
 A knob is a config field spelled as NOTES §2's knobs are (norm_topk_prob / moe_renormalize,
-routed_scaling_factor, n_group / num_expert_group, topk_group), found as a stored field or through an
+routed_scaling_factor, n_group / num_expert_group, topk_group) or the experts-per-token count, found as a stored field or through an
 `attribute_map` alias. The routing a block really uses is read off its experts' inputs (the ids and
 weights they are called with) while the family's own block runs; a block whose experts take no ids
 (llama4) is read off the dense score matrix its router returns.
@@ -27,13 +27,21 @@ from harness.targets.transformers.spellings import (
 )
 from harness.tiny_configs import moe_path, sub_config
 from harness.verdict import not_applicable
-from reference.config import N_GROUP_SPELLINGS, RENORM_SPELLINGS, SCALING_SPELLINGS, resolve_moe_spec
+from reference.config import (
+    N_GROUP_SPELLINGS,
+    RENORM_SPELLINGS,
+    SCALING_SPELLINGS,
+    TOP_K_SPELLINGS,
+    resolve_moe_spec,
+)
 
 KNOB_SPELLINGS: dict[str, tuple[str, ...]] = {
     "renormalize": RENORM_SPELLINGS,
     "scaling_factor": SCALING_SPELLINGS,
     "n_group": N_GROUP_SPELLINGS,
     "topk_group": ("topk_group",),
+    # Last: a drawn example shrinks toward the first knob, and the knobs above are the ones NOTES §2 lists.
+    "top_k": TOP_K_SPELLINGS,
 }
 
 
