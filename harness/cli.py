@@ -109,8 +109,18 @@ def _run(args: argparse.Namespace, command: str) -> int:
                             round(time.perf_counter() - clock, 3), library_versions()), targets, results)
     print()
     print(text.render_report(report, families=args.families))
+    unsaved = [r for r in results if "record_not_saved" in r.stats]
+    if unsaved:
+        print(f"moe-harness: {len(unsaved)} failure record(s) not saved under {args.db}: "
+              f"{unsaved[0].stats['record_not_saved']} (the failures above stand; pass a writable --db)",
+              file=sys.stderr)
     if args.report_dir:
-        print(text.render_written(write_report_dir(report, args.report_dir)))
+        try:
+            print(text.render_written(write_report_dir(report, args.report_dir)))
+        except OSError as exc:
+            print(f"moe-harness: could not write the report directory {args.report_dir}: {type(exc).__name__}: "
+                  f"{exc} (the results above stand; pass a writable --report-dir)", file=sys.stderr)
+            return max(_exit_code(report), EXIT_USAGE)
     return _exit_code(report)
 
 

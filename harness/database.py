@@ -17,7 +17,10 @@ replayed first everywhere, and no ordinary run edits the committed directory.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,8 +145,9 @@ class RegressionStore:
         found: dict[str, tuple[Record, list[str]]] = {}
         for origin, root in (("shared", self.shared), ("local", self.local)):
             for path in sorted((root / "records").glob("*.json")):
-                record = Record.from_json(path.read_text())
-                found.setdefault(record.case_id, (record, []))[1].append(origin)
+                record = _read_record(path)
+                if record is not None:
+                    found.setdefault(record.case_id, (record, []))[1].append(origin)
         return [(rec, tuple(origins)) for _, (rec, origins) in sorted(found.items())]
 
     def remove(self, record: Record) -> None:
@@ -160,11 +164,32 @@ def _examples(root: Path) -> DirectoryBasedExampleDatabase:
     return DirectoryBasedExampleDatabase(root / "examples")
 
 
+def _read_record(path: Path) -> Record | None:
+    """The record stored at `path`, or None (with one line on stderr) when it cannot be read or parsed: a
+    damaged record must not stop a run or a replay of the others."""
+    try:
+        return Record.from_json(path.read_text())
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        print(f"moe-harness: skipping unreadable regression record {path}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return None
+
+
 def _write_record(root: Path, record: Record) -> Path:
+    """Write `record` under `root` atomically (a temporary file renamed over it): processes saving the same
+    case at once each leave a whole record, never a torn one. OSError when `root` cannot be written."""
     path = root / "records" / record.filename
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():  # keep when the case first failed; the rest describes the latest failure
-        record.found = Record.from_json(path.read_text()).found or record.found
+    previous = _read_record(path) if path.exists() else None
+    if previous is not None:  # keep when the case first failed; the rest describes the latest failure
+        record.found = previous.found or record.found
     record.found = record.found or datetime.now(UTC).isoformat(timespec="seconds")
-    path.write_text(record.to_json())
+    fd, temporary = tempfile.mkstemp(prefix=f".{record.filename}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(record.to_json())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path

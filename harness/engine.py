@@ -130,7 +130,10 @@ def execute(
     verdict.seconds = round(time.perf_counter() - start, 3)
     _apply_known_failure(check, target, family, result)
     if store and store.record_failures and verdict.status == Status.FAIL:
-        store.save(Record.of(result, profile, seed))
+        try:
+            store.save(Record.of(result, profile, seed))
+        except OSError as exc:  # a read-only checkout: the verdict stands, the report says what was not kept
+            result.stats["record_not_saved"] = f"{type(exc).__name__}: {exc}"
     return result
 
 

@@ -37,9 +37,22 @@ def _route_without_bias(logits, knobs, bias=None, **kw):
     return route(logits, knobs, bias=torch.zeros_like(bias) if bias is not None else None, **kw)
 
 
+def _route_scaling_logits_in_place(logits, knobs, **kw):
+    """Sharpens the router's input in place before routing: its weights then match the changed logits only."""
+    return route(logits.mul_(3.0), knobs, **kw)
+
+
 def _remap_drops_scale_suffix(key: str) -> str:
     """Folds quantization scales onto `.weight`: two checkpoint keys land on one name."""
     return re.sub(r"\.(weight_scale\w*|input_scale|scales)$", ".weight", remap(key))
+
+
+def _remap_renames_gate_as_up(key: str) -> str:
+    """Confuses w1 and w3 while renaming, leaving names already in target form alone: idempotent, and the
+    right set of names, but each gate key lands on its up parameter and back."""
+    once = remap(key)
+    swap = {"gate_proj": "up_proj", "up_proj": "gate_proj"}
+    return once if once == key else re.sub(r"\.(gate_proj|up_proj)\.", lambda m: f".{swap[m.group(1)]}.", once)
 
 
 def _remap_swaps_gate_up(key: str) -> str:
@@ -141,10 +154,16 @@ BROKEN = {
         "router_knobs", build=_router_ignores_norm_topk_prob)}),
     "conversion-remap/seed-002-rule": ("conversion-remap", "qwen3_moe", {"conversion": _conversion_with_seed_002_rule()}),
     "routing-parity/int64-ids": ("routing-parity", "mixtral", {"routing": RoutingCap(_route_int64, ("softmax_topk",))}),
+    # Judged against the logits as they were before the call, not as the target left them.
+    "routing-parity/scales-logits-in-place": ("routing-parity", "mixtral", {"routing": RoutingCap(
+        _route_scaling_logits_in_place, ("softmax_topk",))}),
     "routing-parity/ignores-bias": ("routing-parity", "minimax_m2",
                                     {"routing": RoutingCap(_route_without_bias, ("sigmoid_bias",))}),
     "remap-idempotence/drops-scale-suffix": ("remap-idempotence", "mixtral",
                                       {"remap": dataclasses.replace(make_target().remap, fn=_remap_drops_scale_suffix)}),
+    # The same names in another order: only a key-by-key comparison sees it.
+    "remap-idempotence/renames-gate-as-up": ("remap-idempotence", "mixtral", {"remap": dataclasses.replace(
+        make_target().remap, fn=_remap_renames_gate_as_up)}),
     "expert-mapping/redundant-to-zero": ("expert-mapping", "any",
                                          {"expert_mapping": ExpertMappingCap(new=_mapping_redundant_to_zero)}),
     "capturer-shape/swapped-dims": ("capturer-shape", "synthetic", {"capturer": _capturer_swapped}),

@@ -104,3 +104,48 @@ def test_committed_regression_directory_is_readable() -> None:
     store = RegressionStore(committed / "no-local", committed)
     for record, _ in store.records():
         assert record.reproduce.startswith("moe-harness run") and store.stored_examples(record.key) >= 1
+
+
+def _save_many(root: str, found: str, times: int) -> None:
+    """One process saving the same case's record over and over (run by test_concurrent_saves...)."""
+    record = Record(check="remap-idempotence", target="planted", target_spec=SPEC, family="gemma4",
+                    target_version="1", kind=None, message="m", tolerance=None, reproduce="r", profile="dev", seed=0,
+                    counterexample={"by": found, "pad": "x" * 400_000})  # large: a torn write is likely to be seen
+    for _ in range(times):
+        RegressionStore(Path(root), Path(root) / "shared").save(record)
+
+
+def test_concurrent_saves_of_one_case_leave_a_whole_record(tmp_path: Path) -> None:
+    """Three processes saving one case at once: every save succeeds and the record left is whole JSON."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_save_many, args=(str(tmp_path), f"p{i}", 60)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    [(record, origins)] = RegressionStore(tmp_path, tmp_path / "shared").records()
+    assert record.counterexample["by"] in {"p0", "p1", "p2"} and origins == ("local",)
+    assert [p.name for p in (tmp_path / "records").iterdir()] == [record.filename], "no temporary file left"
+
+
+def test_a_damaged_record_is_skipped_with_a_line_not_a_crash(tmp_path: Path, capsys) -> None:
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "torn.json").write_text('{"check": "remap-idem')
+    assert RegressionStore(tmp_path, tmp_path / "shared").records() == []
+    assert "skipping unreadable regression record" in capsys.readouterr().err
+
+
+def test_an_unwritable_database_or_report_directory_keeps_the_results(dirs, tmp_path: Path, capsys) -> None:
+    """A checkout where nothing can be written (a file stands where the directories would go): the failure is
+    still printed, one line says what was not written, and the exit code follows the README's table."""
+    blocker = tmp_path / "read-only"
+    blocker.write_text("")
+    assert _run(["--db", str(blocker / "db")]) == EXIT_VIOLATION
+    out, err = capsys.readouterr()
+    assert "FAIL remap-idempotence[planted-gemma4]" in out and "failure record(s) not saved" in err
+    assert _run(["--db", str(blocker / "db"), "--report-dir", str(blocker / "report")]) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert "summary:" in out and "could not write the report directory" in err

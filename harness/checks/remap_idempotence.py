@@ -1,4 +1,5 @@
-"""remap-idempotence: a checkpoint-key remap applied twice equals once, and loads every parameter once."""
+"""remap-idempotence: a checkpoint-key remap applied twice equals once, and sends each key to its own parameter's
+name (key by key: a permutation of the right names is wrong)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def check_remap(cap: RemapCap, family: Family, ckpt: CheckpointKeys) -> None:
     if missing or unexpected:
         raise PropertyViolation("remapped keys do not match the expected parameters one to one",
                                 missing=missing[:4], unexpected=unexpected[:4])
+    # The same set of names can still be a permutation of them (up loaded as down, expert 0 as expert 1).
+    for key, want in zip(keys, expected, strict=True):
+        if mapped[key] != want:
+            raise PropertyViolation("remap sends a key to another parameter's name", key=key, remapped=mapped[key],
+                                    expected=want)
 
 
 def describe(ckpt: CheckpointKeys) -> dict[str, Any]:

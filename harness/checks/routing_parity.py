@@ -32,16 +32,18 @@ def _assert_well_formed(weights: torch.Tensor, ids: torch.Tensor, tokens: int, e
 
 
 def check_routing(routing: RoutingCap, family: Family, ex: RoutingExample, tol: Tolerance = WEIGHT_TOLERANCE) -> None:
+    # The oracle reads private copies taken before the call: a target that changes its inputs in place
+    # (scales the logits, say) must not move the reference with it.
+    logits = ex.logits.detach().cpu().double().clone()
+    bias = ex.bias.detach().cpu().double().clone() if ex.bias is not None else None
+    scale = ex.per_expert_scale.detach().cpu().double().clone() if ex.per_expert_scale is not None else None
     weights, ids = call_target("routing(logits, knobs)", routing.fn, ex.logits, ex.knobs,
                                bias=ex.bias, per_expert_scale=ex.per_expert_scale)
-    t, e = ex.logits.shape
+    t, e = logits.shape
     k = ex.knobs.top_k
     _assert_well_formed(weights, ids, t, e, k)
     ids = ids.cpu()
-    logits = ex.logits.cpu().double()
-    bias = ex.bias.double() if ex.bias is not None else None
     assert_valid_selection(selection_scores(logits, ex.knobs, bias), ids, k)
-    scale = ex.per_expert_scale.double() if ex.per_expert_scale is not None else None
     want = weights_for(logits, ids, ex.knobs, scale)
     # Steers the nightly profile's target phase toward inputs where the weights drift furthest
     # (target() takes finite floats only; a NaN fails assert_close below anyway).
