@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     report = Report(RunInfo(command, args.profile, args.seed, args.max_examples, args.workers, started,
                             round(time.perf_counter() - clock, 3), library_versions()), targets, results)
     print()
-    print(text.render_report(report, families=args.families))
+    print(text.render_report(report, families=args.families, replay_options=_store_options(args)))
     unsaved = [r for r in results if "record_not_saved" in r.stats]
     if unsaved:
         print(f"moe-harness: {len(unsaved)} failure record(s) not saved under {args.db}: "
@@ -122,6 +122,14 @@ def _run(args: argparse.Namespace, command: str) -> int:
                   f"{exc} (the results above stand; pass a writable --report-dir)", file=sys.stderr)
             return max(_exit_code(report), EXIT_USAGE)
     return _exit_code(report)
+
+
+def _store_options(args: argparse.Namespace) -> str:
+    """The run's --db / --regressions as `replay` needs them to find what this run stored ("" for defaults)."""
+    given = [(flag, path) for flag, path, default in (("--db", args.db, LOCAL_DIR),
+                                                      ("--regressions", args.regressions, SHARED_DIR))
+             if Path(path) != Path(default)]
+    return "".join(f" {flag} {shlex.quote(str(path))}" for flag, path in given)
 
 
 def _exit_code(report: Report) -> int:

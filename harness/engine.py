@@ -105,9 +105,10 @@ def execute(
 
     A failing verdict carries the shrunk counterexample (the last failing example Hypothesis replays).
     With a `store`, Hypothesis replays the case's stored failures first and saves new ones, and a new
-    failure's record is written. `spec` is how the target was named, for the reproducer.
+    failure's record is written. `spec` is how the target was named, for the reproducer (default: the spec it
+    was loaded by, else its name).
     """
-    spec = spec or target.name
+    spec = spec or target.spec or target.name
     max_examples = check.max_examples(profile, max_examples, target)
     verdict = Verdict(check=check.name, target=target.name, family=family.name, status=Status.PASS,
                       reproduce=reproduce_command(check.name, spec, family.name, profile, seed, max_examples))

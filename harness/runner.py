@@ -117,7 +117,8 @@ def unavailable_results(missing: list[Missing], checks: list[str]) -> list[CaseR
 
 
 def _unavailable(check: str, missing: Missing) -> Verdict:
-    """SKIP when a dependency of the target is missing here, a harness ERROR when its own code raised."""
+    """SKIP when a dependency of the target is missing here; an ERROR of kind target-error when its own code
+    raised while loading (nothing of it could run, so the run cannot pass, but the fault is the target's)."""
     if missing.error:
-        return Verdict(check, missing.spec, "*", Status.ERROR, ErrorKind.HARNESS_ERROR, missing.reason)
+        return Verdict(check, missing.spec, "*", Status.ERROR, ErrorKind.TARGET_ERROR, missing.reason)
     return Verdict(check, missing.spec, "*", Status.SKIP, None, missing.reason)

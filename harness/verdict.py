@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -43,6 +44,12 @@ class TargetError(Exception):
         super().__init__(message)
         self.message = message
         self.cause = cause
+
+
+def raised_at(exc: BaseException) -> str:
+    """`file:line` of the innermost frame `exc` passed through: where the target's code raised it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "unknown location"
 
 
 class SkipKind(StrEnum):

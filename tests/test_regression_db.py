@@ -67,6 +67,11 @@ def test_planted_failure_replays_failed_then_fixed_then_pruned(dirs, tmp_path, c
     assert "0 stored cases" in capsys.readouterr().out
 
 
+def test_the_replay_hint_names_the_runs_databases(dirs, capsys) -> None:
+    assert _run(dirs) == EXIT_VIOLATION
+    assert f"moe-harness replay '{CASE}' --db {dirs[1]} --regressions {dirs[3]}" in capsys.readouterr().out
+
+
 def test_stored_failure_is_replayed_first_by_the_next_run(dirs, tmp_path, capsys) -> None:
     assert _run(dirs) == EXIT_VIOLATION
     assert _run(dirs, "--profile", "repro") == EXIT_VIOLATION  # generates nothing: only the stored example

@@ -106,3 +106,67 @@ def test_targets_lists_versions_and_capabilities(capsys) -> None:
 def test_unknown_name_lists_registered_targets() -> None:
     with pytest.raises(UnknownTarget, match="valid targets: reference, seeds-buggy"):
         load_target("nope")
+
+
+MISBEHAVING = '''
+import os
+import torch
+from harness.targets.base import RoutingCap, Target
+from reference.routing import route
+
+if os.environ.get("MISBEHAVE") == "import":
+    raise RuntimeError("the engine's extension failed to initialise")
+
+
+def make_target():
+    if os.environ.get("MISBEHAVE") == "factory":
+        raise ValueError("no device configured")
+
+    def routing(logits, knobs, **kw):
+        if os.environ.get("MISBEHAVE") == "exit":
+            raise SystemExit(3)
+        return None if os.environ.get("MISBEHAVE") == "none" else route(logits, knobs, **kw)
+
+    return Target(name="misbehaving", version="0", description="an adapter that misbehaves on request",
+                  routing=RoutingCap(routing, ("softmax_topk",)))
+'''
+
+
+@pytest.mark.parametrize("how, says", [
+    ("import", "importing 'misbehaving_engine' raised RuntimeError: the engine's extension failed to initialise (at "),
+    ("factory", "raised while building the target: ValueError: no device configured (at "),
+    ("none", "routing(logits, knobs) returned None; expected Tensor and Tensor"),
+    ("exit", "routing(logits, knobs) raised SystemExit: 3 (at "),
+])
+def test_a_misbehaving_target_is_a_target_error_naming_its_line(run, capsys, tmp_path, monkeypatch, how, says) -> None:
+    """Raising at import, in its factory or in a call, SystemExit included, or returning None where a pair of
+    tensors is due: each is the target's error (with the target's own file:line where it raised), never ours."""
+    (tmp_path / "misbehaving_engine.py").write_text(MISBEHAVING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MISBEHAVE", how)
+    code = run("run", "--target", "misbehaving_engine:make_target", "--check", "routing-parity", "--family",
+               "mixtral", "--report-dir", str(tmp_path / "report"))
+    out = capsys.readouterr().out
+    assert says in out, out[-2000:]
+    assert "[harness-error]" not in out and "harness error" not in out
+    kinds = {r["verdict"]["kind"] for r in json.loads((tmp_path / "report" / "report.json").read_text())["results"]}
+    assert kinds == {"target-error"}
+    if how in ("import", "factory"):
+        assert code == EXIT_USAGE  # nothing of the target could run (README's exit-code table)
+    if how != "none":
+        assert "misbehaving_engine.py:" in out, "the target's own frame is shown"
+
+
+def test_a_loaded_targets_failures_name_the_spec_it_was_loaded_by(tmp_path, monkeypatch) -> None:
+    """Under pytest too (run_case, no CLI): the reproducer and the stored record name `module:object`, which
+    loads the adapter again, not the Target's bare name, which does not."""
+    from harness.checks import CHECKS
+    from harness.engine import run_case
+    from harness.families import get_family
+
+    (tmp_path / "misbehaving_engine.py").write_text(MISBEHAVING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MISBEHAVE", "none")
+    target = load_target("misbehaving_engine:make_target")
+    verdict = run_case(CHECKS["routing-parity"], target, get_family("mixtral"))
+    assert "--target misbehaving_engine:make_target " in verdict.reproduce

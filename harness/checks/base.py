@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from harness.families import Family
 from harness.targets.base import Target
-from harness.verdict import CheckSkipped, SkipReason, TargetError, harness_limit, not_applicable
+from harness.verdict import CheckSkipped, SkipReason, TargetError, harness_limit, not_applicable, raised_at
 from reference.families import UNSUPPORTED_FAMILIES, facts_named
 
 Cap = TypeVar("Cap")
@@ -90,11 +90,28 @@ class Check(Generic[Cap]):
         return not_applicable(f"target {target.name!r} provides no {self.capability!r} capability")
 
 
-def call_target(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call into the target; anything it raises becomes a TargetError naming `what`."""
+def call_target(what: str, fn: Callable[..., Any], *args: Any, returns: type | tuple[type, ...] | None = None,
+                **kwargs: Any) -> Any:
+    """Call into the target; anything it raises (SystemExit too) becomes a TargetError naming `what` and the
+    line it was raised at. With `returns` (a type, or a tuple of types for a tuple of that many values), a
+    value of another form is the target's error too, not a crash in the check that unpacks it."""
     try:
-        return fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
     except CheckSkipped:
         raise
-    except Exception as exc:
-        raise TargetError(f"{what} raised {type(exc).__name__}: {exc}", exc) from exc
+    except (Exception, SystemExit) as exc:
+        raise TargetError(f"{what} raised {type(exc).__name__}: {exc} (at {raised_at(exc)})", exc) from exc
+    if returns is not None and not _has_form(value, returns):
+        names = (" and ".join(t.__name__ for t in returns) if isinstance(returns, tuple) else returns.__name__)
+        shown = (f"a {type(value).__name__} of {', '.join(type(v).__name__ for v in value)}"
+                 if isinstance(value, tuple | list) else repr(value)[:80])
+        raise TargetError(f"{what} returned {shown}; expected {names}", TypeError(what))
+    return value
+
+
+def _has_form(value: Any, returns: type | tuple[type, ...]) -> bool:
+    if not isinstance(returns, tuple):
+        return isinstance(value, returns)
+    return (isinstance(value, tuple | list) and len(value) == len(returns)
+            and all(isinstance(v, t) for v, t in zip(value, returns, strict=True)))
+

@@ -28,8 +28,8 @@ def check_block_parity(block_cap: BlockCap, family: Family, example: BlockInput)
     gen = torch.Generator().manual_seed(example.seed)
     x = torch.randn(example.tokens, spec.hidden_size, generator=gen) * example.scale
     with torch.no_grad():
-        got = call_target("block(x)", block, x)
-        want = ref(x, router_logits=call_target("block.router_logits(x)", block.router_logits, x))
+        got = call_target("block(x)", block, x, returns=torch.Tensor)
+        want = ref(x, router_logits=call_target("block.router_logits(x)", block.router_logits, x, returns=torch.Tensor))
     assert_close(got, want, tolerance_for(torch.float32, family.tolerances),
                  f"{family.name} block output vs the reference block with its weights")
 

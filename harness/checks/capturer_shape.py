@@ -17,7 +17,7 @@ Capturer = Callable[[Any, int], torch.Tensor]
 
 def check_capturer(capturer: Capturer, family: Family, drawn: tuple[ConfigExample, int]) -> None:
     example, max_tokens = drawn
-    buffer = call_target("capturer(config, max_tokens)", capturer, example.config, max_tokens)
+    buffer = call_target("capturer(config, max_tokens)", capturer, example.config, max_tokens, returns=torch.Tensor)
     want = (max_tokens, example.num_moe_layers, example.top_k)
     if example.num_moe_layers == 0 and buffer.dim() == 3 and tuple(buffer.shape[:2]) == want[:2]:
         return  # no MoE layer: an empty buffer, whatever its last dim says

@@ -42,7 +42,7 @@ def check_functional_call(block_cap: BlockCap, family: Family, example: Substitu
     x = torch.randn(example.tokens, spec.hidden_size, generator=gen)
     tol = tolerance_for(torch.float32, family.tolerances)
     with torch.no_grad():
-        original = call_target("block(x)", block, x)
+        original = call_target("block(x)", block, x, returns=torch.Tensor)
         tensors = dict(block.named_parameters()) | dict(block.named_buffers())
         for name in substitutable(block):
             for scale in SCALES:

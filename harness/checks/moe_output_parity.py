@@ -41,7 +41,7 @@ def term_magnitude(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, ga
 def check_moe_output(fused_moe: FusedMoECap, family: Family, p: MoEProblem) -> None:
     x, weights, ids, gate_up, down = problem_inputs(family, p)
     out = call_target(f"fused_moe(x, weights, ids, gate_up_proj, down_proj, {p.activation!r})", fused_moe.fn,
-                      x, weights, ids, gate_up, down, p.activation)
+                      x, weights, ids, gate_up, down, p.activation, returns=torch.Tensor)
     if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
         raise PropertyViolation(f"fused_moe returned {out.dtype} {tuple(out.shape)}; expected {x.dtype} "
                                 f"{tuple(x.shape)} (x's dtype and shape)")

@@ -24,9 +24,9 @@ def doubled_segment(key: str) -> str | None:
 
 def check_remap(cap: RemapCap, family: Family, ckpt: CheckpointKeys) -> None:
     keys = ckpt.keys()
-    mapped = {k: call_target(f"remap({k!r})", cap.fn, k) for k in keys}
+    mapped = {k: call_target(f"remap({k!r})", cap.fn, k, returns=str) for k in keys}
     for key, once in mapped.items():
-        twice = call_target(f"remap({once!r})", cap.fn, once)
+        twice = call_target(f"remap({once!r})", cap.fn, once, returns=str)
         if twice != once:
             raise PropertyViolation("remap is not idempotent: r(r(k)) != r(k)", key=key, once=once, twice=twice)
         seg = doubled_segment(once)

@@ -35,8 +35,8 @@ def _dense(weights: torch.Tensor, ids: torch.Tensor, experts: int) -> torch.Tens
 
 def _observe(run: RouterRun, x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The run's router logits [T,E] (float64) and its routing (weights, ids) for x."""
-    logits = call_target(f"{what}: router logits", run.logits, x).double()
-    weights, ids = call_target(f"{what}: routing", run.route, x)
+    logits = call_target(f"{what}: router logits", run.logits, x, returns=torch.Tensor).double()
+    weights, ids = call_target(f"{what}: routing", run.route, x, returns=(torch.Tensor, torch.Tensor))
     return logits, weights, ids
 
 

@@ -38,7 +38,7 @@ def check_routing(routing: RoutingCap, family: Family, ex: RoutingExample, tol: 
     bias = ex.bias.detach().cpu().double().clone() if ex.bias is not None else None
     scale = ex.per_expert_scale.detach().cpu().double().clone() if ex.per_expert_scale is not None else None
     weights, ids = call_target("routing(logits, knobs)", routing.fn, ex.logits, ex.knobs,
-                               bias=ex.bias, per_expert_scale=ex.per_expert_scale)
+                               bias=ex.bias, per_expert_scale=ex.per_expert_scale, returns=(torch.Tensor, torch.Tensor))
     t, e = logits.shape
     k = ex.knobs.top_k
     _assert_well_formed(weights, ids, t, e, k)

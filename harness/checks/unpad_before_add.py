@@ -191,7 +191,7 @@ def check_unpad(padded_runner: PaddedRunner, family: Family, example: PaddingExa
     block, x = example_inputs(family, example)
     runner = call_target(f"padded_runner(block, alignment={dim.elements})", padded_runner, block, dim.elements)
     with torch.no_grad():
-        out = call_target("runner(x)", runner, x)
+        out = call_target("runner(x)", runner, x, returns=torch.Tensor)
         expected = block(x)
     if out.shape != x.shape:
         raise PropertyViolation(f"output shape {tuple(out.shape)} != input shape {tuple(x.shape)} "

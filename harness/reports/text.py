@@ -72,8 +72,9 @@ def render_known(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def render_failure(v: Verdict, blob: str | None = None) -> str:
-    """One failure as a bug report: property, target, family, counterexample, tolerance, reproducer."""
+def render_failure(v: Verdict, blob: str | None = None, replay_options: str = "") -> str:
+    """One failure as a bug report: property, target, family, counterexample, tolerance, reproducer; the replay
+    line carries `replay_options` (the run's --db / --regressions, when not the defaults)."""
     lines = [
         f"{'FAIL' if v.status == Status.FAIL else 'ERROR'} {v.case_id}  [{v.kind}]",
         f"  property:  {v.check}",
@@ -88,7 +89,7 @@ def render_failure(v: Verdict, blob: str | None = None) -> str:
     if v.reproduce:
         lines.append(f"  reproduce: {v.reproduce}")
     if v.status == Status.FAIL:
-        lines.append(f"  replay the stored example: moe-harness replay '{v.case_id}'")
+        lines.append(f"  replay the stored example: moe-harness replay '{v.case_id}'{replay_options}")
     if blob:
         lines.append(f"  hypothesis: {blob}")
     return "\n".join(lines)
@@ -129,8 +130,9 @@ def render_not_offered(report: Report) -> str:
     return "\n".join(lines)
 
 
-def render_report(report: Report, families: bool = False) -> str:
-    """Everything after the progress lines: matrix, unavailable targets, known, bug reports, summary."""
+def render_report(report: Report, families: bool = False, replay_options: str = "") -> str:
+    """Everything after the progress lines: matrix, unavailable targets, known, bug reports (their replay lines
+    with `replay_options`), summary."""
     parts = [render_matrix(report.results)]
     if families:
         parts.append(render_families(report.results))
@@ -144,7 +146,7 @@ def render_report(report: Report, families: bool = False) -> str:
     known = render_known(report.results)
     if known:
         parts.append(known)
-    parts += [render_failure(r.verdict, r.blob) for r in report.findings()]
+    parts += [render_failure(r.verdict, r.blob, replay_options) for r in report.findings()]
     parts.append(render_totals(report.results))
     return "\n\n".join(parts)
 

@@ -249,6 +249,9 @@ class Target:
     # The families its cases run over when a check names none (None: DEFAULT_FAMILIES).
     families: tuple[str, ...] | None = None
     config_variants: ConfigVariantsCap | None = None
+    # How it was loaded (a registered name or package.module:object), set by `load_target`: what a reproducer
+    # and a stored record name, since the `name` alone does not load a user's adapter.
+    spec: str = ""
 
     def capabilities(self) -> list[str]:
         """The capability fields this target fills, in declaration order."""

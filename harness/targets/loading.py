@@ -11,6 +11,7 @@ Three outcomes besides a Target, each its own exception so callers can treat the
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -19,6 +20,7 @@ from importlib import metadata
 from typing import Any
 
 from harness.targets.base import Target
+from harness.verdict import raised_at
 
 ENTRY_POINT_GROUP = "moe_harness.targets"
 
@@ -61,7 +63,12 @@ def _entry_point_factory(ep: metadata.EntryPoint) -> Factory:
 
 
 def resolve(spec: str, registry: Mapping[str, Factory]) -> Target:
-    """The Target that `spec` names: a key of `registry`, or `package.module:object`."""
+    """The Target that `spec` names (a key of `registry`, or `package.module:object`), carrying `spec`."""
+    target = _resolve(spec, registry)
+    return target if target.spec == spec else dataclasses.replace(target, spec=spec)
+
+
+def _resolve(spec: str, registry: Mapping[str, Factory]) -> Target:
     if ":" in spec:
         return _from_spec(spec, registry)
     if spec not in registry:
@@ -86,8 +93,9 @@ def as_target(obj: Any, where: str) -> Target:
         made = obj()
     except (ImportError, TargetUnavailable):
         raise  # a missing dependency: the caller reports the target as unavailable
-    except Exception as exc:
-        raise TargetLoadError(f"{where} raised while building the target: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise TargetLoadError(f"{where} raised while building the target: {type(exc).__name__}: {exc} "
+                              f"(at {raised_at(exc)})") from exc
     if not isinstance(made, Target):
         raise UnknownTarget(f"{where} returned a {type(made).__name__}, not a harness.targets.base.Target")
     return made
@@ -112,8 +120,9 @@ def _from_spec(spec: str, registry: Mapping[str, Factory]) -> Target:
         raise TargetUnavailable(f"module {module_name!r} imports {exc.name!r}, which is not installed") from exc
     except ImportError as exc:
         raise TargetUnavailable(f"module {module_name!r} failed to import: {exc}") from exc
-    except Exception as exc:
-        raise TargetLoadError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise TargetLoadError(f"importing {module_name!r} raised {type(exc).__name__}: {exc} (at {raised_at(exc)})"
+                              ) from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
