@@ -35,6 +35,7 @@ from harness.verdict import Status
 from harness.versions import library_versions
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT; the report holds what finished
 
 
 def _positive(text: str) -> int:
@@ -96,17 +97,22 @@ def _run(args: argparse.Namespace, command: str) -> int:
     results = unavailable_results(selection.missing, selection.checks)
     ran: dict[int, CaseResult] = {}
     total = len(selection.cases)
-    failures = 0
-    for index, result in run_cases(selection.cases, options, args.workers):
-        ran[index] = result
-        failures += result.verdict.status in (Status.FAIL, Status.ERROR)
-        if not args.quiet:
-            print(text.render_progress(len(ran), total, result, failures), flush=True)
+    interrupted = False
+    try:
+        for index, result in run_cases(selection.cases, options, args.workers):
+            ran[index] = result
+            if not args.quiet:
+                failures = sum(r.verdict.status in (Status.FAIL, Status.ERROR) for r in ran.values())
+                print(text.render_progress(len(ran), total, result, failures), flush=True)
+    except KeyboardInterrupt:  # report what finished; the cases still running are abandoned
+        interrupted = True
+        print(f"\nmoe-harness: interrupted; reporting the {len(ran)} of {total} cases that finished", file=sys.stderr)
     results += [ran[i] for i in sorted(ran)]
     targets = [TargetInfo.of(spec, target) for spec, target in selection.targets]
     targets += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
     report = Report(RunInfo(command, args.profile, args.seed, args.max_examples, args.workers, started,
-                            round(time.perf_counter() - clock, 3), library_versions()), targets, results)
+                            round(time.perf_counter() - clock, 3), library_versions(), interrupted,
+                            total + len(selection.missing) * len(selection.checks)), targets, results)
     print()
     print(text.render_report(report, families=args.families, replay_options=_store_options(args)))
     unsaved = [r for r in results if "record_not_saved" in r.stats]
@@ -121,7 +127,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
             print(f"moe-harness: could not write the report directory {args.report_dir}: {type(exc).__name__}: "
                   f"{exc} (the results above stand; pass a writable --report-dir)", file=sys.stderr)
             return max(_exit_code(report), EXIT_USAGE)
-    return _exit_code(report)
+    return EXIT_INTERRUPTED if interrupted else _exit_code(report)
 
 
 def _store_options(args: argparse.Namespace) -> str:

@@ -51,7 +51,8 @@ def _run_in_pools(cases: list[Case], options: RunOptions, workers: int) -> Itera
     still in it, so those cases run again one at a time in a one-worker pool (rebuilt after each death): only
     the case that kills its own worker there is reported as failed."""
     broken: list[int] = []
-    with _pool(workers) as pool:
+    pool = _pool(workers)
+    try:
         futures = {_submit(pool, cases[i], options): i for i in range(len(cases))}
         for future in as_completed(futures):
             try:
@@ -60,17 +61,28 @@ def _run_in_pools(cases: list[Case], options: RunOptions, workers: int) -> Itera
                 broken.append(futures[future])
             except Exception as exc:  # the worker could not run it (its target did not load there, say)
                 yield futures[future], _worker_failed(cases[futures[future]], exc)
-    pool = _pool(1)
-    for i in sorted(broken):
-        try:
-            yield i, _submit(pool, cases[i], options).result()
-        except BrokenProcessPool as exc:  # this case killed its worker
-            yield i, _worker_failed(cases[i], exc)
-            pool.shutdown()
-            pool = _pool(1)
-        except Exception as exc:
-            yield i, _worker_failed(cases[i], exc)
-    pool.shutdown()
+        _stop(pool)
+        pool = _pool(1)
+        for i in sorted(broken):
+            try:
+                yield i, _submit(pool, cases[i], options).result()
+            except BrokenProcessPool as exc:  # this case killed its worker
+                yield i, _worker_failed(cases[i], exc)
+                _stop(pool)
+                pool = _pool(1)
+            except Exception as exc:
+                yield i, _worker_failed(cases[i], exc)
+    finally:  # also when the caller stops early (Ctrl-C): queued cases are dropped, running ones abandoned
+        _stop(pool)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut `pool` down without waiting: cancel what is queued and end the workers still running a case."""
+    processes = list(getattr(pool, "_processes", {}).values())  # private, but the only handle on the workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:

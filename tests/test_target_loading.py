@@ -125,6 +125,9 @@ def make_target():
     def routing(logits, knobs, **kw):
         if os.environ.get("MISBEHAVE") == "exit":
             raise SystemExit(3)
+        if os.environ.get("MISBEHAVE") == "slow":
+            import time
+            time.sleep(0.05)
         return None if os.environ.get("MISBEHAVE") == "none" else route(logits, knobs, **kw)
 
     return Target(name="misbehaving", version="0", description="an adapter that misbehaves on request",
@@ -170,3 +173,29 @@ def test_a_loaded_targets_failures_name_the_spec_it_was_loaded_by(tmp_path, monk
     target = load_target("misbehaving_engine:make_target")
     verdict = run_case(CHECKS["routing-parity"], target, get_family("mixtral"))
     assert "--target misbehaving_engine:make_target " in verdict.reproduce
+
+
+def test_ctrl_c_reports_the_cases_that_finished(tmp_path) -> None:
+    """SIGINT part-way through a run: exit 130, the summary and the report directory hold the finished cases,
+    marked interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "misbehaving_engine.py").write_text(MISBEHAVING)
+    env = {**os.environ, "MISBEHAVE": "slow", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    families = ["--family", "mixtral", "--family", "qwen3_moe", "--family", "olmoe", "--family", "qwen2_moe"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", "--target", "misbehaving_engine:make_target", "--check",
+         "routing-parity", *families, "--max-examples", "40", "--db", str(tmp_path / "db"), "--report-dir",
+         str(tmp_path / "report")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the first case's progress line: one case has finished
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert "[1/4]" in first and proc.returncode == 130, (first, out, err[-2000:])
+    assert "INTERRUPTED:" in out and "Traceback" not in err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["run"]["interrupted"] is True and report["run"]["planned"] == 4
+    assert 1 <= len(report["results"]) < 4

@@ -60,6 +60,9 @@ class RunInfo:
     started: str
     seconds: float
     versions: dict[str, str] = field(default_factory=dict)
+    # Ctrl-C stopped the run: the report holds the cases that finished, of `planned`.
+    interrupted: bool = False
+    planned: int | None = None
 
 
 @dataclass

@@ -148,6 +148,9 @@ def render_report(report: Report, families: bool = False, replay_options: str = 
         parts.append(known)
     parts += [render_failure(r.verdict, r.blob, replay_options) for r in report.findings()]
     parts.append(render_totals(report.results))
+    if report.run.interrupted:
+        parts.append(f"INTERRUPTED: {len(report.results)} of {report.run.planned} cases finished before Ctrl-C; "
+                     "the rest did not run")
     return "\n\n".join(parts)
 
 
