@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Hypothesis seed (reproducers pin it)")
     run.add_argument("--workers", type=_positive, default=1, metavar="N", help="run cases in N processes")
     run.add_argument("--report-dir", type=Path, metavar="DIR", help="write report.json, report.md, junit.xml")
+    run.add_argument("--case-timeout", type=float, metavar="SECONDS",
+                     help="stop a case running longer and report it as the target's error (default: the profile's)")
     run.add_argument("--families", action="store_true", help="also show which families landed in each cell")
     run.add_argument("--quiet", action="store_true", help="no per-case progress lines")
     run.add_argument("--promote", action=argparse.BooleanOptionalAction, default=None,
@@ -93,7 +95,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     selection = plan(args.target, args.check, args.family)
     promote = args.promote if args.promote is not None else args.profile == PROMOTING_PROFILE
     options = RunOptions(args.profile, args.max_examples, args.seed,
-                         RegressionStore(args.db, args.regressions, promote_new=promote))
+                         RegressionStore(args.db, args.regressions, promote_new=promote), args.case_timeout)
     results = unavailable_results(selection.missing, selection.checks)
     ran: dict[int, CaseResult] = {}
     total = len(selection.cases)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
+import threading
 import time
 import traceback
 import unittest
@@ -26,7 +28,7 @@ from harness.database import Record, RegressionStore, case_key
 from harness.families import Family
 from harness.outcome import CaseResult
 from harness.pins import pins_for
-from harness.profiles import DEFAULT_PROFILE, profile_settings
+from harness.profiles import CASE_SECONDS, DEFAULT_PROFILE, profile_settings
 from harness.targets.base import Target
 from harness.verdict import (
     CheckSkipped,
@@ -61,8 +63,36 @@ def reproduce_command(check: str, target: str, family: str, profile: str, seed: 
             f"--profile {profile} --seed {seed}{extra}")
 
 
+class CaseTimeout(BaseException):
+    """The case ran past its wall limit. A BaseException, so neither the target's `except Exception` nor
+    Hypothesis's shrinking holds it up: the case stops at once."""
+
+
+@contextmanager
+def _wall_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CaseTimeout in this thread once `seconds` have passed (SIGALRM: the main thread of a POSIX process
+    only; elsewhere, or with no limit, nothing is armed). A hang inside C code that never returns to Python
+    is not interrupted."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CaseTimeout(f"the case ran past its wall limit of {seconds:g} s (a hang? --case-timeout sets the limit)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _classify(exc: BaseException) -> tuple[ErrorKind, str, dict[str, Any], str | None]:
     """(kind, message, details, tolerance) for an exception a property raised."""
+    if isinstance(exc, CaseTimeout):
+        return ErrorKind.TARGET_ERROR, str(exc), {}, None
     if isinstance(exc, PropertyViolation):
         return ErrorKind.PROPERTY_VIOLATION, exc.message, exc.details, exc.tolerance
     if isinstance(exc, TargetError):
@@ -100,13 +130,15 @@ def execute(
     seed: int = DEFAULT_SEED,
     store: RegressionStore | None = None,
     spec: str | None = None,
+    case_seconds: float | None = None,
 ) -> CaseResult:
     """Run `check` on target × family under a Hypothesis profile; never raises, always a result.
 
     A failing verdict carries the shrunk counterexample (the last failing example Hypothesis replays).
     With a `store`, Hypothesis replays the case's stored failures first and saves new ones, and a new
     failure's record is written. `spec` is how the target was named, for the reproducer (default: the spec it
-    was loaded by, else its name).
+    was loaded by, else its name). A case running past `case_seconds` (default: the profile's CASE_SECONDS) is
+    stopped: a target error naming the limit, with the example it was running as the counterexample.
     """
     spec = spec or target.spec or target.name
     max_examples = check.max_examples(profile, max_examples, target)
@@ -124,9 +156,13 @@ def execute(
     database = store.hypothesis_database() if store else None
     run = _Run(check, target, family)
     test_settings = profile_settings(profile, max_examples, database)
-    pin_failures = _run_pins(run, prepared, test_settings)
-    test = _hypothesis_test(run, prepared, key, seed, test_settings)
-    _run_and_judge(test, run, pin_failures, len(prepared.pinned), result)
+    with _wall_limit(CASE_SECONDS.get(profile) if case_seconds is None else case_seconds):
+        pin_failures = _run_pins(run, prepared, test_settings)
+        pin_failures.sort(key=lambda failed: not isinstance(failed[1], CaseTimeout))
+        timed_out = bool(pin_failures) and isinstance(pin_failures[0][1], CaseTimeout)
+        # A pin that hung ends the case: its timeout is the verdict, and nothing is generated.
+        test = _no_generation if timed_out else _hypothesis_test(run, prepared, key, seed, test_settings)
+        _run_and_judge(test, run, pin_failures, len(prepared.pinned), result)
     verdict.examples = run.examples
     verdict.seconds = round(time.perf_counter() - start, 3)
     _apply_known_failure(check, target, family, result)
@@ -243,11 +279,17 @@ def _run_pins(run: _Run, prepared: _Prepared, test_settings: settings) -> list[t
             test()
         except KeyboardInterrupt:
             raise
-        except BaseException:  # noqa: BLE001 - judged like any failing example
+        except BaseException as exc:  # noqa: BLE001 - judged like any failing example
             if run.failures:
                 failed.append(run.failures[-1])
+            if isinstance(exc, CaseTimeout):  # the wall limit is spent: no further pin runs
+                break
     run.failures.clear()  # the generated phase's failures are judged first; pins are the fallback
     return failed
+
+
+def _no_generation() -> None:
+    """The generated phase of a case whose pins already spent its wall limit: nothing runs."""
 
 
 def _run_and_judge(test: Callable[[], None], run: _Run, pin_failures: list[tuple[Any, BaseException]],

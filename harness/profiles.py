@@ -43,6 +43,9 @@ PROFILES: dict[str, settings] = {
     "repro": settings(_BASE, max_examples=1, phases=(Phase.explicit, Phase.reuse)),
 }
 DEFAULT_PROFILE = "dev"
+# Each profile's wall limit for one case, in seconds (`--case-timeout` overrides it): a case still running then
+# is stopped and reported as the target's error, so one hang cannot hold the run forever.
+CASE_SECONDS: dict[str, float] = {"dev": 600, "ci": 900, "nightly": 7200, "gpu": 1800, "repro": 600}
 # The profile whose new failures go into the shared regression directory.
 PROMOTING_PROFILE = "nightly"
 

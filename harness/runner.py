@@ -35,6 +35,7 @@ class RunOptions:
     max_examples: int | None
     seed: int
     store: RegressionStore | None
+    case_seconds: float | None = None  # None: the profile's wall limit per case
 
 
 def run_cases(cases: list[Case], options: RunOptions, workers: int = 1) -> Iterator[tuple[int, CaseResult]]:
@@ -96,7 +97,8 @@ def _submit(pool: ProcessPoolExecutor, case: Case, options: RunOptions) -> Futur
 
 def _execute(check: str, target: Target, family: str, spec: str, options: RunOptions) -> CaseResult:
     return execute(CHECKS[check], target, get_family(family), profile=options.profile,
-                   max_examples=options.max_examples, seed=options.seed, store=options.store, spec=spec)
+                   max_examples=options.max_examples, seed=options.seed, store=options.store, spec=spec,
+                   case_seconds=options.case_seconds)
 
 
 def _start_worker(workers: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import EXIT_OK, EXIT_USAGE, main
+from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
 from harness.targets import TargetUnavailable, UnknownTarget, load_target, registered_targets
 from harness.targets.loading import ENTRY_POINT_GROUP
 
@@ -128,6 +128,9 @@ def make_target():
         if os.environ.get("MISBEHAVE") == "slow":
             import time
             time.sleep(0.05)
+        if os.environ.get("MISBEHAVE") == "hang":
+            import time
+            time.sleep(10_000)
         return None if os.environ.get("MISBEHAVE") == "none" else route(logits, knobs, **kw)
 
     return Target(name="misbehaving", version="0", description="an adapter that misbehaves on request",
@@ -199,3 +202,19 @@ def test_ctrl_c_reports_the_cases_that_finished(tmp_path) -> None:
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["run"]["interrupted"] is True and report["run"]["planned"] == 4
     assert 1 <= len(report["results"]) < 4
+
+
+def test_a_hanging_case_is_stopped_at_its_wall_limit_and_the_run_goes_on(run, capsys, tmp_path, monkeypatch) -> None:
+    (tmp_path / "misbehaving_engine.py").write_text(MISBEHAVING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MISBEHAVE", "hang")
+    code = run("run", "--target", "misbehaving_engine:make_target", "--target", "reference", "--check",
+               "routing-parity", "--family", "mixtral", "--case-timeout", "3", "--report-dir", str(tmp_path / "report"))
+    out = capsys.readouterr().out
+    assert code == EXIT_VIOLATION
+    assert "ran past its wall limit of 3 s" in out and "[target-error]" in out
+    verdicts = {r["verdict"]["target"]: r["verdict"] for r in
+                json.loads((tmp_path / "report" / "report.json").read_text())["results"]}
+    hung = verdicts["misbehaving"]
+    assert (hung["status"], hung["kind"]) == ("fail", "target-error") and "experts" in hung["counterexample"]
+    assert verdicts["reference"]["status"] == "pass"
