@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from harness.checks import CHECKS
 from harness.database import RegressionStore
-from harness.engine import execute, quiet_libraries
+from harness.engine import execute, quiet_libraries, reproduce_command
 from harness.families import get_family
 from harness.outcome import CaseResult
 from harness.selection import Case, Missing
@@ -67,8 +67,8 @@ def _run_in_pools(cases: list[Case], options: RunOptions, workers: int) -> Itera
         for i in sorted(broken):
             try:
                 yield i, _submit(pool, cases[i], options).result()
-            except BrokenProcessPool as exc:  # this case killed its worker
-                yield i, _worker_failed(cases[i], exc)
+            except BrokenProcessPool:  # this case, alone in its pool, killed its worker: the target crashed
+                yield i, _crashed(cases[i], options)
                 _stop(pool)
                 pool = _pool(1)
             except Exception as exc:
@@ -116,6 +116,17 @@ def _target(spec: str) -> Target:
 
 def _run_in_worker(check: str, spec: str, family: str, options: RunOptions) -> CaseResult:
     return _execute(check, _target(spec), family, spec, options)
+
+
+def _crashed(case: Case, options: RunOptions) -> CaseResult:
+    """The verdict of a case whose worker process died while running it alone (abort, segfault, OOM kill)."""
+    verdict = Verdict(case.check.name, case.target.name, case.family.name, Status.FAIL, ErrorKind.TARGET_ERROR,
+                      "the worker process running this case died (a native crash: abort, segfault or the OOM "
+                      "killer); run alone in a fresh worker it died again, so the crash is this case's",
+                      counterexample={"crash": "worker process died while running this case alone"},
+                      reproduce=reproduce_command(case.check.name, case.spec, case.family.name, options.profile,
+                                                  options.seed, options.max_examples))
+    return CaseResult(verdict, spec=case.spec)
 
 
 def _worker_failed(case: Case, exc: Exception) -> CaseResult:

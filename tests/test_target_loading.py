@@ -128,6 +128,8 @@ def make_target():
         if os.environ.get("MISBEHAVE") == "slow":
             import time
             time.sleep(0.05)
+        if os.environ.get("MISBEHAVE") == "abort" and logits.shape[1] > 60:  # a native crash, on some inputs
+            os.abort()
         if os.environ.get("MISBEHAVE") == "hang":
             import time
             time.sleep(10_000)
@@ -218,3 +220,22 @@ def test_a_hanging_case_is_stopped_at_its_wall_limit_and_the_run_goes_on(run, ca
     hung = verdicts["misbehaving"]
     assert (hung["status"], hung["kind"]) == ("fail", "target-error") and "experts" in hung["counterexample"]
     assert verdicts["reference"]["status"] == "pass"
+
+
+def test_a_native_crash_fails_only_its_own_case(run, capsys, tmp_path, monkeypatch) -> None:
+    """An adapter that aborts (what a segfaulting kernel does) under --workers 2: its case is the target's
+    crash, named with a reproducer; the other cases (the oracle's too) and the report are unaffected."""
+    (tmp_path / "misbehaving_engine.py").write_text(MISBEHAVING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MISBEHAVE", "abort")
+    code = run("run", "--target", "misbehaving_engine:make_target", "--target", "reference", "--check",
+               "routing-parity", "--family", "mixtral", "--family", "qwen3_moe", "--workers", "2",
+               "--report-dir", str(tmp_path / "report"))
+    out = capsys.readouterr().out
+    assert code == EXIT_VIOLATION
+    verdicts = {(r["verdict"]["target"], r["verdict"]["family"]): r["verdict"] for r in
+                json.loads((tmp_path / "report" / "report.json").read_text())["results"]}
+    crashed = [v for v in verdicts.values() if v["status"] == "fail"]
+    assert crashed and all(v["target"] == "misbehaving" and v["kind"] == "target-error" for v in crashed)
+    assert "worker process running this case died" in out and "--target misbehaving_engine:make_target" in out
+    assert verdicts[("reference", "mixtral")]["status"] == verdicts[("reference", "qwen3_moe")]["status"] == "pass"
