@@ -99,12 +99,12 @@ def _run(args: argparse.Namespace, command: str) -> int:
     results = unavailable_results(selection.missing, selection.checks)
     ran: dict[int, CaseResult] = {}
     total = len(selection.cases)
-    interrupted = False
+    interrupted, failures = False, 0
     try:
         for index, result in run_cases(selection.cases, options, args.workers):
             ran[index] = result
+            failures += result.verdict.status in (Status.FAIL, Status.ERROR)
             if not args.quiet:
-                failures = sum(r.verdict.status in (Status.FAIL, Status.ERROR) for r in ran.values())
                 print(text.render_progress(len(ran), total, result, failures), flush=True)
     except KeyboardInterrupt:  # report what finished; the cases still running are abandoned
         interrupted = True
