@@ -21,10 +21,14 @@ from harness.families import Family, get_family
 from harness.findings import all_findings
 from harness.profiles import profile_settings
 from harness.targets import load_target
+from harness.targets.base import Target
 
 
-def first_failure(check_name: str, target_name: str, family_name: str, seed: int) -> tuple[int | None, float]:
-    check, target = CHECKS[check_name], load_target(target_name)
+def first_failure(check_name: str, target: str | Target, family_name: str, seed: int,
+                  examples: int = 200) -> tuple[int | None, float]:
+    """(examples until the first counterexample, or None if none in `examples`; seconds) at Hypothesis `seed`."""
+    check = CHECKS[check_name]
+    target = load_target(target) if isinstance(target, str) else target
     family = Family("any") if family_name == "any" else get_family(family_name)
     count = 0
 
@@ -34,7 +38,7 @@ def first_failure(check_name: str, target_name: str, family_name: str, seed: int
         check.prop(target, family, example)
 
     test = given(check.strategy(target, family))(body)
-    test = settings(profile_settings("dev"), max_examples=200, phases=[Phase.generate])(test)
+    test = settings(profile_settings("dev"), max_examples=examples, phases=[Phase.generate])(test)
     start = time.perf_counter()
     try:
         hypothesis.seed(seed)(test)()

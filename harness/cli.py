@@ -13,15 +13,17 @@ Exit codes: 0 every case passed (or failed as a known failure) / every replayed 
 from __future__ import annotations
 
 import argparse
+import secrets
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.checks import CHECKS
 from harness.database import LOCAL_DIR, SHARED_DIR, RegressionStore
-from harness.engine import DEFAULT_SEED, quiet_libraries
+from harness.engine import quiet_libraries
 from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE
 from harness.replay import Replayed, ReplayOutcome, prune, replay
@@ -38,11 +40,14 @@ EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT; the report holds what finished
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="append", help=f"check name (repeatable); one of {', '.join(CHECKS)}")
     run.add_argument("--family", action="append", help="family (model_type) to run (repeatable)")
     run.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES), help="Hypothesis profile")
-    run.add_argument("--max-examples", type=_positive, help="override the profile's example count")
-    run.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Hypothesis seed (reproducers pin it)")
-    run.add_argument("--workers", type=_positive, default=1, metavar="N", help="run cases in N processes")
+    run.add_argument("--max-examples", type=_at_least(1), help="override the profile's example count")
+    run.add_argument("--seed", type=int,
+                     help="Hypothesis seed (default: a new one each run, printed with the summary; reproducers pin it)")
+    run.add_argument("--workers", type=_at_least(0), default=1, metavar="N",
+                     help="run cases in N worker processes, so a native crash costs only its case (default 1); "
+                          "0: in this process, for a debugger")
     run.add_argument("--report-dir", type=Path, metavar="DIR", help="write report.json, report.md, junit.xml")
     run.add_argument("--case-timeout", type=float, metavar="SECONDS",
                      help="stop a case running longer and report it as the target's error (default: the profile's)")
@@ -90,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, command: str) -> int:
+    if args.seed is None:  # every run explores new inputs; the summary prints the seed that replays them
+        args.seed = secrets.randbelow(2**32)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     clock = time.perf_counter()
     selection = plan(args.target, args.check, args.family)

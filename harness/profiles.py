@@ -9,8 +9,8 @@
 
 Every profile sets every setting that matters, so Hypothesis's own auto-loaded `ci` profile
 (`CI=true`: derandomize, no database) never leaks in, and none has a deadline: timings under xdist or
-on a loaded CI box are no finding. Runs are made deterministic by an explicit seed (`--seed`), not by
-`derandomize`, which would forbid the regression database.
+on a loaded CI box are no finding. Runs are made deterministic by an explicit seed (`--seed`; the CLI draws a
+new one per run when none is given), not by `derandomize`, which would forbid the regression database.
 """
 
 from __future__ import annotations

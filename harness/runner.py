@@ -1,4 +1,4 @@
-"""Run a plan's cases in this process, or spread over N worker processes, yielding each result as it ends.
+"""Run a plan's cases in N worker processes (or in this process), yielding each result as it ends.
 
 Workers are spawned, not forked: the parent has already imported torch and transformers, whose thread
 pools do not survive a fork. Each worker re-loads the targets by the spec the user gave, so an adapter
@@ -39,8 +39,10 @@ class RunOptions:
 
 
 def run_cases(cases: list[Case], options: RunOptions, workers: int = 1) -> Iterator[tuple[int, CaseResult]]:
-    """(index into `cases`, result) for every case: in order with one worker, as they finish with more."""
-    if workers <= 1:
+    """(index into `cases`, result) for every case, in order with at most one worker, as they finish with more.
+    With `workers` >= 1 cases run in spawned processes, so a native crash costs only its own case; with 0 they
+    run in this process (a debugger reaches them; a crash ends the run)."""
+    if workers <= 0:
         for i, case in enumerate(cases):
             yield i, _execute(case.check.name, case.target, case.family.name, case.spec, options)
         return

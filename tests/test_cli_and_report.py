@@ -6,9 +6,6 @@ import dataclasses
 import json
 import shlex
 import xml.etree.ElementTree as ET
-from pathlib import Path
-
-import pytest
 
 from harness.checks import CHECKS
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
@@ -19,17 +16,6 @@ from harness.outcome import CaseResult
 from harness.reports.text import render_failure, render_known, render_matrix, render_totals
 from harness.targets import load_target
 from harness.verdict import ErrorKind, Status, Verdict
-
-
-@pytest.fixture
-def run(tmp_path: Path):
-    """`moe-harness` in this process, with the example databases in tmp_path (never the committed ones)."""
-
-    def call(*argv: str) -> int:
-        command, *rest = argv
-        return main([command, *rest, "--db", str(tmp_path / "local"), "--regressions", str(tmp_path / "shared")])
-
-    return call
 
 
 def test_buggy_seed_exits_1_with_a_replay_line(run, capsys) -> None:
@@ -68,7 +54,7 @@ def test_unknown_names_exit_2_and_list_valid_ones(run, capsys) -> None:
     assert "valid families: " in capsys.readouterr().err
     assert run("run", "--profile", "nope") == EXIT_USAGE
     assert "nightly" in capsys.readouterr().err
-    assert run("run", "--workers", "0") == EXIT_USAGE
+    assert run("run", "--workers", "-1") == EXIT_USAGE
 
 
 def test_report_dir_holds_three_files_that_render(run, tmp_path, capsys) -> None:
@@ -127,6 +113,19 @@ def test_workers_run_cases_in_other_processes(run, capsys) -> None:
     out = capsys.readouterr().out
     assert code == EXIT_VIOLATION
     assert "FAIL expert-mapping[seeds-buggy-any]" in out and "FAIL remap-idempotence[seeds-buggy-gemma4]" in out
+
+
+def test_each_run_draws_a_new_seed_and_prints_it_unless_pinned(tmp_path, capsys) -> None:
+    """Without --seed every run explores other inputs and says which; --seed pins them (reproducers use it)."""
+    def seed_line(*extra: str) -> str:
+        main(["run", "--target", "reference", "--check", "routing-parity", "--family", "mixtral", "--workers", "0",
+              "--quiet", "--db", str(tmp_path / "local"), "--regressions", str(tmp_path / "shared"), *extra])
+        return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("seed "))
+
+    first, second = seed_line(), seed_line()
+    assert first != second and "draws the same inputs again" in first
+    seed = first.split()[1]
+    assert seed_line("--seed", seed) == first
 
 
 def test_a_known_failure_whose_case_skips_is_reported_unconfirmed() -> None:

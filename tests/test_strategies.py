@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hypothesis
 import torch
-from hypothesis import find, given, settings
+from hypothesis import Phase, find, given, settings
 
 from harness.families import get_family
 from harness.strategies.block_inputs import (
@@ -28,6 +29,7 @@ from harness.strategies.moe_problems import MoEProblem, moe_problems, problem_in
 from harness.strategies.padding import PaddedDim, PaddingExample, padded_dims, padding_examples
 from harness.strategies.router_knobs import SCALING_FACTORS, KnobExample, flip_values, knob_examples
 from harness.strategies.routing_inputs import routing_examples
+from harness.strategies.sizes import REAL_EXPERT_COUNTS, sizes
 from harness.strategies.spellings import (
     EXPERT_COUNTS,
     MAX_TOP_K,
@@ -218,3 +220,38 @@ def test_capture_requests_pair_a_config_with_a_token_budget(drawn) -> None:
     example, max_tokens = drawn
     assert isinstance(example, ConfigExample) and 1 <= max_tokens <= 64
     assert 1 <= example.top_k <= 8 and 1 <= example.num_moe_layers <= 4
+
+
+# ---- sizes: weighted toward bounds and released models' values, under any seed ----------------------------
+
+
+def _drawn(strategy, seed: int, examples: int) -> list:
+    """What `strategy` generates in one dev-sized run at Hypothesis seed `seed` (generation only)."""
+    seen: list = []
+
+    @hypothesis.seed(seed)
+    @settings(max_examples=examples, phases=[Phase.generate], database=None, deadline=None)
+    @given(strategy)
+    def run(value) -> None:
+        seen.append(value)
+
+    run()
+    return seen
+
+
+def test_sizes_give_about_half_their_draws_to_bounds_and_favoured_values() -> None:
+    special = {1, 64, *REAL_EXPERT_COUNTS}
+    drawn = [v for seed in range(8) for v in _drawn(sizes(1, 64, REAL_EXPERT_COUNTS), seed, 25)]
+    assert all(1 <= v <= 64 for v in drawn)
+    assert 0.35 <= sum(v in special for v in drawn) / len(drawn) <= 0.75
+    assert len(set(drawn) - special) >= 20  # the rest of the range is still drawn
+    assert _minimal(sizes(3, 40, (8,)), lambda v: v > 5) == 6  # shrinks toward the lower bound
+
+
+def test_a_dev_run_of_routing_examples_draws_real_top_ks_and_k_equal_e() -> None:
+    """Mixtral's top-2 and K = E in most dev-sized runs, whatever the seed (uniform draws gave top-2 in 14
+    of 40 runs)."""
+    runs = [_drawn(routing_examples(("softmax_topk",)), seed, 25) for seed in range(10)]
+    assert sum(any(ex.knobs.top_k == 2 for ex in run) for run in runs) >= 8
+    assert sum(any(ex.knobs.top_k == ex.logits.shape[1] > 1 for ex in run) for run in runs) >= 8
+    assert sum(any(ex.logits.shape[0] == 1 for ex in run) for run in runs) >= 8

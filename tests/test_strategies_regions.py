@@ -24,7 +24,8 @@ from harness.engine import run_case
 from harness.families import get_family
 from harness.strategies.checkpoint_files import CheckpointPlan, write_checkpoint
 from harness.strategies.checkpoints import NEIGHBOURS, checkpoint_plans, checkpoints
-from harness.strategies.keys import LAYER_EXPERT_BUDGET, REAL_EXPERT_COUNTS, checkpoint_keys
+from harness.strategies.keys import LAYER_EXPERT_BUDGET, checkpoint_keys
+from harness.strategies.sizes import REAL_EXPERT_COUNTS
 from harness.targets.base import Target
 from harness.targets.reference import ALL_SCHEMAS, make_target
 from harness.verdict import ErrorKind, PropertyViolation, SkipKind, Status

@@ -17,14 +17,6 @@ ADAPTER = "examples.my_engine_adapter:make_target"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def run(tmp_path: Path):
-    def call(*argv: str) -> int:
-        return main([*argv, "--db", str(tmp_path / "local"), "--regressions", str(tmp_path / "shared")])
-
-    return call
-
-
 def test_user_adapter_runs_through_module_object_spec(run, capsys) -> None:
     assert run("run", "--target", ADAPTER, "--check", "routing-parity", "--family", "mixtral", "--quiet") == EXIT_OK
     out = capsys.readouterr().out
@@ -222,14 +214,16 @@ def test_a_hanging_case_is_stopped_at_its_wall_limit_and_the_run_goes_on(run, ca
     assert verdicts["reference"]["status"] == "pass"
 
 
-def test_a_native_crash_fails_only_its_own_case(run, capsys, tmp_path, monkeypatch) -> None:
-    """An adapter that aborts (what a segfaulting kernel does) under --workers 2: its case is the target's
-    crash, named with a reproducer; the other cases (the oracle's too) and the report are unaffected."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_native_crash_fails_only_its_own_case(run, capsys, tmp_path, monkeypatch, workers) -> None:
+    """An adapter that aborts (what a segfaulting kernel does), with the default one worker or two: its case
+    is the target's crash, named with a reproducer; the other cases (the oracle's too) and the report are
+    unaffected."""
     (tmp_path / "misbehaving_engine.py").write_text(MISBEHAVING)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MISBEHAVE", "abort")
     code = run("run", "--target", "misbehaving_engine:make_target", "--target", "reference", "--check",
-               "routing-parity", "--family", "mixtral", "--family", "qwen3_moe", "--workers", "2",
+               "routing-parity", "--family", "mixtral", "--family", "qwen3_moe", "--workers", workers,
                "--report-dir", str(tmp_path / "report"))
     out = capsys.readouterr().out
     assert code == EXIT_VIOLATION

@@ -147,7 +147,8 @@ def render_report(report: Report, families: bool = False, replay_options: str = 
     if known:
         parts.append(known)
     parts += [render_failure(r.verdict, r.blob, replay_options) for r in report.findings()]
-    parts.append(render_totals(report.results))
+    parts.append(f"{render_totals(report.results)}\nseed {report.run.seed} (profile {report.run.profile}): "
+                 f"--seed {report.run.seed} draws the same inputs again")
     if report.run.interrupted:
         parts.append(f"INTERRUPTED: {len(report.results)} of {report.run.planned} cases finished before Ctrl-C; "
                      "the rest did not run")

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
+from harness.strategies.sizes import REAL_EXPERT_COUNTS
 from reference.checkpoint import BLOCKS, NEIGHBOUR_KINDS, PREFIXES, SHARED_SPELLINGS, SUFFIXES, KeySchema
 
-# Routed-expert counts of released MoE checkpoints (Mixtral 8, OLMoE 64, Qwen1.5-MoE 60, Qwen3-MoE 128,
-# DeepSeek-V2 160, DeepSeek-V3 256, Kimi-K2 384, ...).
-REAL_EXPERT_COUNTS = (8, 16, 32, 60, 64, 128, 160, 256, 384)
 SMALL_EXPERTS = 8
 # Bounds on what one example writes: layers × experts stays within this (so E = 384 draws one layer), and the
 # layer count within MAX_LAYERS (enough for two-digit layer indices when the expert count is small).

@@ -7,6 +7,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from harness.strategies.sizes import REAL_EXPERT_COUNTS, sizes
+
 # The checkpoint's (gate, down, up) projection names, per naming style.
 CKPT_NAMES = {"proj": ("gate_proj", "down_proj", "up_proj"), "w": ("w1", "w2", "w3")}
 CALL_FORMS = ("positional", "keyword", "positional-no-redundant", "keyword-no-redundant")
@@ -45,10 +47,10 @@ class MappingExample:
 
 @st.composite
 def mapping_examples(draw: st.DrawFn) -> MappingExample:
-    """E in 1..64, R in 0..E, both checkpoint name styles, and every call form an old caller may use
+    """E in 1..64, R in 0..E (each weighted toward its bounds, E toward released models' counts), both checkpoint name styles, and every call form an old caller may use
     (omitting num_redundant_experts only when it is 0). Shrinks toward E=1, R=0, `proj` names and the
     positional form; a form that omits R is one draw shorter, so it is what an example not needing R shrinks to."""
     form = draw(st.sampled_from(CALL_FORMS))
-    num_experts = draw(st.integers(1, 64))
-    redundant = 0 if form.endswith("no-redundant") else draw(st.integers(0, num_experts))
+    num_experts = draw(sizes(1, 64, REAL_EXPERT_COUNTS))
+    redundant = 0 if form.endswith("no-redundant") else draw(sizes(0, num_experts, (1,)))
     return MappingExample(num_experts, redundant, draw(st.sampled_from(tuple(CKPT_NAMES))), form)

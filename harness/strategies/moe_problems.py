@@ -9,6 +9,7 @@ import torch
 from hypothesis import strategies as st
 
 from harness.families import Family
+from harness.strategies.sizes import sizes
 from reference.routing import route
 
 # "routed": the family's router on random logits; "hot": every token picks the same K experts, so one
@@ -35,12 +36,13 @@ class MoEProblem:
 
 
 def moe_problems(family: Family, dtypes: tuple[torch.dtype, ...]) -> st.SearchStrategy[MoEProblem]:
-    """Problems of `family`'s tiny spec (E, K, H, I and activation fixed): 1..40 tokens, a dtype of `dtypes`,
+    """Problems of `family`'s tiny spec (E, K, H, I and activation fixed): 1..40 tokens (weighted toward one
+    and 40), a dtype of `dtypes`,
     a style of STYLES, a seed in 0..2**16. Shrinks toward one token, the first dtype, the routed style."""
     spec = family.spec
     return st.builds(MoEProblem, experts=st.just(spec.num_experts), top_k=st.just(spec.top_k),
                      hidden=st.just(spec.hidden_size), width=st.just(spec.intermediate_size),
-                     activation=st.just(spec.activation), tokens=st.integers(1, 40), dtype=st.sampled_from(dtypes),
+                     activation=st.just(spec.activation), tokens=sizes(1, 40), dtype=st.sampled_from(dtypes),
                      style=st.sampled_from(STYLES), seed=st.integers(0, 2**16))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
+from harness.strategies.sizes import REAL_EXPERT_COUNTS, REAL_TOP_KS, sizes
 from reference.config import RoutingKnobs
 from reference.variants import GROUP_SCORES, ROUTING_VARIANTS, variant
 
@@ -59,27 +60,28 @@ def _logits(tokens: int, experts: int, top_k: int, style: str, seed: int, dtype:
 def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIANTS,
                      max_tokens: int = 32, max_experts: int = 64) -> RoutingExample:
     """A routing example of one of `variants`: E in 1..max_experts (any, not only powers of two), K in 1..E
-    (K = E included), grouped cases with n_group dividing E. Shrinks toward one token, one expert, fp32."""
+    (K = E included), grouped cases with n_group dividing E; E, K and the token count weighted toward their
+    bounds and released models' values (see `sizes`). Shrinks toward one token, one expert, fp32."""
     name = draw(st.sampled_from(variants))
     rule = variant(name)
-    experts = draw(st.integers(1, max_experts))
+    experts = draw(sizes(1, max_experts, REAL_EXPERT_COUNTS))
     kw: dict[str, object] = {}
     k_max = experts
     if rule.grouped and (not rule.groups_optional or draw(st.booleans())):
         divisors = [d for d in range(1, experts + 1) if experts % d == 0]
         n_group = draw(st.sampled_from(divisors))
-        topk_group = draw(st.integers(1, n_group))
+        topk_group = draw(sizes(1, n_group))
         kw.update(n_group=n_group, topk_group=topk_group)
         if name == "grouped_softmax":  # DeepSeek-V2 scores a group by its max, V3-style by its top-2 sum
             kw["group_score"] = draw(st.sampled_from(GROUP_SCORES))
         k_max = topk_group * (experts // n_group)
-    top_k = draw(st.integers(1, k_max))
+    top_k = draw(sizes(1, k_max, REAL_TOP_KS))
     if rule.renormalizes:
         kw["renormalize"] = draw(st.booleans())
     if rule.scaled:
         kw["scaling_factor"] = draw(st.sampled_from((1.0, 2.5)))
     knobs = RoutingKnobs(variant=name, top_k=top_k, **kw)  # type: ignore[arg-type]
-    tokens = draw(st.integers(1, max_tokens))
+    tokens = draw(sizes(1, max_tokens))
     dtype = draw(st.sampled_from(LOGIT_DTYPES))
     style = draw(st.sampled_from(STYLES))
     seed = draw(st.integers(0, 2**16))

@@ -1,0 +1,26 @@
+"""Fixtures the harness's own tests share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.engine import DEFAULT_SEED
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Callable[..., int]:
+    """`moe-harness` in this process (a run's cases too, unless the test asks for workers), at the default seed, with the example
+    databases in tmp_path (never the committed ones)."""
+
+    def call(*argv: str) -> int:
+        command, *rest = argv
+        # A test's run repeats (the CLI draws a new seed per run) unless the test passes its own --seed.
+        in_process = ["--workers", "0", "--seed", str(DEFAULT_SEED)] if command == "run" else []
+        return main([command, *in_process, *rest, "--db", str(tmp_path / "local"), "--regressions",
+                     str(tmp_path / "shared")])
+
+    return call
