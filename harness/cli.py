@@ -17,27 +17,31 @@ import secrets
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness import inspection
+from harness.catalog import check_entries, family_entries
 from harness.checks import CHECKS
 from harness.database import LOCAL_DIR, SHARED_DIR, RegressionStore
 from harness.engine import quiet_libraries
+from harness.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION
 from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE
 from harness.replay import Replayed, ReplayOutcome, prune, replay
+from harness.reports import catalog as catalog_text
+from harness.reports import inspection as inspection_text
 from harness.reports import junit, markdown, text
 from harness.reports.directory import load_report, write_report_dir
 from harness.reports.document import Report, RunInfo, TargetInfo, targets_json
 from harness.runner import RunOptions, run_cases, unavailable_results
 from harness.selection import Missing, UsageError, plan, try_load
 from harness.targets import DEFAULT_TARGETS, registered_targets
+from harness.tiny_configs import undiscoverable_model_types
 from harness.verdict import Status
 from harness.versions import library_versions
-
-EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED = 130  # the shell's code for SIGINT; the report holds what finished
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -86,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     targets = sub.add_parser("targets", help="list targets with their versions and capabilities")
     targets.add_argument("specs", nargs="*", metavar="NAME|MODULE:OBJECT", help="only these (default: all registered)")
     targets.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("checks", help="list the checks: the capability each asks for, its families, its property")
+    fams = sub.add_parser("families", help="list the families a run covers, with their routing; for a target, "
+                                           "which checks run on each and why not")
+    fams.add_argument("--target", metavar="NAME|MODULE:OBJECT", help="only the families this target's cases run over")
+    fams.add_argument("--check", action="append", metavar="C",
+                      help="with --target: whether this check runs on each family, or its skip reason (repeatable; "
+                           "default: every check the target offers)")
+    insp = sub.add_parser("inspect", help="check a safetensors checkpoint directory against its family's config")
+    insp.add_argument("directory", type=Path, metavar="CHECKPOINT_DIR",
+                      help="a directory holding config.json and model.safetensors (or shards and their index)")
+    insp.add_argument("--family", metavar="F", help="the family (model_type) to check it as "
+                      "(default: config.json's model_type)")
     rep = sub.add_parser("replay", help="re-run every stored failing case: FIXED / FAILED / ERROR")
     rep.add_argument("cases", nargs="*", metavar="CASE", help="only these case ids, e.g. 'remap-idempotence[t-gemma4]'")
     rep.add_argument("--prune", action="store_true", help="remove the records and examples of fixed cases")
@@ -166,6 +182,50 @@ def _targets(args: argparse.Namespace) -> int:
     return EXIT_USAGE if any(i.status == "error" for i in infos) else EXIT_OK
 
 
+def _checks() -> int:
+    print(catalog_text.render_checks(check_entries()))
+    return EXIT_OK
+
+
+def _families(args: argparse.Namespace) -> int:
+    """The families table; for --target, each check's verdict per family (prepared as a run prepares it)."""
+    if args.check and not args.target:
+        raise UsageError("--check needs --target: whether a check runs on a family depends on the target")
+    target = None
+    if args.target:
+        loaded = try_load(args.target)
+        if isinstance(loaded, Missing):
+            raise UsageError(f"target {args.target} did not load: {loaded.reason}")
+        target = loaded
+    unknown = [c for c in args.check or [] if c not in CHECKS]
+    if unknown:
+        raise UsageError(f"unknown check {', '.join(unknown)}; valid checks: {', '.join(CHECKS)}")
+    checks = [CHECKS[c] for c in args.check] if args.check else [
+        c for c in CHECKS.values() if target is not None and getattr(target, c.capability) is not None]
+    entries = family_entries(target, checks)
+    heading = (f"{len(entries)} families of target {args.target}" if target is not None else
+               f"{len(entries)} families: the default set (*) and every MoE model type of the installed transformers")
+    print(catalog_text.render_families(entries, undiscoverable_model_types(), heading))
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """0: the directory loads cleanly as its family; 1: problems found in it; 2: it cannot be inspected (a bad
+    path, an unknown family, an unreadable config), said in one line, or a bug of ours, said with where."""
+    try:
+        result = inspection.inspect_checkpoint(args.directory, args.family)
+    except inspection.InspectUsageError as exc:
+        print(f"moe-harness inspect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line that says where, not a traceback
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"moe-harness inspect: internal error ({type(exc).__name__}: {exc}, at {Path(where.filename).name}:"
+              f"{where.lineno}); please report it with the command line", file=sys.stderr)
+        return EXIT_USAGE
+    print(inspection_text.render(result))
+    return EXIT_OK if result.clean else EXIT_VIOLATION
+
+
 def _replay(args: argparse.Namespace) -> int:
     store = RegressionStore(args.db, args.regressions)
     replayed = replay(store, args.cases)
@@ -208,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "targets":
             return _targets(args)
+        if args.command == "checks":
+            return _checks()
+        if args.command == "families":
+            return _families(args)
+        if args.command == "inspect":
+            return _inspect(args)
         if args.command == "replay":
             return _replay(args)
         if args.command == "report":

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from harness.checks import CHECKS
 from harness.database import RegressionStore
 from harness.engine import execute, quiet_libraries, reproduce_command
-from harness.families import get_family
+from harness.families import NO_FAMILY, get_family
 from harness.outcome import CaseResult
 from harness.selection import Case, Missing
 from harness.targets import load_target
 from harness.targets.base import Target
-from harness.verdict import ErrorKind, Status, Verdict
+from harness.verdict import ErrorKind, SkipKind, Status, Verdict
 
 
 @dataclass(frozen=True)
@@ -147,5 +147,8 @@ def _unavailable(check: str, missing: Missing) -> Verdict:
     """SKIP when a dependency of the target is missing here; an ERROR of kind target-error when its own code
     raised while loading (nothing of it could run, so the run cannot pass, but the fault is the target's)."""
     if missing.error:
-        return Verdict(check, missing.spec, "*", Status.ERROR, ErrorKind.TARGET_ERROR, missing.reason)
-    return Verdict(check, missing.spec, "*", Status.SKIP, None, missing.reason)
+        return Verdict(check, missing.spec, NO_FAMILY, Status.ERROR, ErrorKind.TARGET_ERROR,
+                       missing.reason)
+    # Its library is not installed in this environment: nothing of it can run here.
+    return Verdict(check, missing.spec, NO_FAMILY, Status.SKIP, None, missing.reason,
+                   skip_kind=SkipKind.NOT_APPLICABLE)

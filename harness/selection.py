@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.checks import CHECKS
 from harness.checks.base import Check
-from harness.families import DEFAULT_FAMILIES, Family, get_family
-from harness.strategies.configs import SYNTHETIC
+from harness.families import ANY_FAMILY, DEFAULT_FAMILIES, SYNTHETIC, Family, get_family
 from harness.targets import DEFAULT_TARGETS, TargetLoadError, TargetUnavailable, UnknownTarget, load_target
 from harness.targets.base import Target
 from harness.tiny_configs import discover_moe_families
@@ -81,7 +80,7 @@ def plan(
     check_names = checks or list(CHECKS)
     _validate("check", "checks", check_names, CHECKS)
     if families:
-        _validate("family", "families", families, (*discover_moe_families(), SYNTHETIC, "any"))
+        _validate("family", "families", families, (*discover_moe_families(), SYNTHETIC, ANY_FAMILY))
     result = Plan(checks=check_names)
     for spec in dict.fromkeys(targets or DEFAULT_TARGETS):
         loaded = try_load(spec)
@@ -98,7 +97,7 @@ def plan(
             wanted = check.families or target.families or tuple(DEFAULT_FAMILIES)
             wanted += tuple(f for f in check.extra_families if f not in wanted)
             for family in wanted:
-                if families and family not in families and "any" not in wanted:
+                if families and family not in families and ANY_FAMILY not in wanted:
                     continue
                 result.cases.append(Case(check, target, get_family(family), spec))
     if result.targets and not result.cases and not result.not_offered:

@@ -437,16 +437,28 @@ def _build(cls: Any, tree: dict[str, Any], path: str, overrides: dict[str, Any],
 @functools.cache
 def discover_moe_families() -> tuple[str, ...]:
     """Every model_type of the installed transformers whose config declares routed experts."""
+    return _discovery()[0]
+
+
+def undiscoverable_model_types() -> dict[str, str]:
+    """The model_types whose default config raised when built (so whether they have experts is unknown),
+    each with what it raised: discovery cannot see them, and says so rather than dropping them silently."""
+    return dict(_discovery()[1])
+
+
+@functools.cache
+def _discovery() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    found = []
+    found, raised = [], []
     for model_type in sorted(CONFIG_MAPPING.keys()):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 config = CONFIG_MAPPING[model_type]()
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - its own validators reject its defaults: reported, not run
+            raised.append((model_type, f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"))
             continue
         if moe_path(config) is not None:
             found.append(model_type)
-    return tuple(found)
+    return tuple(found), tuple(raised)

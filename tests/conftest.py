@@ -20,7 +20,7 @@ def run(tmp_path: Path) -> Callable[..., int]:
         command, *rest = argv
         # A test's run repeats (the CLI draws a new seed per run) unless the test passes its own --seed.
         in_process = ["--workers", "0", "--seed", str(DEFAULT_SEED)] if command == "run" else []
-        return main([command, *in_process, *rest, "--db", str(tmp_path / "local"), "--regressions",
-                     str(tmp_path / "shared")])
+        stores = ["--db", str(tmp_path / "local"), "--regressions", str(tmp_path / "shared")]
+        return main([command, *in_process, *rest, *(stores if command in ("run", "replay") else [])])
 
     return call

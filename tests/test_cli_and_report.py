@@ -7,12 +7,16 @@ import json
 import shlex
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from harness.checks import CHECKS
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
 from harness.engine import execute
 from harness.families import get_family
 from harness.findings import Finding
 from harness.outcome import CaseResult
+from harness.reports import junit, markdown, text
+from harness.reports.document import Report, RunInfo
 from harness.reports.text import render_failure, render_known, render_matrix, render_totals
 from harness.targets import load_target
 from harness.verdict import ErrorKind, Status, Verdict
@@ -23,7 +27,7 @@ def test_buggy_seed_exits_1_with_a_replay_line(run, capsys) -> None:
     out = capsys.readouterr().out
     assert code == EXIT_VIOLATION
     assert ".moe.moe." in out and "reproduce: moe-harness run --target seeds-buggy" in out
-    assert "summary: 1 cases over 1 families and 1 checks: 0 passed, 1 new failures" in out
+    assert "summary: 1 case over 1 model family and 1 check: 0 passed, 1 new failure," in out
 
 
 def test_reproducer_pasted_back_fails_the_same_way(run, capsys) -> None:
@@ -81,6 +85,8 @@ def test_report_dir_holds_three_files_that_render(run, tmp_path, capsys) -> None
     assert main(["report", str(out_dir)]) == EXIT_VIOLATION  # the saved run's exit code
     text = capsys.readouterr().out
     assert "seeds-buggy  expert-mapping" in text and "FAIL expert-mapping[seeds-buggy-any]" in text
+    # "any" and "synthetic" are no model families: gemma4 is the one the matrix ran over.
+    assert "summary: 4 cases over 1 model family and 2 checks:" in text
     assert main(["report", str(out_dir), "--format", "markdown"]) == EXIT_VIOLATION
     assert capsys.readouterr().out.strip() == md.strip()
     assert main(["report", str(tmp_path / "missing")]) == EXIT_USAGE
@@ -93,10 +99,55 @@ def test_known_and_stale_are_shown_apart_from_new_failures() -> None:
     expected = CaseResult(Verdict("remap-idempotence", "t", "gemma4", Status.FAIL, ErrorKind.PROPERTY_VIOLATION, "x"), expected=True)
     stale = CaseResult(Verdict("remap-idempotence", "t", "mixtral", Status.PASS, message="stale known failure: passes now"),
                        stale=True)
-    matrix = render_matrix([known, expected, stale])
-    assert "t  capturer-shape" in matrix and "t  remap-idempotence" in matrix
+    other = CaseResult(Verdict("capturer-shape", "a-longer-target", "gemma4", Status.PASS))
+    matrix = render_matrix([known, expected, stale, other]).splitlines()
+    assert "t                capturer-shape     " in matrix[1] and "t                remap-idempotence  " in matrix[2]
+    assert matrix[3].startswith("a-longer-target  capturer-shape     ")
+    assert len({len(line) for line in matrix[:4]}) == 1  # the columns line up whatever the names' lengths
     totals = render_totals([known, expected, stale])
     assert "1 passed, 0 new failures, 2 known failures" in totals
+
+
+def _failing(family: str, message: str = "output shape (1, 64) != input shape (1, 1)") -> CaseResult:
+    return CaseResult(Verdict("unpad-before-add", "t", family, Status.FAIL, ErrorKind.PROPERTY_VIOLATION, message,
+                              {"hidden": 1}, "exact", f"moe-harness run --target t --family {family}"))
+
+
+def test_one_bug_on_several_families_is_one_report_everywhere() -> None:
+    """Cases failing exactly alike on several families are one bug report in the text, report.md and
+    junit.xml, listing the families, each family's reproducer kept; a different failure stays apart."""
+    results = [_failing("gemma4"), _failing("qwen2_moe"), _failing("mixtral", "another message"),
+               _failing("deepseek_v3"), CaseResult(Verdict("unpad-before-add", "t", "olmoe", Status.PASS))]
+    report = Report(RunInfo("moe-harness run", "dev", 1, None, 1, "now", 1.0), [], results)
+    assert [[r.verdict.family for r in bug] for bug in report.bugs()] == [["gemma4", "qwen2_moe", "deepseek_v3"],
+                                                                          ["mixtral"]]
+    out = text.render_report(report)
+    assert out.count("FAIL unpad-before-add[") == 2
+    assert "FAIL unpad-before-add[t-gemma4] +2 more families" in out
+    assert "family:    gemma4, qwen2_moe, deepseek_v3" in out and "--family qwen2_moe | deepseek_v3" in out
+    assert "4 new failures, 0 known failures, 0 errors (2 bug reports)" in out
+    md = markdown.render(report)
+    assert "(2 bug reports over 4 cases)" in md and md.count("### FAIL") == 2
+    assert all(f"moe-harness run --target t --family {f}" in md for f in ("gemma4", "qwen2_moe", "deepseek_v3"))
+    root = ET.fromstring(junit.render(report))
+    assert root.get("failures") == "2" and root.get("tests") == "3"
+    assert [c.get("name") for c in root.iter("testcase") if c.find("failure") is not None] == \
+        ["gemma4,qwen2_moe,deepseek_v3", "mixtral"]
+    assert len(json.loads(report.to_json())["results"]) == 5  # every case's record is kept
+
+
+def test_every_progress_line_but_a_pass_says_why() -> None:
+    skipped = CaseResult(Verdict("block-parity", "t", "jamba", Status.SKIP, message="no block", skip_kind="harness-limit"))
+    known = CaseResult(Verdict("capturer-shape", "t", "dbrx", Status.KNOWN, ErrorKind.PROPERTY_VIOLATION, "moe_top_k",
+                               known_reason="two of six spellings\nsecond line"))
+    failed = _failing("gemma4", "x" * 300)
+    failed.stats = {"shrink": {"calls": 3}}
+    passed = CaseResult(Verdict("block-parity", "t", "mixtral", Status.PASS, examples=25))
+    lines = [text.render_progress(1, 4, r, 0) for r in (skipped, known, failed, passed)]
+    assert lines[0].endswith(" - harness-limit: no block")
+    assert lines[1].endswith(" - known: two of six spellings") and "KNOWN" in lines[1]
+    assert "shrinking included" in lines[2] and lines[2].endswith("x...") and len(lines[2]) < 300
+    assert lines[3].endswith("failures so far: 0)")
 
 
 def test_failure_renders_as_a_bug_report() -> None:
@@ -137,3 +188,37 @@ def test_a_known_failure_whose_case_skips_is_reported_unconfirmed() -> None:
     text = render_known([result])
     assert "UNCONFIRMED  config-spelling[listed-mixtral]: listed as a known failure (a spelling is dropped)" in text
     assert "was skipped here" in text
+
+
+def test_checks_lists_every_check_with_its_capability(run, capsys) -> None:
+    assert run("checks") == EXIT_OK
+    out = capsys.readouterr().out
+    for name, check in CHECKS.items():
+        assert f"{name}  " in out and f"capability {check.capability}" in out
+    assert "one case for all (any)" in out and "plus synthetic" in out
+
+
+def test_families_says_per_family_whether_a_check_runs_and_why_not(run, capsys) -> None:
+    assert run("families", "--target", "seeds-buggy", "--check", "functional-call") == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "9 families of target seeds-buggy"
+    gemma4 = lines.index(next(ln for ln in lines if ln.startswith("gemma4 ")))
+    assert lines[gemma4].split()[1:] == ["gemma4", "8", "2", "*"] and lines[gemma4 + 1].strip() == "functional-call: runs"
+    assert any("functional-call: skips (not-applicable): seeds-buggy builds blocks only for gemma4" in ln for ln in lines)
+    assert run("families", "--check", "functional-call") == EXIT_USAGE  # which target's?
+    assert "--check needs --target" in capsys.readouterr().err
+    assert run("families", "--target", "seeds-buggy", "--check", "nope") == EXIT_USAGE
+
+
+def test_discovery_reports_the_model_types_it_cannot_see() -> None:
+    """A model type whose default config raises is listed with what it raised, never dropped silently."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from harness.tiny_configs import discover_moe_families, undiscoverable_model_types
+
+    unseen = undiscoverable_model_types()
+    assert set(unseen) <= set(CONFIG_MAPPING.keys()) and not set(unseen) & set(discover_moe_families())
+    for name, why in unseen.items():
+        with pytest.raises(Exception) as raised:
+            CONFIG_MAPPING[name]()
+        assert why.startswith(type(raised.value).__name__)

@@ -29,6 +29,14 @@ def column(result: CaseResult) -> Status:
     return result.verdict.status
 
 
+def column_counts(results: list[CaseResult]) -> dict[Status, int]:
+    """How many of `results` count in each summary column (every column present)."""
+    counts = dict.fromkeys(COLUMNS, 0)
+    for r in results:
+        counts[column(r)] += 1
+    return counts
+
+
 @dataclass
 class TargetInfo:
     """A target as the run saw it; `status` is "loaded", "unavailable" (a dependency is missing) or "error"."""
@@ -86,14 +94,19 @@ class Report:
                    results=[CaseResult.from_dict(r) for r in data["results"]])
 
     def totals(self) -> dict[Status, int]:
-        counts = dict.fromkeys(COLUMNS, 0)
-        for r in self.results:
-            counts[column(r)] += 1
-        return counts
+        return column_counts(self.results)
 
     def findings(self) -> list[CaseResult]:
-        """New failures and errors: each is shown as a bug report."""
+        """New failures and errors, one per case."""
         return [r for r in self.results if r.new_failure or r.verdict.status == Status.ERROR]
+
+    def bugs(self) -> list[list[CaseResult]]:
+        """The findings grouped into bugs, each shown as one bug report: cases of one target and check that
+        failed the same way (see `signature`) on several families; groups and members in first-seen order."""
+        groups: dict[str, list[CaseResult]] = {}
+        for r in self.findings():
+            groups.setdefault(signature(r), []).append(r)
+        return list(groups.values())
 
     def known_failures(self) -> list[CaseResult]:
         return [r for r in self.results if column(r) == Status.KNOWN]
@@ -104,6 +117,14 @@ class Report:
     def unconfirmed(self) -> list[CaseResult]:
         """Cases with a known-failure entry that were skipped or errored here, so the entry went unchecked."""
         return [r for r in self.results if r.unconfirmed]
+
+
+def signature(result: CaseResult) -> str:
+    """What makes two failing cases one bug: target, check, status, kind, message, counterexample and tolerance
+    all equal (only the family differs). Exact, so two different bugs never share a report."""
+    v = result.verdict
+    return json.dumps([v.target, v.check, v.status, v.kind, v.message, v.counterexample, v.tolerance],
+                      sort_keys=True, default=str)
 
 
 def targets_json(infos: list[TargetInfo]) -> str:

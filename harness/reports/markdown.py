@@ -31,9 +31,10 @@ def render(report: Report) -> str:
         status = t.status if t.status == "loaded" else f"{t.status}: {t.reason}"
         lines.append(f"| `{t.spec}` | {t.version} | {', '.join(t.capabilities)} | {_cell(status)} |")
     lines += ["", "## Matrix", "", *_matrix(report), ""]
-    findings = report.findings()
-    lines += [f"## New failures and errors ({len(findings)})", ""]
-    lines += [_bug_report(r) for r in findings] or ["None.", ""]
+    bugs = report.bugs()
+    cases = sum(map(len, bugs))
+    lines += [f"## New failures and errors ({len(bugs)} bug reports over {cases} cases)", ""]
+    lines += [_bug_report(bug) for bug in bugs] or ["None.", ""]
     known = report.known_failures()
     if known:
         lines += ["## Known failures", "", "| case | reason |", "|---|---|"]
@@ -79,16 +80,20 @@ def _counts(counts: Counter[str]) -> str:
                      for c in COLUMNS if counts[c])
 
 
-def _bug_report(r: CaseResult) -> str:
-    """One new failure or error as a Markdown section: what, where, the counterexample, the reproducer."""
+def _bug_report(bug: list[CaseResult]) -> str:
+    """One bug (a new failure or error, on every family of `bug` alike) as a Markdown section: what, where,
+    the counterexample, the reproducer of each family."""
+    r = bug[0]
     v = r.verdict
     label = "FAIL" if v.status == Status.FAIL else "ERROR"
-    out = [f"### {label} `{v.case_id}` ({v.kind})", "", f"**{_cell(v.message)}**", "",
-           f"- property: `{v.check}`", f"- target: `{v.target}`", f"- family: `{v.family}`",
+    families = ", ".join(f"`{m.verdict.family}`" for m in bug)
+    also = f" and {len(bug) - 1} more families" if len(bug) > 1 else ""
+    out = [f"### {label} `{v.case_id}`{also} ({v.kind})", "", f"**{_cell(v.message)}**", "",
+           f"- property: `{v.check}`", f"- target: `{v.target}`", f"- famil{'ies' if len(bug) > 1 else 'y'}: {families}",
            f"- tolerance: {v.tolerance or 'exact'}", ""]
     if v.counterexample:
         out += ["Minimal counterexample:", "", "```json", json.dumps(v.counterexample, indent=2, default=str), "```", ""]
-    out += ["Reproduce with:", "", "```sh", v.reproduce, "```", ""]
+    out += ["Reproduce with:", "", "```sh", *(m.verdict.reproduce for m in bug), "```", ""]
     if r.blob:
         out += [f"Hypothesis: `{r.blob}`", ""]
     return "\n".join(out)

@@ -16,23 +16,27 @@ from pathlib import Path
 
 from harness.checks import CHECKS
 from harness.database import Record
+from harness.families import PSEUDO_FAMILIES
 from harness.outcome import CaseResult
 from harness.replay import Replayed, ReplayOutcome
-from harness.reports.document import COLUMNS, NEW_FAIL, Report, TargetInfo, column
+from harness.reports.document import COLUMNS, NEW_FAIL, Report, TargetInfo, column, column_counts
 from harness.verdict import SkipKind, Status, Verdict
 
 _LEGEND = "fail = new failure; known = listed in the target's known failures or expected by the suite"
 
 
 def render_matrix(results: list[CaseResult]) -> str:
-    """One row per target × check with counts per column (`.` for none)."""
+    """One row per target × check with counts per column (`.` for none), target and check each in its own
+    aligned column."""
     cells: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
     for r in results:
         cells[(r.verdict.target, r.verdict.check)][column(r)] += 1
-    width = max([len(f"{t}  {c}") for t, c in cells] + [len("target  check")])
-    lines = [f"{'target  check':<{width}}  " + "  ".join(f"{s:>5}" for s in COLUMNS)]
+    t_width = max([len(t) for t, _ in cells] + [len("target")])
+    c_width = max([len(c) for _, c in cells] + [len("check")])
+    lines = [f"{'target':<{t_width}}  {'check':<{c_width}}  " + "  ".join(f"{s:>5}" for s in COLUMNS)]
     for (target, check), counts in cells.items():
-        lines.append(f"{f'{target}  {check}':<{width}}  " + "  ".join(f"{counts[s] or '.':>5}" for s in COLUMNS))
+        lines.append(f"{target:<{t_width}}  {check:<{c_width}}  "
+                     + "  ".join(f"{counts[s] or '.':>5}" for s in COLUMNS))
     lines.append(f"({_LEGEND})")
     return "\n".join(lines)
 
@@ -72,14 +76,17 @@ def render_known(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def render_failure(v: Verdict, blob: str | None = None, replay_options: str = "") -> str:
+def render_failure(v: Verdict, blob: str | None = None, replay_options: str = "",
+                   others: Sequence[str] = ()) -> str:
     """One failure as a bug report: property, target, family, counterexample, tolerance, reproducer; the replay
-    line carries `replay_options` (the run's --db / --regressions, when not the defaults)."""
+    line carries `replay_options` (the run's --db / --regressions, when not the defaults). `others`: the other
+    families that failed exactly the same way (one bug), each replayed by the same command with its --family."""
+    also = f" +{len(others)} more families" if others else ""
     lines = [
-        f"{'FAIL' if v.status == Status.FAIL else 'ERROR'} {v.case_id}  [{v.kind}]",
+        f"{'FAIL' if v.status == Status.FAIL else 'ERROR'} {v.case_id}{also}  [{v.kind}]",
         f"  property:  {v.check}",
         f"  target:    {v.target}",
-        f"  family:    {v.family}",
+        f"  family:    {', '.join((v.family, *others))}",
         f"  what:      {v.message}",
     ]
     if v.counterexample:
@@ -88,6 +95,8 @@ def render_failure(v: Verdict, blob: str | None = None, replay_options: str = ""
     lines.append(f"  tolerance: {v.tolerance or 'exact'}")
     if v.reproduce:
         lines.append(f"  reproduce: {v.reproduce}")
+        if others:
+            lines.append(f"             (the other families: the same command with --family {' | '.join(others)})")
     if v.status == Status.FAIL:
         lines.append(f"  replay the stored example: moe-harness replay '{v.case_id}'{replay_options}")
     if blob:
@@ -95,17 +104,22 @@ def render_failure(v: Verdict, blob: str | None = None, replay_options: str = ""
     return "\n".join(lines)
 
 
-def render_totals(results: list[CaseResult]) -> str:
-    """The closing line: families and checks run, then the count in each column."""
-    counts = dict.fromkeys(COLUMNS, 0)
-    for r in results:
-        counts[column(r)] += 1
-    ran = [r.verdict for r in results if r.verdict.status != Status.SKIP]
-    families = len({v.family for v in ran})
-    checks = len({v.check for v in ran})
-    return (f"summary: {len(results)} cases over {families} families and {checks} checks: "
-            f"{counts[Status.PASS]} passed, {counts[NEW_FAIL]} new failures, {counts[Status.KNOWN]} known failures, "
-            f"{counts[Status.ERROR]} errors, {counts[Status.SKIP]} skipped{_skip_kinds(results)}")
+def render_totals(results: list[CaseResult], bugs: int | None = None) -> str:
+    """The closing line: cases, the model families and checks of the matrix, then the count in each column
+    (with `bugs`, how many distinct bug reports the new failures and errors make)."""
+    counts = column_counts(results)
+    families = len({r.verdict.family for r in results} - set(PSEUDO_FAMILIES))
+    checks = len({r.verdict.check for r in results})
+    reports = counts[NEW_FAIL] + counts[Status.ERROR]
+    distinct = f" ({_n(bugs, 'bug report')})" if bugs is not None and bugs < reports else ""
+    return (f"summary: {_n(len(results), 'case')} over {_n(families, 'model family', 'model families')} and "
+            f"{_n(checks, 'check')}: {counts[Status.PASS]} passed, {_n(counts[NEW_FAIL], 'new failure')}, "
+            f"{_n(counts[Status.KNOWN], 'known failure')}, {_n(counts[Status.ERROR], 'error')}{distinct}, "
+            f"{counts[Status.SKIP]} skipped{_skip_kinds(results)}")
+
+
+def _n(count: int, noun: str, plural: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def _skip_kinds(results: list[CaseResult]) -> str:
@@ -146,8 +160,9 @@ def render_report(report: Report, families: bool = False, replay_options: str = 
     known = render_known(report.results)
     if known:
         parts.append(known)
-    parts += [render_failure(r.verdict, r.blob, replay_options) for r in report.findings()]
-    parts.append(f"{render_totals(report.results)}\nseed {report.run.seed} (profile {report.run.profile}): "
+    parts += [render_failure(bug[0].verdict, bug[0].blob, replay_options, [r.verdict.family for r in bug[1:]])
+              for bug in report.bugs()]
+    parts.append(f"{render_totals(report.results, len(report.bugs()))}\nseed {report.run.seed} (profile {report.run.profile}): "
                  f"--seed {report.run.seed} draws the same inputs again")
     if report.run.interrupted:
         parts.append(f"INTERRUPTED: {len(report.results)} of {report.run.planned} cases finished before Ctrl-C; "
@@ -156,13 +171,33 @@ def render_report(report: Report, families: bool = False, replay_options: str = 
 
 
 def render_progress(done: int, total: int, result: CaseResult, failures: int) -> str:
-    """The line printed as a case ends: how far the run is, the case's status, and the failures so far."""
+    """The line printed as a case ends: how far the run is, the case's status, and the failures so far; every
+    status but pass ends with its reason (a failure's first line, truncated)."""
     v = result.verdict
-    line = (f"[{done}/{total}] {v.status.upper():5} {v.case_id} "
-            f"({v.examples} examples, {v.seconds:.2f}s; failures so far: {failures})")
+    shrinking = ", shrinking included" if result.stats.get("shrink", {}).get("calls") else ""
+    line = (f"[{done}/{total}] {column(result).upper():5} {v.case_id} "
+            f"({v.examples} examples{shrinking}, {v.seconds:.2f}s; failures so far: {failures})")
+    reason = _reason(result)
+    return f"{line} - {reason}" if reason else line
+
+
+def _reason(result: CaseResult) -> str:
+    """Why a case did not pass, on one line: a skip's kind and reason, a known failure's entry, a failure's
+    kind and message; "" for a pass."""
+    v = result.verdict
+    if column(result) == Status.KNOWN:
+        why = v.known_reason or f"expected by the suite: {v.message}"
+        return f"known: {_one_line(why)}"
     if v.status == Status.SKIP:
-        line += f" - {v.skip_kind or 'unclassified'}: {v.message}"
-    return line
+        return f"{v.skip_kind or 'unclassified'}: {v.message}"
+    if v.status in (Status.FAIL, Status.ERROR):
+        return f"{v.kind}: {_one_line(v.message)}"
+    return ""
+
+
+def _one_line(text: str, width: int = 160) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= width else first[: width - 3] + "..."
 
 
 def render_written(paths: Sequence[Path], heading: str = "report written") -> str:
