@@ -13,6 +13,7 @@ Exit codes: 0 every case passed (or failed as a known failure) / every replayed 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import shlex
 import sys
@@ -42,6 +43,9 @@ from harness.targets import DEFAULT_TARGETS, registered_targets
 from harness.tiny_configs import undiscoverable_model_types
 from harness.verdict import Status
 from harness.versions import library_versions
+
+# Workers by default: one per core up to 4 (each imports torch and the target's library once).
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -75,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-examples", type=_at_least(1), help="override the profile's example count")
     run.add_argument("--seed", type=int,
                      help="Hypothesis seed (default: a new one each run, printed with the summary; reproducers pin it)")
-    run.add_argument("--workers", type=_at_least(0), default=1, metavar="N",
-                     help="run cases in N worker processes, so a native crash costs only its case (default 1); "
-                          "0: in this process, for a debugger")
+    run.add_argument("--workers", type=_at_least(0), default=DEFAULT_WORKERS, metavar="N",
+                     help=f"run cases in N worker processes, so a native crash costs only its case (default: "
+                          f"{DEFAULT_WORKERS}, the cores here up to 4); 0: in this process, for a debugger")
     run.add_argument("--report-dir", type=Path, metavar="DIR", help="write report.json, report.md, junit.xml")
     run.add_argument("--case-timeout", type=float, metavar="SECONDS",
                      help="stop a case running longer and report it as the target's error (default: the profile's)")

@@ -28,16 +28,22 @@ def check_mapping(cap: ExpertMappingCap, family: Family, example: MappingExample
     if dup:
         raise PropertyViolation("a (param, expert_id, shard_id) slot is filled twice", slot=dup[0])
     gate, down, up = CKPT_NAMES[example.names]
-    proj_of = {"w1": gate, "w3": up, "w2": down}
+    gate_id, up_id, down_id = cap.shard_ids
+    proj_of = {gate_id: gate, up_id: up, down_id: down}
     for param, key, expert, shard in rows:
+        if shard not in proj_of:
+            raise PropertyViolation(f"entry has shard id {shard!r}, not one of the declared shard ids "
+                                    f"{cap.shard_ids} (gate, up, down: ExpertMappingCap.shard_ids)",
+                                    entry=(param, key, expert, shard))
         logical = expert if expert < e else (expert - e) % e
-        want = f"experts.{logical}.{proj_of.get(shard, '?')}."
-        if shard not in proj_of or key != want:
+        want = f"experts.{logical}.{proj_of[shard]}."
+        if key != want:
             raise PropertyViolation("entry loads the wrong checkpoint key", entry=(param, key, expert, shard),
                                     expected_key=want)
-        want_param = "w2" if shard == "w2" else "w13"
+        want_param = cap.fused_params[1] if shard == down_id else cap.fused_params[0]
         if want_param not in param:
-            raise PropertyViolation(f"shard {shard} goes to param {param!r}, expected the {want_param} param",
+            raise PropertyViolation(f"shard {shard} goes to param {param!r}, expected the {want_param} param "
+                                    f"(the fused names ExpertMappingCap.fused_params declares: {cap.fused_params})",
                                     entry=(param, key, expert, shard))
     covered = {(key, expert) for _, key, expert, _ in rows}
     if {expert for _, expert in covered} != set(range(e + r)):
@@ -51,7 +57,8 @@ def check_mapping(cap: ExpertMappingCap, family: Family, example: MappingExample
 EXPERT_MAPPING: Check[ExpertMappingCap] = Check(
     name="expert-mapping",
     capability="expert_mapping",
-    summary="3·(E+R) rows, one per slot; w1=gate, w3=up, w2=down; redundant p loads (p−E) mod E; old == new",
+    summary="3·(E+R) rows, one per slot; w1=gate, w3=up, w2=down (or the declared ids and fused params); "
+            "redundant p loads (p−E) mod E; old == new",
     draws=lambda cap, family: mapping_examples(),
     holds=check_mapping,
     describe=lambda example: {"call": example.source, "num_experts": example.num_experts,

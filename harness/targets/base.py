@@ -39,10 +39,25 @@ class ExpertMappingCap:
 
     Both take (ckpt_gate_proj_name, ckpt_down_proj_name, ckpt_up_proj_name, num_experts,
     num_redundant_experts) positionally or by keyword; `old` is the entry point `new` replaces.
+    `fused_params` names the engine's fused (gate+up, down) parameters and `shard_ids` its shard ids for the
+    (gate, up, down) projections, both as its rows spell them (vLLM's by default): a gate or up row's param
+    must contain the first fused name, a down row's the second. Neither name may contain the other, and the
+    shard ids are distinct, so a row names one slot only.
     """
 
     new: Callable[..., list[Any]]
     old: Callable[..., list[Any]] | None = None
+    fused_params: tuple[str, str] = ("w13", "w2")
+    shard_ids: tuple[str, str, str] = ("w1", "w3", "w2")
+
+    def __post_init__(self) -> None:
+        gate_up, down = self.fused_params
+        if not gate_up or not down or gate_up in down or down in gate_up:
+            raise ValueError(f"ExpertMappingCap.fused_params={self.fused_params!r}: give two non-empty names, "
+                             "neither containing the other (a row's param is matched by the name it contains)")
+        if len(set(self.shard_ids)) != 3:
+            raise ValueError(f"ExpertMappingCap.shard_ids={self.shard_ids!r}: give three distinct ids, "
+                             "for the gate, up and down projections")
 
 
 @dataclass(frozen=True)
