@@ -11,6 +11,7 @@ import pytest
 
 from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main
 from harness.targets import TargetUnavailable, UnknownTarget, load_target, registered_targets
+from harness.targets.base import Target
 from harness.targets.loading import ENTRY_POINT_GROUP
 
 ADAPTER = "examples.my_engine_adapter:make_target"
@@ -233,3 +234,38 @@ def test_a_native_crash_fails_only_its_own_case(run, capsys, tmp_path, monkeypat
     assert crashed and all(v["target"] == "misbehaving" and v["kind"] == "target-error" for v in crashed)
     assert "worker process running this case died" in out and "--target misbehaving_engine:make_target" in out
     assert verdicts[("reference", "mixtral")]["status"] == verdicts[("reference", "qwen3_moe")]["status"] == "pass"
+
+
+def _raises_key_error(*args: object, **kwargs: object) -> None:
+    raise KeyError("num_experts")
+
+
+def _contract_slips() -> list[tuple[str, str, str, object]]:
+    """(check, family, what the verdict names, a target whose adapter breaks its capability's contract)."""
+    from harness.targets.transformers.config_variants import CONFIG_VARIANTS
+    from harness.targets.transformers.conversion import CONVERSION
+
+    reference = load_target("reference")
+    loader = dataclasses.replace(reference.checkpoint_loader, load=lambda directory, spec: None)
+    bare = Target(name="slips", version="0", description="adapters that break their contracts",
+                  checkpoint_loader=loader,
+                  config_variants=dataclasses.replace(CONFIG_VARIANTS, build_and_run=_raises_key_error),
+                  conversion=dataclasses.replace(CONVERSION, rules=_raises_key_error))
+    return [("checkpoint-roundtrip", "mixtral", "has no .report", bare),
+            ("config-accepted", "mixtral", "build_and_run('mixtral'", bare),
+            ("conversion-remap", "mixtral", "rules('mixtral') raised KeyError", bare)]
+
+
+@pytest.mark.parametrize("check, family, says", [c[:3] for c in _contract_slips()])
+def test_an_adapter_breaking_its_capability_contract_is_a_target_error(check, family, says) -> None:
+    """A capability function that raises outside its contract, or returns what it must not, is the target's
+    error naming the call, whether at preparation (rules, fields) or in an example (build_and_run, load)."""
+    from harness.checks import CHECKS
+    from harness.engine import execute
+    from harness.families import get_family
+    from harness.verdict import ErrorKind, Status
+
+    target = _contract_slips()[0][3]
+    verdict = execute(CHECKS[check], target, get_family(family), max_examples=5).verdict
+    assert (verdict.status, verdict.kind) == (Status.FAIL, ErrorKind.TARGET_ERROR), verdict.message
+    assert says in verdict.message

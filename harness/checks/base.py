@@ -91,13 +91,15 @@ class Check(Generic[Cap]):
 
 
 def call_target(what: str, fn: Callable[..., Any], *args: Any, returns: type | tuple[type, ...] | None = None,
-                **kwargs: Any) -> Any:
+                passes: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
     """Call into the target; anything it raises (SystemExit too) becomes a TargetError naming `what` and the
-    line it was raised at. With `returns` (a type, or a tuple of types for a tuple of that many values), a
-    value of another form is the target's error too, not a crash in the check that unpacks it."""
+    line it was raised at, except `passes` (the exceptions its capability's contract has it raise, which the
+    check judges). With `returns` (a type, or a tuple of types for a tuple of that many values), a value of
+    another form is the target's error too, not a crash in the check that unpacks it."""
+    judged: tuple[type[BaseException], ...] = (CheckSkipped, *passes)
     try:
         value = fn(*args, **kwargs)
-    except CheckSkipped:
+    except judged:
         raise
     except (Exception, SystemExit) as exc:
         raise TargetError(f"{what} raised {type(exc).__name__}: {exc} (at {raised_at(exc)})", exc) from exc

@@ -104,7 +104,10 @@ def check_loader(loader: CheckpointLoaderCap, family: Family, ckpt: GeneratedChe
     except Exception as exc:
         _judge_rejection(ckpt, exc)
         return
-    report = result.report
+    report = getattr(result, "report", None)
+    if report is None:  # the adapter broke the capability's contract: its error, not a crash of the check
+        raise TargetError(f"loader.load(directory, spec) returned {type(result).__name__}, which has no .report "
+                          "(expected the LoadResult the capability documents)", TypeError("load"))
     _check_report(ckpt, report)
     twice = sorted(key for key, count in Counter(report.loaded).items() if count > 1)
     if twice:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.checks.base import Check
+from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.config_variants import VariantExample, drawable, variant_examples
-from harness.targets.base import ConfigRejected, ConfigVariantsCap, VariantFailed
+from harness.targets.base import ConfigField, ConfigRejected, ConfigVariantsCap, VariantFailed
 from harness.verdict import PropertyViolation, SkipReason, not_applicable
 
 
@@ -27,11 +27,12 @@ def _first_line(error: BaseException) -> str:
 
 def check_config_accepted(cap: ConfigVariantsCap, family: Family, example: VariantExample) -> None:
     """Holds when the config class refuses the example with a message, or the model built from it runs to a
-    finite output. Anything `build_and_run` raises besides ConfigRejected / VariantFailed propagates: the
-    adapter broke its contract (a harness error, not the library's finding)."""
+    finite output. Anything `build_and_run` raises besides ConfigRejected / VariantFailed is the adapter
+    breaking its contract: a target error naming where it raised."""
     settings = example.text()
     try:
-        out = cap.build_and_run(family.name, example.settings())
+        out = call_target(f"build_and_run({family.name!r}, {settings})", cap.build_and_run, family.name,
+                          example.settings(), passes=(ConfigRejected, VariantFailed))
     except ConfigRejected as rejected:
         if not _first_line(rejected.error):
             raise PropertyViolation(
@@ -53,8 +54,12 @@ def check_config_accepted(cap: ConfigVariantsCap, family: Family, example: Varia
                                 error=f"{bad} non-finite values")
 
 
+def _fields(cap: ConfigVariantsCap, family: Family) -> tuple[ConfigField, ...]:
+    return call_target(f"fields({family.name!r})", cap.fields, family.name, returns=tuple)  # type: ignore[no-any-return]
+
+
 def _excludes(cap: ConfigVariantsCap, family: Family, target_name: str) -> SkipReason | None:
-    if not drawable(cap.fields(family.name)):
+    if not drawable(_fields(cap, family)):
         return not_applicable("its MoE config declares no field with a value other than its default to draw")
     return None
 
@@ -63,7 +68,7 @@ CONFIG_ACCEPTED: Check[ConfigVariantsCap] = Check(
     name="config-accepted",
     capability="config_variants",
     summary="a config its class accepts (MoE fields drawn from the class) builds and runs with finite output",
-    draws=lambda cap, family: variant_examples(cap.fields(family.name)),
+    draws=lambda cap, family: variant_examples(_fields(cap, family)),
     holds=check_config_accepted,
     describe=lambda example: example.describe(),
     excludes=_excludes,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hypothesis
 
-from harness.checks.base import Check
+from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.spellings import SpellingExample, by_quantity, spelling_examples
-from harness.targets.base import ConfigSpellingCap, ValuesRejected
+from harness.targets.base import ConfigSpellingCap, Spelling, ValuesRejected
 from harness.verdict import PropertyViolation, TargetError, not_applicable
 
 
@@ -45,8 +45,12 @@ def _assert_used(form: str, example: SpellingExample, seen: dict[str, list[tuple
                 form=form, spelling=str(spelling), set=value, used=got, where=where)
 
 
+def _spellings(cap: ConfigSpellingCap, family: Family) -> tuple[Spelling, ...]:
+    return tuple(call_target(f"spellings({family.name!r})", cap.spellings, family.name, returns=tuple))
+
+
 def _excludes(cap: ConfigSpellingCap, family: Family, target_name: str) -> str | None:
-    missing = [q for q, names in by_quantity(cap.spellings(family.name)).items() if not names]
+    missing = [q for q, names in by_quantity(_spellings(cap, family)).items() if not names]
     return not_applicable(f"its config accepts no {' or '.join(missing)} spelling") if missing else None
 
 
@@ -54,7 +58,7 @@ CONFIG_SPELLING: Check[ConfigSpellingCap] = Check(
     name="config-spelling",
     capability="config_spelling",
     summary="an expert count / top-k set through any accepted spelling, nesting and form is what the model uses",
-    draws=lambda cap, family: spelling_examples(by_quantity(cap.spellings(family.name))),
+    draws=lambda cap, family: spelling_examples(by_quantity(_spellings(cap, family))),
     holds=check_config_spelling,
     describe=lambda example: example.describe(),
     excludes=_excludes,

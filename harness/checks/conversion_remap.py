@@ -24,9 +24,14 @@ from harness.verdict import PropertyViolation
 
 def check_rules(conversion: ConversionCap, family: Family, drawn: ConversionExample) -> None:
     """Fixed points, idempotence and injectivity of the family's conversion over each drawn checkpoint."""
-    rules = conversion.rules(family.name)
+    rules = _rules(conversion, family)
     for checkpoint in drawn.checkpoints:
         _check_checkpoint(rules, checkpoint)
+
+
+def _rules(conversion: ConversionCap, family: Family) -> ConversionRules:
+    return call_target(f"rules({family.name!r})", conversion.rules, family.name,  # type: ignore[no-any-return]
+                       returns=ConversionRules)
 
 
 def _check_checkpoint(rules: ConversionRules, checkpoint: ConversionKeys) -> None:
@@ -89,7 +94,7 @@ CONVERSION_REMAP: Check[ConversionCap] = Check(
     capability="conversion",
     summary="load-time key conversion: converted names are fixed points; r(r(k)) == r(k); injective but for "
             "declared merges",
-    draws=lambda conversion, family: conversion_examples(conversion.rules(family.name)),
+    draws=lambda conversion, family: conversion_examples(_rules(conversion, family)),
     holds=check_rules,
     describe=describe,
     needs_spec=False,

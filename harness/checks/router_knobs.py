@@ -16,9 +16,9 @@ from harness.assertions import assert_close, assert_valid_selection, located
 from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.router_knobs import KnobExample, flip_values, knob_examples
-from harness.targets.base import RouterKnobsCap, RouterRun
+from harness.targets.base import Knob, RouterKnobsCap, RouterRun
 from harness.tolerances import WEIGHT_TOLERANCE
-from harness.verdict import PropertyViolation, not_applicable
+from harness.verdict import PropertyViolation, TargetError, not_applicable
 from reference.config import MoESpec, resolve_moe_spec
 from reference.routing import route, selection_scores, weights_for
 
@@ -68,8 +68,11 @@ def check_router_knobs(cap: RouterKnobsCap, family: Family, example: KnobExample
     label_f = f"{family.name} with {name}={example.value!r}"
     seen_d, seen_f = _observe(default, x, label_d), _observe(flipped, x, label_f)
     if not torch.equal(seen_d[0], seen_f[0]):
-        # No knob of Knob.kind changes the router's own tensors; if one did, "no effect" could not be judged.
-        raise RuntimeError(f"flipping {name} changed {family.name}'s router logits, not only its routing")
+        # No knob of Knob.kind changes the router's own tensors: built with the same seed, the adapter must
+        # give the same router weights, or "no effect" could not be judged.
+        raise TargetError(f"build({family.name!r}, overrides, seed=0) gave different router logits with "
+                          f"{name}={example.value!r} than without: the same seed must build the same router "
+                          f"weights", RuntimeError(name))
     extra: dict[str, torch.Tensor] = {}
     if default.per_expert_scale is not None:
         extra["per_expert_scale"] = default.per_expert_scale
@@ -88,8 +91,12 @@ def check_router_knobs(cap: RouterKnobsCap, family: Family, example: KnobExample
     _assert_parity(flipped, spec_f, seen_f, label_f)
 
 
+def _knobs(cap: RouterKnobsCap, family: Family) -> tuple[Knob, ...]:
+    return tuple(call_target(f"knobs({family.name!r})", cap.knobs, family.name, returns=tuple))
+
+
 def _excludes(cap: RouterKnobsCap, family: Family, target_name: str) -> str | None:
-    declared = cap.knobs(family.name)
+    declared = _knobs(cap, family)
     if not any(flip_values(kn, family.spec, declared) for kn in declared):
         return not_applicable("no declared knob has a valid value other than its default")
     return None
@@ -99,7 +106,7 @@ ROUTER_KNOBS: Check[RouterKnobsCap] = Check(
     name="router-knobs",
     capability="router_knobs",
     summary="each declared routing knob, flipped, moves the real router as the reference does (never a no-op)",
-    draws=lambda cap, family: knob_examples(cap.knobs(family.name), family.spec),
+    draws=lambda cap, family: knob_examples(_knobs(cap, family), family.spec),
     holds=check_router_knobs,
     describe=lambda example: example.describe(),
     excludes=_excludes,
