@@ -1,13 +1,18 @@
-"""`moe-harness`: run the checks over targets, list targets, replay stored failures, re-render reports.
+"""`moe-harness`: run the checks over targets, list targets, checks and families, inspect a checkpoint
+directory, replay stored failures, re-render reports.
 
 Commands:
-  run      checks × targets × families; progress, a matrix, then one bug report per new failure
-  targets  every target with its version and capabilities (--json for machines)
-  replay   re-run every stored failing case: FIXED / FAILED / ERROR (--prune removes the fixed ones)
-  report   re-render a saved report directory
+  run       checks × targets × families; progress, a matrix, then one bug report per bug
+  targets   every target with its version and capabilities (--json for machines)
+  checks    every check: its capability, its families, its property
+  families  the families a run covers; for a target, whether each check runs on each and why not
+  inspect   a checkpoint directory against its family's config: missing, unexpected, conflicting, mis-shaped
+  replay    re-run every stored failing case: FIXED / FAILED / ERROR (--prune removes the fixed ones)
+  report    re-render a saved report directory
 
-Exit codes: 0 every case passed (or failed as a known failure) / every replayed case is fixed;
-1 a property was violated / a replayed case still fails; 2 usage or harness error.
+Exit codes: 0 every case passed (or failed as a known failure) / every replayed case is fixed / the checkpoint
+is clean; 1 a property was violated / a replayed case still fails / the checkpoint has problems; 2 usage or
+harness error; 130 interrupted (`run` reports what finished).
 """
 
 from __future__ import annotations
