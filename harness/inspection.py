@@ -1,4 +1,4 @@
-"""`moe-harness inspect CHECKPOINT_DIR [--family F]`: what keeps a checkpoint on disk from loading for its family.
+"""What keeps a checkpoint on disk from loading for its family.
 
 It reads `config.json`, the index and every shard's safetensors header (never tensor data, never a pickle, no
 network, no remote code), resolves the family's `MoESpec` with the reference's config resolution, and reports:
@@ -26,7 +26,7 @@ from reference.checkpoint import PROJ_NAMES, REFERENCE_SCHEMA, KeySchema, parse_
 from reference.config import ConfigError, MoESpec, resolve_moe_spec
 from reference.families import facts_named
 from reference.loader import expert_key_name, param_name, plan_checkpoint
-from reference.shards import INDEX_NAME, SINGLE_NAME, CheckpointError, TensorInfo, _weight_map, read_header
+from reference.shards import INDEX_NAME, SINGLE_NAME, CheckpointError, TensorInfo, read_header, weight_map
 
 CONFIG_NAME = "config.json"
 # Weights in these files are pickles: loading one runs whatever code the file names, so they are never opened.
@@ -279,7 +279,7 @@ def _read_files(directory: Path, result: Inspection) -> dict[str, TensorInfo]:
 def _index(directory: Path, result: Inspection) -> dict[str, str] | None:
     """The index's weight map; None without an index (or with one that cannot be read: a problem then)."""
     path = directory / INDEX_NAME
-    return _read_file(path, _weight_map, result) if path.exists() else None
+    return _read_file(path, weight_map, result) if path.exists() else None
 
 
 def _header(directory: Path, name: str, weight_map: dict[str, str] | None, result: Inspection

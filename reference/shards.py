@@ -150,12 +150,12 @@ def read_index(directory: Path) -> dict[str, TensorInfo]:
             raise CheckpointError(directory, f"neither {INDEX_NAME} nor {SINGLE_NAME} is present",
                                   "Point the loader at a directory written by save_pretrained or save_file")
         return read_header(single)
-    weight_map = _weight_map(index_path)
+    assigned = weight_map(index_path)
     tensors: dict[str, TensorInfo] = {}
-    for shard_name in sorted(set(weight_map.values())):
+    for shard_name in sorted(set(assigned.values())):
         shard = directory / shard_name
         if not shard.is_file():
-            key = next(k for k, v in weight_map.items() if v == shard_name)
+            key = next(k for k, v in assigned.items() if v == shard_name)
             raise CheckpointError(index_path, f"names shard {shard_name!r}, which does not exist", "Copy the "
                                   "missing shard into the directory, or regenerate the index from the shards "
                                   "that are there", key)
@@ -165,7 +165,7 @@ def read_index(directory: Path) -> dict[str, TensorInfo]:
                                       "Keep each tensor in exactly one shard: delete one copy and regenerate "
                                       "the index", key)
             tensors[key] = info
-    for key, shard_name in weight_map.items():
+    for key, shard_name in assigned.items():
         if tensors.get(key) is None or tensors[key].shard.name != shard_name:
             where = f"it is in {tensors[key].shard.name}" if key in tensors else "no shard holds it"
             raise CheckpointError(index_path, f"assigns the tensor to {shard_name}, but {where}",
@@ -173,7 +173,8 @@ def read_index(directory: Path) -> dict[str, TensorInfo]:
     return tensors
 
 
-def _weight_map(index_path: Path) -> dict[str, str]:
+def weight_map(index_path: Path) -> dict[str, str]:
+    """The index's tensor name -> shard file name; a CheckpointError saying what to do when it is unreadable."""
     try:
         data = json.loads(index_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
