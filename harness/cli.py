@@ -8,6 +8,7 @@ Commands:
   families  the families a run covers; for a target, whether each check runs on each and why not
   inspect   a checkpoint directory against its family's config: missing, unexpected, conflicting, mis-shaped
   replay    re-run every stored failing case: FIXED / FAILED / ERROR (--prune removes the fixed ones)
+  env       the environments targets run in: `env list` (state, size, path), `env build NAME` (idempotent)
   report    re-render a saved report directory
 
 Exit codes: 0 every case passed (or failed as a known failure) / every replayed case is fixed / the checkpoint
@@ -25,6 +26,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +35,9 @@ from harness.catalog import check_entries, family_entries
 from harness.checks import CHECKS
 from harness.database import LOCAL_DIR, SHARED_DIR, RegressionStore
 from harness.engine import quiet_libraries
+from harness.environments import targets as env_targets
+from harness.environments.declaration import Environment
+from harness.environments.launch import Remote, emit
 from harness.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION
 from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE
@@ -43,7 +48,7 @@ from harness.reports import junit, markdown, text
 from harness.reports.directory import load_report, write_report_dir
 from harness.reports.document import Report, RunInfo, TargetInfo, targets_json
 from harness.runner import RunOptions, run_cases, unavailable_results
-from harness.selection import Missing, UsageError, plan, try_load
+from harness.selection import Missing, Plan, UsageError, plan, try_load
 from harness.targets import DEFAULT_TARGETS, registered_targets
 from harness.tiny_configs import undiscoverable_model_types
 from harness.verdict import Status
@@ -92,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop a case running longer and report it as the target's error (default: the profile's)")
     run.add_argument("--families", action="store_true", help="also show which families landed in each cell")
     run.add_argument("--quiet", action="store_true", help="no per-case progress lines")
+    run.add_argument("--no-build", action="store_true",
+                     help="do not build a target's missing environment: report its cases skipped, with the command")
+    run.add_argument("--here", action="store_true",
+                     help="run every target in this process's environment, even one that declares its own")
+    run.add_argument("--stream", type=int, metavar="FD", help=argparse.SUPPRESS)  # the harness's own protocol
     run.add_argument("--promote", action=argparse.BooleanOptionalAction, default=None,
                      help=f"write new failures into the shared regression directory "
                           f"(default: only with --profile {PROMOTING_PROFILE})")
@@ -115,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("cases", nargs="*", metavar="CASE", help="only these case ids, e.g. 'remap-idempotence[t-gemma4]'")
     rep.add_argument("--prune", action="store_true", help="remove the records and examples of fixed cases")
     _add_store_options(rep)
+    env = sub.add_parser("env", help="the environments targets run in: list them, build them")
+    env_sub = env.add_subparsers(dest="env_command", required=True)
+    env_sub.add_parser("list", help="every declared environment: its state, size and path")
+    env_build = env_sub.add_parser("build", help="build (or reuse) environments; idempotent")
+    env_build.add_argument("names", nargs="+", metavar="NAME", help="an environment (its target's name or spec)")
+    env_build.add_argument("--force", action="store_true", help="rebuild even when the built one is up to date")
     show = sub.add_parser("report", help="re-render a report directory written by `run --report-dir`")
     show.add_argument("directory", type=Path)
     show.add_argument("--format", choices=("text", "markdown", "junit", "json"), default="text")
@@ -127,29 +143,38 @@ def _run(args: argparse.Namespace, command: str) -> int:
         args.seed = secrets.randbelow(2**32)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     clock = time.perf_counter()
-    selection = plan(args.target, args.check, args.family)
+    specs = list(dict.fromkeys(args.target or DEFAULT_TARGETS))
+    away = env_targets.elsewhere(specs, args.here)
+    selection = plan([s for s in specs if s not in away], args.check, args.family)
+    if env_targets.inside():  # this process runs in a target's own environment: not finding it there is its fault
+        selection.missing = [m if m.error else env_targets.lacking_target(m) for m in selection.missing]
     promote = args.promote if args.promote is not None else args.profile == PROMOTING_PROFILE
     options = RunOptions(args.profile, args.max_examples, args.seed,
                          RegressionStore(args.db, args.regressions, promote_new=promote), args.case_timeout)
+    if args.stream is not None:
+        return _stream(args, selection, options)
     results = unavailable_results(selection.missing, selection.checks)
+    targets = [TargetInfo.of(spec, target) for spec, target in selection.targets]
+    targets += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
+    progress = text.Progress(len(selection.cases), quiet=args.quiet)
+    versions = library_versions()
     ran: dict[int, CaseResult] = {}
-    total = len(selection.cases)
-    interrupted, failures = False, 0
+    elsewhere: list[CaseResult] = []
+    interrupted = False
     try:
         for index, result in run_cases(selection.cases, options, args.workers):
             ran[index] = result
-            failures += result.verdict.status in (Status.FAIL, Status.ERROR)
-            if not args.quiet:
-                print(text.render_progress(len(ran), total, result, failures), flush=True)
+            progress.show(result)
+        for spec, env in away.items():
+            _run_elsewhere(args, spec, env, selection.checks, progress, (elsewhere, targets, versions))
     except KeyboardInterrupt:  # report what finished; the cases still running are abandoned
         interrupted = True
-        print(f"\nmoe-harness: interrupted; reporting the {len(ran)} of {total} cases that finished", file=sys.stderr)
-    results += [ran[i] for i in sorted(ran)]
-    targets = [TargetInfo.of(spec, target) for spec, target in selection.targets]
-    targets += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
+        print(f"\nmoe-harness: interrupted; reporting the {progress.done} of {progress.total} cases that finished",
+              file=sys.stderr)
+    results += [ran[i] for i in sorted(ran)] + elsewhere
     report = Report(RunInfo(command, args.profile, args.seed, args.max_examples, args.workers, started,
-                            round(time.perf_counter() - clock, 3), library_versions(), interrupted,
-                            total + len(selection.missing) * len(selection.checks)), targets, results)
+                            round(time.perf_counter() - clock, 3), versions, interrupted,
+                            progress.total + len(selection.missing) * len(selection.checks)), targets, results)
     print()
     print(text.render_report(report, families=args.families, replay_options=_store_options(args)))
     unsaved = [r for r in results if "record_not_saved" in r.stats]
@@ -165,6 +190,53 @@ def _run(args: argparse.Namespace, command: str) -> int:
                   f"{exc} (the results above stand; pass a writable --report-dir)", file=sys.stderr)
             return max(_exit_code(report), EXIT_USAGE)
     return EXIT_INTERRUPTED if interrupted else _exit_code(report)
+
+
+def _run_elsewhere(args: argparse.Namespace, spec: str, env: Environment, checks: list[str], progress: text.Progress,
+                   into: tuple[list[CaseResult], list[TargetInfo], dict[str, str]]) -> None:
+    """`spec`'s cases, run in its own environment `env` (built first when it has to be): its results, its
+    target and the versions there go `into` this run's, as they arrive."""
+    results, targets, versions = into
+    missing = env_targets.prepare(spec, env, not args.no_build, lambda line: print(f"moe-harness: {line}", file=sys.stderr))
+    if missing is not None:
+        targets.append(TargetInfo.unloaded(spec, missing.reason, missing.error, env.name))
+        results += unavailable_results([missing], checks)
+        return
+    remote = Remote(env)
+    for result in env_targets.remote_results(spec, env, _remote_argv(args, spec), checks, remote,
+                                             lambda r: progress.grow(r.planned or 0)):
+        results.append(result)
+        progress.show(result)
+    targets += [TargetInfo.from_dict(t, env.name) for t in remote.targets] or [
+        TargetInfo.unloaded(spec, remote.problem, True, env.name)]
+    versions.update({f"{name} ({env.name})": v for name, v in remote.versions.items() if versions.get(name) != v})
+
+
+def _remote_argv(args: argparse.Namespace, spec: str) -> list[str]:
+    """This run's options, for the same run of `spec` alone in another process."""
+    argv = ["--target", spec, "--profile", args.profile, "--seed", str(args.seed), "--workers", str(args.workers),
+            "--db", str(args.db), "--regressions", str(args.regressions)]
+    argv += [a for c in args.check or [] for a in ("--check", c)] + [a for f in args.family or [] for a in ("--family", f)]
+    argv += ["--max-examples", str(args.max_examples)] if args.max_examples else []
+    argv += ["--case-timeout", str(args.case_timeout)] if args.case_timeout else []
+    return argv + (["--promote" if args.promote else "--no-promote"] if args.promote is not None else [])
+
+
+def _stream(args: argparse.Namespace, selection: Plan, options: RunOptions) -> int:
+    """The run as events on file descriptor --stream, for the process that started this one in an environment."""
+    with os.fdopen(args.stream, "w") as out:
+        infos = [TargetInfo.of(spec, target) for spec, target in selection.targets]
+        infos += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
+        emit(out, plan=len(selection.cases), targets=[asdict(i) for i in infos])
+        for result in unavailable_results(selection.missing, selection.checks):
+            emit(out, result=result.to_dict())
+        try:
+            for _, result in run_cases(selection.cases, options, args.workers):
+                emit(out, result=result.to_dict())
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        emit(out, versions=library_versions())
+    return EXIT_OK
 
 
 def _store_options(args: argparse.Namespace) -> str:
@@ -235,6 +307,38 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK if result.clean else EXIT_VIOLATION
 
 
+def _env(args: argparse.Namespace) -> int:
+    """`env list`: 0. `env build`: 0 when every environment is ready, 1 when one failed to build (the step said)."""
+    from harness.environments import builder
+    from harness.environments.declaration import DeclarationError
+    from harness.environments.registry import builtin_environments, environment_for
+    from harness.reports.environments import render_states
+
+    try:
+        if args.env_command == "list":
+            print(render_states([builder.state(e) for e in builtin_environments().values()]))
+            return EXIT_OK
+        envs = {name: environment_for(name) for name in args.names}
+    except DeclarationError as exc:
+        raise UsageError(str(exc)) from exc
+    unknown = [name for name, e in envs.items() if e is None]
+    if unknown:
+        raise UsageError(f"no environment is declared for {', '.join(unknown)}; declared: "
+                         f"{', '.join(builtin_environments())} (or a spec whose module has an environments.toml)")
+    failed = False
+    for name, declared in envs.items():
+        assert declared is not None
+        try:
+            rebuilt = builder.build(declared, force=args.force, say=print)
+        except builder.EnvironmentBuildError as exc:
+            print(f"moe-harness: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        if not rebuilt:
+            print(f"environment {name}: up to date at {builder.env_dir(declared)}")
+    return EXIT_VIOLATION if failed else EXIT_OK
+
+
 def _replay(args: argparse.Namespace) -> int:
     store = RegressionStore(args.db, args.regressions)
     replayed = replay(store, args.cases)
@@ -285,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "env":
+            return _env(args)
         if args.command == "report":
             return _report(args)
         return _run(args, "moe-harness " + shlex.join(argv))

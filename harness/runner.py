@@ -145,10 +145,11 @@ def unavailable_results(missing: list[Missing], checks: list[str]) -> list[CaseR
 
 def _unavailable(check: str, missing: Missing) -> Verdict:
     """SKIP when a dependency of the target is missing here; an ERROR of kind target-error when its own code
-    raised while loading (nothing of it could run, so the run cannot pass, but the fault is the target's)."""
+    raised while loading (nothing of it could run, so the run cannot pass, but the fault is the target's), of
+    kind environment-error when its environment failed it."""
     if missing.error:
-        return Verdict(check, missing.spec, NO_FAMILY, Status.ERROR, ErrorKind.TARGET_ERROR,
-                       missing.reason)
+        kind = ErrorKind.ENVIRONMENT_ERROR if missing.environment else ErrorKind.TARGET_ERROR
+        return Verdict(check, missing.spec, NO_FAMILY, Status.ERROR, kind, missing.reason)
     # Its library is not installed in this environment: nothing of it can run here.
     return Verdict(check, missing.spec, NO_FAMILY, Status.SKIP, None, missing.reason,
                    skip_kind=SkipKind.NOT_APPLICABLE)

@@ -36,11 +36,13 @@ class Case:
 
 @dataclass(frozen=True)
 class Missing:
-    """A target that could not load: `error` is False when a dependency is merely not installed here."""
+    """A target that could not load: `error` is False when a dependency is merely not installed here;
+    `environment` when the fault is its environment's (not built, failed to build, or lacks what it declares)."""
 
     spec: str
     reason: str
     error: bool
+    environment: bool = False
 
 
 @dataclass
@@ -82,7 +84,7 @@ def plan(
     if families:
         _validate("family", "families", families, (*discover_moe_families(), SYNTHETIC, ANY_FAMILY))
     result = Plan(checks=check_names)
-    for spec in dict.fromkeys(targets or DEFAULT_TARGETS):
+    for spec in dict.fromkeys(DEFAULT_TARGETS if targets is None else targets):
         loaded = try_load(spec)
         if isinstance(loaded, Missing):
             result.missing.append(loaded)

@@ -19,11 +19,12 @@ class Status(StrEnum):
 
 
 class ErrorKind(StrEnum):
-    """Why a case did not pass: the property was violated, the target raised on valid input, or the
-    harness itself could not run the case."""
+    """Why a case did not pass: the property was violated, the target raised on valid input, the target's
+    environment could not be built or could not provide the target, or the harness itself could not run it."""
 
     PROPERTY_VIOLATION = "property-violation"
     TARGET_ERROR = "target-error"
+    ENVIRONMENT_ERROR = "environment-error"
     HARNESS_ERROR = "harness-error"
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +13,10 @@ import pytest
 
 from harness.cli import main
 from harness.engine import DEFAULT_SEED
+
+# Target environments the tests build go to a cache of their own, never the user's (tests/test_environments.py).
+os.environ["MOE_HARNESS_CACHE"] = tempfile.mkdtemp(prefix="moe-harness-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MOE_HARNESS_CACHE"], True)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ renders from it alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -48,14 +49,21 @@ class TargetInfo:
     capabilities: list[str] = field(default_factory=list)
     status: str = "loaded"
     reason: str = ""
+    environment: str = ""  # the environment of its own it ran in ("": the one the run started in)
 
     @classmethod
     def of(cls, spec: str, target: Target) -> TargetInfo:
         return cls(spec, target.name, target.version, target.description, target.capabilities())
 
     @classmethod
-    def unloaded(cls, spec: str, reason: str, error: bool) -> TargetInfo:
-        return cls(spec, spec, status="error" if error else "unavailable", reason=reason)
+    def unloaded(cls, spec: str, reason: str, error: bool, environment: str = "") -> TargetInfo:
+        return cls(spec, spec, status="error" if error else "unavailable", reason=reason, environment=environment)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], environment: str = "") -> TargetInfo:
+        """A TargetInfo written by `asdict`, as it ran in `environment` (kept as written when not given)."""
+        info = cls(**_known(cls, data))
+        return dataclasses.replace(info, environment=environment) if environment else info
 
 
 @dataclass
@@ -90,7 +98,7 @@ class Report:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"report schema {data.get('schema')!r}; this moe-harness reads schema {SCHEMA}")
         return cls(run=RunInfo(**_known(RunInfo, data["run"])),
-                   targets=[TargetInfo(**_known(TargetInfo, t)) for t in data["targets"]],
+                   targets=[TargetInfo.from_dict(t) for t in data["targets"]],
                    results=[CaseResult.from_dict(r) for r in data["results"]])
 
     def totals(self) -> dict[Status, int]:

@@ -150,6 +150,10 @@ def render_report(report: Report, families: bool = False, replay_options: str = 
     parts = [render_matrix(report.results)]
     if families:
         parts.append(render_families(report.results))
+    elsewhere = [t for t in report.targets if t.environment and t.status == "loaded"]
+    if elsewhere:
+        parts.append("\n".join(f"ENV    target {t.spec} ran in its own environment {t.environment} ({t.version})"
+                               for t in elsewhere))
     missing = [t for t in report.targets if t.status != "loaded"]
     if missing:
         parts.append("\n".join(f"{'ERROR' if t.status == 'error' else 'SKIP'}   target {t.spec}: {t.reason}"
@@ -168,6 +172,23 @@ def render_report(report: Report, families: bool = False, replay_options: str = 
         parts.append(f"INTERRUPTED: {len(report.results)} of {report.run.planned} cases finished before Ctrl-C; "
                      "the rest did not run")
     return "\n\n".join(parts)
+
+
+class Progress:
+    """Prints a progress line per case as it ends (unless quiet), counting the cases done, the failures so far
+    and the cases planned (which grow when a target running in its own environment says how many it has)."""
+
+    def __init__(self, total: int, quiet: bool = False) -> None:
+        self.total, self.quiet, self.done, self.failures = total, quiet, 0, 0
+
+    def grow(self, cases: int) -> None:
+        self.total += cases
+
+    def show(self, result: CaseResult) -> None:
+        self.done += 1
+        self.failures += result.verdict.status in (Status.FAIL, Status.ERROR)
+        if not self.quiet:
+            print(render_progress(self.done, max(self.total, self.done), result, self.failures), flush=True)
 
 
 def render_progress(done: int, total: int, result: CaseResult, failures: int) -> str:

@@ -1,0 +1,94 @@
+"""What a target's environment needs, as data: read from an `environments.toml` beside the target's module.
+
+Each table of the file declares one environment, named by the table, for the target of the same name (a
+built-in target's name, or the `package.module:object` spec a user passes). Its keys:
+
+    description   one line for `moe-harness env list`
+    requirements  requirement strings installed with their dependencies, resolved together
+    constraints   a constraints file, relative to the TOML file, that pins what they resolve to
+    absent        distributions removed after that (packages a library cannot import beside)
+    no_deps       requirement strings installed last, without their dependencies
+    variables     environment variables every process of the target starts with
+
+The harness's own runtime requirements are added by the builder, so a declaration names only what its
+target needs beyond them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "environments.toml"
+KEYS = ("description", "requirements", "constraints", "absent", "no_deps", "variables")
+
+
+class DeclarationError(ValueError):
+    """An environments.toml that cannot be used; the message names the file, the table and the key."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One declared environment; `source` is the TOML file it came from."""
+
+    name: str
+    source: Path
+    description: str = ""
+    requirements: tuple[str, ...] = ()
+    constraints: Path | None = None
+    absent: tuple[str, ...] = ()
+    no_deps: tuple[str, ...] = ()
+    variables: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self, extra: dict[str, Any]) -> str:
+        """A digest of everything the built environment depends on: this declaration, the constraints file's
+        text and `extra` (the harness's requirements, the Python it is built with); a change means a rebuild."""
+        data = asdict(self) | {"source": str(self.source), "constraints": str(self.constraints), "extra": extra}
+        data["constraints_text"] = self.constraints.read_text() if self.constraints else ""
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_declarations(path: Path) -> dict[str, Environment]:
+    """Every environment `path` declares, by name; DeclarationError says what is wrong and where."""
+    try:
+        tables = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DeclarationError(f"{path}: cannot be read as TOML: {exc}") from exc
+    return {name: _environment(name, table, path) for name, table in tables.items()}
+
+
+def _environment(name: str, table: Any, path: Path) -> Environment:
+    where = f"{path} [{name}]"
+    if not isinstance(table, dict):
+        raise DeclarationError(f"{where}: must be a table of {', '.join(KEYS)}")
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise DeclarationError(f"{where}: unknown key {', '.join(unknown)}; the keys are {', '.join(KEYS)}")
+    constraints = None
+    if "constraints" in table:
+        constraints = (path.parent / _text(table, "constraints", where)).resolve()
+        if not constraints.is_file():
+            raise DeclarationError(f"{where}: constraints file {constraints} does not exist")
+    variables = table.get("variables", {})
+    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+        raise DeclarationError(f"{where}: variables must be a table of strings, e.g. variables = {{ NAME = \"value\" }}")
+    return Environment(name, path, _text(table, "description", where) if "description" in table else "",
+                       _strings(table, "requirements", where), constraints, _strings(table, "absent", where),
+                       _strings(table, "no_deps", where), dict(variables))
+
+
+def _text(table: dict[str, Any], key: str, where: str) -> str:
+    if not isinstance(table[key], str):
+        raise DeclarationError(f"{where}: {key} must be a string")
+    return table[key]
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DeclarationError(f"{where}: {key} must be a list of strings, e.g. {key} = [\"package==1.0\"]")
+    return tuple(value)
