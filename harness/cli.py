@@ -29,30 +29,26 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness import inspection
-from harness.catalog import check_entries, family_entries
-from harness.checks import CHECKS
+# Only what every command needs is imported here: a command imports torch and the libraries under test when it
+# runs something (run, targets, families, inspect, replay), so --help, `report` and `env` answer at once.
 from harness.database import LOCAL_DIR, SHARED_DIR, RegressionStore
-from harness.engine import quiet_libraries
-from harness.environments import targets as env_targets
-from harness.environments.declaration import Environment
-from harness.environments.launch import Remote, emit
-from harness.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION
+from harness.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, UsageError
 from harness.outcome import CaseResult
 from harness.profiles import DEFAULT_PROFILE, PROFILES, PROMOTING_PROFILE
-from harness.replay import Replayed, ReplayOutcome, prune, replay
-from harness.reports import catalog as catalog_text
-from harness.reports import inspection as inspection_text
 from harness.reports import junit, markdown, text
 from harness.reports.directory import load_report, write_report_dir
 from harness.reports.document import Report, RunInfo, TargetInfo, targets_json
-from harness.runner import RunOptions, run_cases, unavailable_results
-from harness.selection import Missing, Plan, UsageError, plan, try_load
 from harness.targets import DEFAULT_TARGETS, registered_targets
-from harness.tiny_configs import undiscoverable_model_types
 from harness.verdict import Status
 from harness.versions import library_versions
+
+if TYPE_CHECKING:
+    from harness.environments.declaration import Environment
+    from harness.replay import Replayed
+    from harness.runner import RunOptions
+    from harness.selection import Plan
 
 # Workers by default: one per core up to 4 (each imports torch and the target's library once).
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -83,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--target", action="append", metavar="NAME|MODULE:OBJECT",
                      help=f"target (repeatable): a name from `moe-harness targets` or package.module:object "
                           f"(default: {' '.join(DEFAULT_TARGETS)})")
-    run.add_argument("--check", action="append", help=f"check name (repeatable); one of {', '.join(CHECKS)}")
+    run.add_argument("--check", action="append", help="check name (repeatable); `moe-harness checks` lists them")
     run.add_argument("--family", action="append", help="family (model_type) to run (repeatable)")
     run.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES), help="Hypothesis profile")
     run.add_argument("--max-examples", type=_at_least(1), help="override the profile's example count")
@@ -139,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, command: str) -> int:
+    from harness.environments import targets as env_targets
+    from harness.runner import RunOptions, run_cases, unavailable_results
+    from harness.selection import plan
+
     if args.seed is None:  # every run explores new inputs; the summary prints the seed that replays them
         args.seed = secrets.randbelow(2**32)
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -160,13 +160,14 @@ def _run(args: argparse.Namespace, command: str) -> int:
     versions = library_versions()
     ran: dict[int, CaseResult] = {}
     elsewhere: list[CaseResult] = []
+    not_offered: list[tuple[str, str]] = []
     interrupted = False
     try:
         for index, result in run_cases(selection.cases, options, args.workers):
             ran[index] = result
             progress.show(result)
         for spec, env in away.items():
-            _run_elsewhere(args, spec, env, selection.checks, progress, (elsewhere, targets, versions))
+            _run_elsewhere(args, spec, env, selection.checks, progress, (elsewhere, targets, versions, not_offered))
     except KeyboardInterrupt:  # report what finished; the cases still running are abandoned
         interrupted = True
         print(f"\nmoe-harness: interrupted; reporting the {progress.done} of {progress.total} cases that finished",
@@ -174,7 +175,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
     results += [ran[i] for i in sorted(ran)] + elsewhere
     report = Report(RunInfo(command, args.profile, args.seed, args.max_examples, args.workers, started,
                             round(time.perf_counter() - clock, 3), versions, interrupted,
-                            progress.total + len(selection.missing) * len(selection.checks)), targets, results)
+                            progress.total + len(selection.missing) * len(selection.checks),
+                            selection.not_offered + not_offered), targets, results)
     print()
     print(text.render_report(report, families=args.families, replay_options=_store_options(args)))
     unsaved = [r for r in results if "record_not_saved" in r.stats]
@@ -193,10 +195,14 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
 
 def _run_elsewhere(args: argparse.Namespace, spec: str, env: Environment, checks: list[str], progress: text.Progress,
-                   into: tuple[list[CaseResult], list[TargetInfo], dict[str, str]]) -> None:
+                   into: tuple[list[CaseResult], list[TargetInfo], dict[str, str], list[tuple[str, str]]]) -> None:
     """`spec`'s cases, run in its own environment `env` (built first when it has to be): its results, its
     target and the versions there go `into` this run's, as they arrive."""
-    results, targets, versions = into
+    from harness.environments import targets as env_targets
+    from harness.environments.launch import Remote
+    from harness.runner import unavailable_results
+
+    results, targets, versions, not_offered = into
     missing = env_targets.prepare(spec, env, not args.no_build, lambda line: print(f"moe-harness: {line}", file=sys.stderr))
     if missing is not None:
         targets.append(TargetInfo.unloaded(spec, missing.reason, missing.error, env.name))
@@ -210,6 +216,7 @@ def _run_elsewhere(args: argparse.Namespace, spec: str, env: Environment, checks
     targets += [TargetInfo.from_dict(t, env.name) for t in remote.targets] or [
         TargetInfo.unloaded(spec, remote.problem, True, env.name)]
     versions.update({f"{name} ({env.name})": v for name, v in remote.versions.items() if versions.get(name) != v})
+    not_offered += [(spec, check) for spec, check in remote.not_offered]
 
 
 def _remote_argv(args: argparse.Namespace, spec: str) -> list[str]:
@@ -224,10 +231,13 @@ def _remote_argv(args: argparse.Namespace, spec: str) -> list[str]:
 
 def _stream(args: argparse.Namespace, selection: Plan, options: RunOptions) -> int:
     """The run as events on file descriptor --stream, for the process that started this one in an environment."""
+    from harness.environments.launch import emit
+    from harness.runner import run_cases, unavailable_results
+
     with os.fdopen(args.stream, "w") as out:
         infos = [TargetInfo.of(spec, target) for spec, target in selection.targets]
         infos += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
-        emit(out, plan=len(selection.cases), targets=[asdict(i) for i in infos])
+        emit(out, plan=len(selection.cases), targets=[asdict(i) for i in infos], not_offered=selection.not_offered)
         for result in unavailable_results(selection.missing, selection.checks):
             emit(out, result=result.to_dict())
         try:
@@ -254,6 +264,8 @@ def _exit_code(report: Report) -> int:
 
 
 def _targets(args: argparse.Namespace) -> int:
+    from harness.selection import Missing, try_load
+
     infos = []
     for spec in args.specs or registered_targets():
         loaded = try_load(spec)
@@ -264,12 +276,21 @@ def _targets(args: argparse.Namespace) -> int:
 
 
 def _checks() -> int:
+    from harness.catalog import check_entries
+    from harness.reports import catalog as catalog_text
+
     print(catalog_text.render_checks(check_entries()))
     return EXIT_OK
 
 
 def _families(args: argparse.Namespace) -> int:
     """The families table; for --target, each check's verdict per family (prepared as a run prepares it)."""
+    from harness.catalog import family_entries
+    from harness.checks import CHECKS
+    from harness.reports import catalog as catalog_text
+    from harness.selection import Missing, try_load
+    from harness.tiny_configs import undiscoverable_model_types
+
     if args.check and not args.target:
         raise UsageError("--check needs --target: whether a check runs on a family depends on the target")
     target = None
@@ -293,6 +314,9 @@ def _families(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     """0: the directory loads cleanly as its family; 1: problems found in it; 2: it cannot be inspected (a bad
     path, an unknown family, an unreadable config), said in one line, or a bug of ours, said with where."""
+    from harness import inspection
+    from harness.reports import inspection as inspection_text
+
     try:
         result = inspection.inspect_checkpoint(args.directory, args.family)
     except inspection.InspectUsageError as exc:
@@ -340,6 +364,8 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from harness.replay import prune, replay
+
     store = RegressionStore(args.db, args.regressions)
     replayed = replay(store, args.cases)
     if args.cases and len(replayed) < len(set(args.cases)):
@@ -354,6 +380,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _replay_exit_code(replayed: list[Replayed]) -> int:
+    from harness.replay import ReplayOutcome
+
     if any(r.outcome == ReplayOutcome.ERROR for r in replayed):
         return EXIT_USAGE
     return EXIT_VIOLATION if any(r.outcome == ReplayOutcome.FAILED and not r.known for r in replayed) else EXIT_OK
@@ -377,23 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage error (or --help)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    quiet_libraries()
+    commands: dict[str, Callable[[], int]] = {
+        "run": lambda: _run(args, "moe-harness " + shlex.join(argv)), "targets": lambda: _targets(args),
+        "checks": _checks, "families": lambda: _families(args), "inspect": lambda: _inspect(args),
+        "replay": lambda: _replay(args), "env": lambda: _env(args), "report": lambda: _report(args)}
     try:
-        if args.command == "targets":
-            return _targets(args)
-        if args.command == "checks":
-            return _checks()
-        if args.command == "families":
-            return _families(args)
-        if args.command == "inspect":
-            return _inspect(args)
-        if args.command == "replay":
-            return _replay(args)
-        if args.command == "env":
-            return _env(args)
-        if args.command == "report":
-            return _report(args)
-        return _run(args, "moe-harness " + shlex.join(argv))
+        if args.command in ("run", "targets", "families", "inspect", "replay"):  # these import transformers
+            from harness.engine import quiet_libraries
+
+            quiet_libraries()
+        return commands[args.command]()
     except UsageError as exc:
         print(f"moe-harness: {exc}", file=sys.stderr)
         return EXIT_USAGE

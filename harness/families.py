@@ -17,11 +17,6 @@ from harness.tolerances import Tolerance
 from reference.checkpoint import KeySchema
 from reference.config import MoESpec, resolve_moe_spec
 
-# Names that stand where a family goes without being a model family: the one case of a check that reads no
-# config ("any"), the capturer's synthetic configs, and "*" (a target that did not load: none of its families ran).
-ANY_FAMILY, SYNTHETIC, NO_FAMILY = "any", "synthetic", "*"
-PSEUDO_FAMILIES = (ANY_FAMILY, SYNTHETIC, NO_FAMILY)
-
 
 @dataclass(frozen=True)
 class Family:

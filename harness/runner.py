@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from harness.checks import CHECKS
 from harness.database import RegressionStore
 from harness.engine import execute, quiet_libraries, reproduce_command
-from harness.families import NO_FAMILY, get_family
+from harness.families import get_family
 from harness.outcome import CaseResult
+from harness.pseudo_families import NO_FAMILY
 from harness.selection import Case, Missing
 from harness.targets import load_target
 from harness.targets.base import Target

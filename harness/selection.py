@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 
 from harness.checks import CHECKS
 from harness.checks.base import Check
-from harness.families import ANY_FAMILY, DEFAULT_FAMILIES, SYNTHETIC, Family, get_family
+from harness.exit_codes import UsageError
+from harness.families import DEFAULT_FAMILIES, Family, get_family
+from harness.pseudo_families import ANY_FAMILY, SYNTHETIC
 from harness.targets import DEFAULT_TARGETS, TargetLoadError, TargetUnavailable, UnknownTarget, load_target
 from harness.targets.base import Target
 from harness.tiny_configs import discover_moe_families
-
-
-class UsageError(ValueError):
-    """A name that matches no target, check or family; the message lists the valid ones."""
 
 
 @dataclass(frozen=True)

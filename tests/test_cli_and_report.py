@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -222,3 +224,20 @@ def test_discovery_reports_the_model_types_it_cannot_see() -> None:
         with pytest.raises(Exception) as raised:
             CONFIG_MAPPING[name]()
         assert why.startswith(type(raised.value).__name__)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["report", "{report}"], ["env", "list"],
+                                  ["run", "--workers", "-1"]])
+def test_the_front_end_imports_no_library_it_does_not_need(argv, tmp_path) -> None:
+    """--help, argument errors, re-rendering a report and listing environments import neither torch nor
+    transformers: they answer at once."""
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.json").write_text(Report(
+        RunInfo("moe-harness run", "ci", 1, None, 0, "2026-12-01T00:00:00+00:00", 1.0), [], []).to_json())
+    argv = [a.format(report=tmp_path / "report") for a in argv]
+    probe = ("import sys; from harness.cli import main; code = main(sys.argv[1:]); "
+             "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+             "assert not heavy, f'imported {heavy}'; print('exit', code)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "exit" in done.stdout

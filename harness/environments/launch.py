@@ -2,7 +2,7 @@
 environment's Python, whose events come back over a pipe of their own and become this run's results.
 
 The protocol is one JSON object a line on file descriptor FD (stdout and stderr are the libraries' and go
-to a log): {"plan": N, "targets": [...]} once, {"result": {...}} per case as it ends, {"versions": {...}} last.
+to a log): {"plan": N, "targets": [...], "not_offered": [...]} once, {"result": {...}} per case as it ends, {"versions": {...}} last.
 Guarantees: every result the other process reported is kept, also when it crashes, hangs up or is
 interrupted; a process that ends without its last event is reported as an environment error naming its
 exit status and the end of its stderr.
@@ -36,6 +36,7 @@ class Remote:
     env: Environment
     planned: int | None = None
     targets: list[dict[str, Any]] = field(default_factory=list)
+    not_offered: list[list[str]] = field(default_factory=list)  # [spec, check] pairs the run left out there
     versions: dict[str, str] = field(default_factory=dict)
     finished: bool = False
     problem: str = ""  # why it ended without its last event
@@ -68,6 +69,7 @@ def run_remote(env: Environment, argv: list[str], remote: Remote,
                     yield CaseResult.from_dict(event["result"])
                 elif "plan" in event:
                     remote.planned, remote.targets = event["plan"], event["targets"]
+                    remote.not_offered = event.get("not_offered", [])
                     on_plan(remote)
                 elif "versions" in event:
                     remote.versions, remote.finished = event["versions"], True

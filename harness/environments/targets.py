@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from harness.environments.builder import INSIDE, EnvironmentBuildError, build, state
 from harness.environments.declaration import Environment
 from harness.environments.launch import Remote, run_remote
-from harness.families import NO_FAMILY
 from harness.outcome import CaseResult
+from harness.pseudo_families import NO_FAMILY
 from harness.selection import Missing
 from harness.verdict import ErrorKind, Status, Verdict
 

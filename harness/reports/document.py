@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.outcome import CaseResult
-from harness.targets.base import Target
 from harness.verdict import Status
+
+if TYPE_CHECKING:  # torch comes with it: reading and rendering a report imports no library
+    from harness.targets.base import Target
 
 SCHEMA = 1
 
@@ -79,6 +81,8 @@ class RunInfo:
     # Ctrl-C stopped the run: the report holds the cases that finished, of `planned`.
     interrupted: bool = False
     planned: int | None = None
+    # (spec, check) pairs left out because the target has no capability for the check (checks not named)
+    not_offered: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -13,14 +13,16 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.checks import CHECKS
 from harness.database import Record
-from harness.families import PSEUDO_FAMILIES
 from harness.outcome import CaseResult
-from harness.replay import Replayed, ReplayOutcome
+from harness.pseudo_families import PSEUDO_FAMILIES
 from harness.reports.document import COLUMNS, NEW_FAIL, Report, TargetInfo, column, column_counts
 from harness.verdict import SkipKind, Status, Verdict
+
+if TYPE_CHECKING:
+    from harness.replay import Replayed
 
 _LEGEND = "fail = new failure; known = listed in the target's known failures or expected by the suite"
 
@@ -133,15 +135,13 @@ def _skip_kinds(results: list[CaseResult]) -> str:
 
 
 def render_not_offered(report: Report) -> str:
-    """One line per loaded target that lacks the capability of some check the run did not ask it for."""
-    lines = []
-    for info in report.targets:
-        asked = {r.verdict.check for r in report.results if r.verdict.target == info.name}
-        lacking = [name for name, check in CHECKS.items()
-                   if check.capability not in info.capabilities and name not in asked]
-        if info.status == "loaded" and lacking:
-            lines.append(f"NOT OFFERED target {info.spec}: no capability for {', '.join(lacking)} (no cases made)")
-    return "\n".join(lines)
+    """One line per target that lacks the capability of some check the run left out for it (the checks were
+    not named, so no not-applicable case was made)."""
+    lacking: dict[str, list[str]] = defaultdict(list)
+    for spec, check in report.run.not_offered:
+        lacking[spec].append(check)
+    return "\n".join(f"NOT OFFERED target {spec}: no capability for {', '.join(checks)} (no cases made)"
+                     for spec, checks in lacking.items())
 
 
 def render_report(report: Report, families: bool = False, replay_options: str = "") -> str:
@@ -240,6 +240,7 @@ def render_targets(infos: list[TargetInfo]) -> str:
 
 def render_replayed(replayed: list[Replayed]) -> str:
     """One line per replayed case, the bug report of each that still fails (new, not known), then the counts."""
+    from harness.replay import ReplayOutcome  # replaying runs cases (torch): rendering a report does not
     lines = []
     for r in replayed:
         known = " (now a known failure)" if r.known else ""

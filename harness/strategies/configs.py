@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import reject
 from hypothesis import strategies as st
 
-from harness.families import SYNTHETIC
+from harness.pseudo_families import SYNTHETIC
 from harness.tiny_configs import tiny_config
 from reference.config import NESTING_PATHS, NUM_EXPERTS_SPELLINGS, TOP_K_SPELLINGS
 

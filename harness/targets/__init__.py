@@ -3,20 +3,36 @@ entry point group, and a user's adapter given as `package.module:object` (see `l
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from harness.targets import loading, reference, seeds, transformers, triton, vllm
-from harness.targets.base import Target
+from harness.targets import loading
 from harness.targets.loading import TargetLoadError, TargetUnavailable, UnknownTarget
 
+if TYPE_CHECKING:
+    from harness.targets.base import Target
+
+
+def _factory(module: str, function: str, **kwargs: Any) -> Callable[[], Target]:
+    """`module.function(**kwargs)`, imported only when the target is made: listing names imports no library."""
+
+    def make() -> Target:
+        return getattr(importlib.import_module(module), function)(**kwargs)
+
+    return make
+
+
 BUILTIN: dict[str, Callable[[], Target]] = {
-    "reference": reference.make_target,
-    "seeds-buggy": seeds.make_buggy,
-    "seeds-lookahead": seeds.make_lookahead,
-    "seeds-fixed": seeds.make_fixed,
-    "reference-triton": triton.make_target,
-    "transformers": transformers.make_target,
-    "vllm": vllm.make_target,  # TargetUnavailable, with the reason, where vllm does not import
+    "reference": _factory("harness.targets.reference", "make_target"),
+    "seeds-buggy": _factory("harness.targets.seeds", "make_buggy"),
+    "seeds-lookahead": _factory("harness.targets.seeds", "make_lookahead"),
+    "seeds-fixed": _factory("harness.targets.seeds", "make_fixed"),
+    "reference-triton": _factory("harness.targets.triton", "make_target"),
+    "transformers": _factory("harness.targets.transformers", "make_target"),
+    # TargetUnavailable, with the reason, where vllm does not import; each runs in its own environment
+    "vllm": _factory("harness.targets.vllm", "make_target"),
+    "vllm-newest": _factory("harness.targets.vllm", "make_target", name="vllm-newest"),
 }
 # What `moe-harness run` checks when no --target is given: the oracle's self-check, then every library target
 # (one whose library is not installed here is one SKIP line saying so).

@@ -17,14 +17,16 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.targets.base import Target
 from harness.verdict import raised_at
+
+if TYPE_CHECKING:  # the module that defines Target imports torch: loaded when a target is made, not to list names
+    from harness.targets.base import Target
 
 ENTRY_POINT_GROUP = "moe_harness.targets"
 
-Factory = Callable[[], Target]
+Factory = Callable[[], "Target"]
 
 
 class UnknownTarget(LookupError):
@@ -84,6 +86,8 @@ def _resolve(spec: str, registry: Mapping[str, Factory]) -> Target:
 
 def as_target(obj: Any, where: str) -> Target:
     """`obj` itself when it is a Target, else what calling it with no arguments returns."""
+    from harness.targets.base import Target
+
     if isinstance(obj, Target):
         return obj
     if not callable(obj):
@@ -123,6 +127,8 @@ def _from_spec(spec: str, registry: Mapping[str, Factory]) -> Target:
     except (Exception, SystemExit) as exc:
         raise TargetLoadError(f"importing {module_name!r} raised {type(exc).__name__}: {exc} (at {raised_at(exc)})"
                               ) from exc
+    from harness.targets.base import Target
+
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

