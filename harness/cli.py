@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="re-run every stored failing case: FIXED / FAILED / ERROR")
     rep.add_argument("cases", nargs="*", metavar="CASE", help="only these case ids, e.g. 'remap-idempotence[t-gemma4]'")
     rep.add_argument("--prune", action="store_true", help="remove the records and examples of fixed cases")
+    rep.add_argument("--here", action="store_true",
+                     help="replay every case in this process's environment, even one whose target declares its own")
     _add_store_options(rep)
     env = sub.add_parser("env", help="the environments targets run in: list them, build them")
     env_sub = env.add_subparsers(dest="env_command", required=True)
@@ -264,10 +266,20 @@ def _exit_code(report: Report) -> int:
 
 
 def _targets(args: argparse.Namespace) -> int:
+    from harness.environments.builder import state
+    from harness.environments.targets import elsewhere
     from harness.selection import Missing, try_load
 
+    specs = list(args.specs or registered_targets())
+    away = elsewhere(specs, here=False)
     infos = []
-    for spec in args.specs or registered_targets():
+    for spec in specs:
+        if spec in away:  # its library is in its own environment: say which, and whether it is built
+            env, status = away[spec], state(away[spec]).status
+            build = "" if status == "built" else f"; `moe-harness env build {env.name}` builds it"
+            infos.append(TargetInfo(spec, spec, description=env.description, status="elsewhere", environment=env.name,
+                                    reason=f"runs in its own environment {env.name} ({status}{build}): {env.description}"))
+            continue
         loaded = try_load(spec)
         infos.append(TargetInfo.unloaded(spec, loaded.reason, loaded.error) if isinstance(loaded, Missing)
                      else TargetInfo.of(spec, loaded))
@@ -364,19 +376,45 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from harness.environments.targets import elsewhere
     from harness.replay import prune, replay
 
     store = RegressionStore(args.db, args.regressions)
-    replayed = replay(store, args.cases)
-    if args.cases and len(replayed) < len(set(args.cases)):
-        found = {r.record.case_id for r in replayed}
-        stored = [rec.case_id for rec, _ in store.records()]
-        raise UsageError(f"no stored case {', '.join(repr(c) for c in args.cases if c not in found)}; "
-                         f"stored cases: {', '.join(stored) or 'none'}")
-    print(text.render_replayed(replayed))
-    if args.prune:
-        print(text.render_pruned(prune(store, replayed)))
-    return _replay_exit_code(replayed)
+    stored = [rec for rec, _ in store.records()]
+    missing = [c for c in dict.fromkeys(args.cases) if c not in {r.case_id for r in stored}]
+    if missing:
+        raise UsageError(f"no stored case {', '.join(map(repr, missing))}; "
+                         f"stored cases: {', '.join(r.case_id for r in stored) or 'none'}")
+    wanted = [r for r in stored if not args.cases or r.case_id in args.cases]
+    away = elsewhere(sorted({r.target_spec for r in wanted}), args.here)
+    codes = [_replay_elsewhere(args, env, [r.case_id for r in wanted if r.target_spec == spec])
+             for spec, env in away.items()]
+    here = [r.case_id for r in wanted if r.target_spec not in away]
+    if here or not codes:
+        replayed = replay(store, here)
+        print(text.render_replayed(replayed))
+        if args.prune:
+            print(text.render_pruned(prune(store, replayed)))
+        codes.append(_replay_exit_code(replayed))
+    return max(codes)
+
+
+def _replay_elsewhere(args: argparse.Namespace, env: Environment, cases: list[str]) -> int:
+    """Replay `cases` with the harness in `env` (their target's own environment); its output is printed as it
+    comes, and its exit code returned."""
+    import subprocess
+
+    from harness.environments.builder import launch_variables, python_of
+    from harness.environments.targets import prepare
+
+    print(f"replaying {len(cases)} case(s) in environment {env.name}:", flush=True)
+    missing = prepare(cases[0], env, True, lambda line: print(f"moe-harness: {line}", file=sys.stderr))
+    if missing is not None:
+        print(f"moe-harness: {missing.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    command = [str(python_of(env)), "-m", "harness.cli", "replay", *cases, "--here", "--db", str(args.db),
+               "--regressions", str(args.regressions), *(["--prune"] if args.prune else [])]
+    return subprocess.run(command, env=launch_variables(env), stdin=subprocess.DEVNULL).returncode
 
 
 def _replay_exit_code(replayed: list[Replayed]) -> int:

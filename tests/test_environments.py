@@ -19,10 +19,15 @@ ADAPTER = """\
 import os
 
 from harness.targets.reference import make_target as reference
+from harness.targets.seeds import make_buggy
 
 
 def target():
     return reference()
+
+
+def buggy():
+    return make_buggy()
 
 
 def dies():
@@ -132,3 +137,24 @@ def test_a_target_missing_in_its_own_environment_is_that_environments_error(tmp_
     [result] = load_report(tmp_path / "r").results
     assert result.verdict.status == Status.ERROR and result.verdict.kind == ErrorKind.ENVIRONMENT_ERROR
     assert "moe-harness env build vllm --force" in result.verdict.message
+
+
+def test_targets_names_the_environment_a_target_runs_in(run, capsys) -> None:
+    assert run("targets", "vllm", "transformers") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "vllm               elsewhere: runs in its own environment vllm (missing; `moe-harness env build vllm`" in out
+
+
+def test_replay_runs_a_stored_case_in_its_targets_environment(tmp_path, monkeypatch, run, capsys) -> None:
+    monkeypatch.setattr(builder, "harness_requirements", list)
+    _adapter(tmp_path, monkeypatch, buggy='no_deps = ["/nonexistent/engine-1.0-py3-none-any.whl"]')
+    # Found with --here (in this environment), the failure is stored under the adapter's spec.
+    assert run("run", "--here", "--target", "adapter:buggy", "--check", "remap-idempotence", "--family", "gemma4",
+               "--quiet") == EXIT_VIOLATION
+    capsys.readouterr()
+    # Replayed, it goes to the adapter's own environment, whose build fails: said, and exit 2.
+    assert run("replay") == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "replaying 1 case(s) in environment adapter:buggy" in captured.out
+    assert "failed at step 'install without dependencies'" in captured.err
+    assert run("replay", "--here") == EXIT_VIOLATION  # in this environment it still fails

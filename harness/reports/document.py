@@ -42,7 +42,8 @@ def column_counts(results: list[CaseResult]) -> dict[Status, int]:
 
 @dataclass
 class TargetInfo:
-    """A target as the run saw it; `status` is "loaded", "unavailable" (a dependency is missing) or "error"."""
+    """A target as the run saw it; `status` is "loaded", "unavailable" (a dependency is missing), "error", or
+    "elsewhere" (`moe-harness targets` only: it runs in its own environment, named in `environment`)."""
 
     spec: str
     name: str
