@@ -92,6 +92,11 @@ def compiled_ops_missing() -> str | None:
 def make_target(name: str = "vllm") -> Target:
     """The vllm Target (named `name`); TargetUnavailable (with the reason) where vLLM does not import."""
     vllm = _import_vllm()
+    from vllm.platforms import current_platform
+
+    if current_platform.is_unspecified():  # vLLM's "Failed to infer device type": nothing of it can be built
+        raise TargetUnavailable(f"vLLM {vllm.__version__} found no platform here (it would fail to infer the device "
+                                "type): a build for another device; set VLLM_TARGET_DEVICE=cpu in its environment")
     from vllm.model_executor.layers.fused_moe import RoutedExperts, fused_moe_make_expert_params_mapping
 
     from harness.targets.vllm import blocks, mappers
