@@ -187,7 +187,10 @@ def test_ctrl_c_reports_the_cases_that_finished(tmp_path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", "--target", "misbehaving_engine:make_target", "--check",
          "routing-parity", *families, "--max-examples", "40", "--db", str(tmp_path / "db"), "--report-dir",
-         str(tmp_path / "report")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         str(tmp_path / "report")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt:
+        # give the run the default disposition a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     first = proc.stdout.readline()  # the first case's progress line: one case has finished
     proc.send_signal(signal.SIGINT)
