@@ -13,7 +13,7 @@ from harness.assertions import assert_close, assert_close_to_terms, assert_valid
 from harness.checks import CHECKS
 from harness.engine import run_case
 from harness.families import Family, get_family
-from harness.targets.base import BlockCap, ExpertMappingCap, FusedMoECap, RoutingCap, Target
+from harness.targets.base import BlockCap, ExpertMappingCap, FusedMoECap, RoutingCap, SwapCap, Target
 from harness.targets.reference import make_target
 from harness.tolerances import Tolerance
 from harness.verdict import ErrorKind, PropertyViolation, Status
@@ -103,6 +103,14 @@ class _AlwaysRenormBlock(MoEBlock):
         return weights / weights.sum(-1, keepdim=True), ids
 
 
+def _swap_always_renormalises(block, config):
+    """An engine MoE built from the block's weights that renormalises the top-K weights whatever the config says
+    (a norm flag the probe reads wrong)."""
+    swapped = _AlwaysRenormBlock(get_family(block.family).spec)
+    swapped.load_state_dict(block.reference_state())
+    return swapped
+
+
 def _runner_trims_wrong_end(block, alignment):
     """Keeps the last `hidden` columns of the padded output instead of the first."""
     runner = PaddedMoERunner(block, alignment)
@@ -177,7 +185,14 @@ BROKEN = {
     "config-accepted/assumes-every-layer-sparse": ("config-accepted", "qwen3_moe", {"config_variants": _transformers_cap(
         "config_variants", build_and_run=assumes_every_layer_sparse)}),
     "unpad-before-add/trims-wrong-end": ("unpad-before-add", "qwen2_moe", {"padded_runner": _runner_trims_wrong_end}),
+    "swap-parity/always-renormalises": ("swap-parity", "qwen3_moe", {"swap": SwapCap(_swap_always_renormalises)}),
 }
+
+
+def test_swap_parity_holds_for_the_block_itself() -> None:
+    """The control: the transformers block swapped for itself passes, so a failure above is the broken swap's."""
+    verdict = run_case(CHECKS["swap-parity"], _broken(swap=SwapCap(lambda block, config: block)), get_family("qwen3_moe"))
+    assert verdict.status == Status.PASS, verdict
 
 
 @pytest.mark.parametrize("name", BROKEN)

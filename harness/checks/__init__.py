@@ -15,8 +15,10 @@ from harness.checks.moe_output_parity import MOE_OUTPUT_PARITY
 from harness.checks.remap_idempotence import REMAP
 from harness.checks.router_knobs import ROUTER_KNOBS
 from harness.checks.routing_parity import ROUTING_PARITY
+from harness.checks.swap_parity import SWAP_PARITY
 from harness.checks.unpad_before_add import UNPAD
 
 CHECKS: dict[str, Check] = {c.name: c for c in (ROUTING_PARITY, REMAP, EXPERT_MAPPING, CAPTURER, FUNCTIONAL_CALL, UNPAD,
                                                 MOE_OUTPUT_PARITY, CHECKPOINT_ROUNDTRIP, BLOCK_PARITY,
-                                                CONVERSION_REMAP, CONFIG_SPELLING, ROUTER_KNOBS, CONFIG_ACCEPTED)}
+                                                CONVERSION_REMAP, CONFIG_SPELLING, ROUTER_KNOBS, CONFIG_ACCEPTED,
+                                                SWAP_PARITY)}

@@ -33,6 +33,7 @@ BUILTIN: dict[str, Callable[[], Target]] = {
     # TargetUnavailable, with the reason, where vllm does not import; each runs in its own environment
     "vllm": _factory("harness.targets.vllm", "make_target"),
     "vllm-newest": _factory("harness.targets.vllm", "make_target", name="vllm-newest"),
+    "torchtitan": _factory("harness.targets.torchtitan", "make_target"),
 }
 # What `moe-harness run` checks when no --target is given: the oracle's self-check, then every library target
 # (one whose library is not installed here is one SKIP line saying so).

@@ -71,6 +71,19 @@ class BlockCap:
 
 
 @dataclass(frozen=True)
+class SwapCap:
+    """swap(block, config) -> the engine's own MoE module built in place of a transformers MoE block, holding the
+    block's weights as the engine converts them: x [T, H] -> [T, H]. `block` is a transformers target block
+    (`harness.targets.transformers.blocks.RealMoEBlock`), `config` its family's text config. `compute_dtype` is
+    what the engine's experts compute in (the tolerance follows it); `skip(family)` why a family has no swap."""
+
+    swap: Callable[[Any, Any], torch.nn.Module]
+    compute_dtype: torch.dtype = torch.float32
+    skip: Callable[[str], str | None] | None = None
+    example_caps: tuple[tuple[str, int], ...] = (("dev", 5), ("ci", 10))
+
+
+@dataclass(frozen=True)
 class FusedMoECap:
     """fn(x [T,H], weights [T,K], ids [T,K], gate_up_proj [E,2I,H], down_proj [E,H,I], activation) -> [T,H],
     the positional signature of `reference.moe.experts_forward`, for the `dtypes` and `activations` given."""
@@ -264,6 +277,7 @@ class Target:
     # The families its cases run over when a check names none (None: DEFAULT_FAMILIES).
     families: tuple[str, ...] | None = None
     config_variants: ConfigVariantsCap | None = None
+    swap: SwapCap | None = None
     # How it was loaded (a registered name or package.module:object), set by `load_target`: what a reproducer
     # and a stored record name, since the `name` alone does not load a user's adapter.
     spec: str = ""
@@ -287,5 +301,5 @@ class Target:
 
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
-                "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants")
+                "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants", "swap")
 

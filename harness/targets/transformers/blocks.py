@@ -264,12 +264,18 @@ def find_block(family: str) -> nn.Module:
     return tiny_model(family).get_submodule(_block_path(family))
 
 
+def decoder_layer(family: str) -> nn.Module:
+    """The module holding the family's first MoE block: its decoder layer (for gemma4, whose router and experts sit
+    on the layer, the layer's parent); shared, never modified."""
+    path = _block_path(family)
+    return tiny_model(family) if "." not in path else tiny_model(family).get_submodule(path.rsplit(".", 1)[0])
+
+
 def find_layer_shared(family: str) -> nn.Module | None:
     """The shared MLP on the first MoE block's decoder layer, beside the block (granite), or None."""
-    path = _block_path(family)
-    if "." not in path:
+    if "." not in _block_path(family):
         return None
-    layer = tiny_model(family).get_submodule(path.rsplit(".", 1)[0])
+    layer = decoder_layer(family)
     found = _child(layer, LAYER_SHARED_NAMES)
     return None if found is None or found[1] is find_block(family) else found[1]
 

@@ -105,6 +105,12 @@ def tiny_model(family: str) -> nn.Module:
         raise
 
 
+def text_config(family: str) -> Any:
+    """The config of the family's tiny model's text decoder (its own config for a text-only model)."""
+    config: Any = tiny_model(family).config
+    return config.get_text_config()
+
+
 def _one_line(exc: BaseException) -> str:
     """`Type: first line of the message (at file:line of the innermost frame)`."""
     first = str(exc).splitlines()[0][:200] if str(exc) else ""

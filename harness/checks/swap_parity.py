@@ -1,0 +1,94 @@
+"""swap-parity: an engine's MoE, built in place of a transformers MoE block the way the engine swaps it in when it
+trains or serves that model, computes what the block computes on the same weights.
+
+The block is the transformers target's (the family's own code, every tensor seeded); the engine builds its module
+from the block and its config and takes the block's weights through its own converter. A difference is in what
+the engine read off the block or config (experts, top-k, score function, normalisation, scaling, groups, shared
+experts), or in how its converter moved the weights. The tolerance is that of the engine's compute dtype, its rtol
+applied to the size of the terms the output sums (an engine computing its experts in bf16 errs in proportion to
+them, however much they cancel).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.assertions import assert_close_to_terms
+from harness.checks.base import Check, call_target
+from harness.families import Family
+from harness.strategies.block_inputs import BlockInput, block_inputs
+from harness.targets.base import SwapCap
+from harness.tolerances import tolerance_for
+from harness.verdict import not_applicable
+from reference.moe import MoEBlock
+
+
+def _magnitude(x: torch.Tensor, first: torch.Tensor, down: torch.Tensor, gated: bool) -> torch.Tensor:
+    """|down| @ ((|gate| @ |x|) * (|up| @ |x|)) (or |down| @ (|up| @ |x|) ungated) in float64, `first` the gate
+    rows then the up rows: the size of the terms one MLP sums (its activation grows no term by more than 1.13x)."""
+    h = x.double().abs() @ first.double().abs().T
+    if gated:
+        gate, up = h.chunk(2, dim=-1)
+        h = gate * up
+    return h @ down.double().abs().T
+
+
+def block_terms(block: MoEBlock, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The size of every term a block's output for x [T, H] sums (routed experts weighted by their routing
+    weights, and the shared experts): a computation in a narrower dtype errs in proportion to it."""
+    weights, ids = block.routing(logits)
+    experts, out = block.experts, torch.zeros(x.shape, dtype=torch.float64)
+    for expert in torch.unique(ids).tolist():
+        token, slot = torch.where(ids == expert)
+        term = _magnitude(x[token], experts.first_proj[expert], experts.down_proj[expert], block.spec.gated)
+        out.index_add_(0, token, term * weights[token, slot, None].double().abs())
+    shared = getattr(block, "shared_experts", None)
+    if shared is not None:
+        first = shared.up_proj.weight if shared.gate_proj is None else torch.cat(
+            [shared.gate_proj.weight, shared.up_proj.weight])
+        out += _magnitude(x, first, shared.down_proj.weight, shared.gate_proj is not None)
+    return out
+
+
+def check_swap_parity(cap: SwapCap, family: Family, example: BlockInput) -> None:
+    from harness.targets.transformers import build
+    from harness.targets.transformers.tiny_model import text_config
+
+    block = build(family.spec, example.seed)
+    config = text_config(family.name)
+    swapped = call_target("swap(block, config)", cap.swap, block, config, returns=torch.nn.Module)
+    gen = torch.Generator().manual_seed(example.seed)
+    x = torch.randn(example.tokens, family.spec.hidden_size, generator=gen) * example.scale
+    ref = MoEBlock(family.spec)
+    ref.load_state_dict(block.reference_state())
+    with torch.no_grad():
+        want = block(x)
+        got = call_target("swapped(x)", swapped, x, returns=torch.Tensor)
+        terms = block_terms(ref, x, block.router_logits(x))
+    assert_close_to_terms(got, want, terms, tolerance_for(cap.compute_dtype, family.tolerances),
+                          f"{family.name}: the swapped-in MoE ({cap.compute_dtype}) vs the transformers block it replaced")
+
+
+def excluded(cap: SwapCap, family: Family, target_name: str) -> str | None:
+    """Why the family has no block to swap (transformers has none to run: its own reason, or its model does not
+    build, a transformers finding), or why the target says it has no swap for it; None when the case runs."""
+    from harness.targets.transformers.blocks import skip_reason
+    from harness.targets.transformers.tiny_model import ModelBuildFailed
+
+    try:
+        reason = skip_reason(family.name)
+    except ModelBuildFailed as exc:
+        return not_applicable(f"no {family.name} block to swap: the installed transformers cannot build its model "
+                              f"({exc}; the transformers target reports it)")
+    return reason or (cap.skip(family.name) if cap.skip else None)
+
+
+SWAP_PARITY: Check[SwapCap] = Check(
+    name="swap-parity",
+    capability="swap",
+    summary="the engine's MoE swapped in for a transformers block == that block, on the same weights",
+    draws=lambda cap, family: block_inputs(),
+    holds=check_swap_parity,
+    describe=lambda example: {"tokens": example.tokens, "seed": example.seed, "input_scale": example.scale},
+    excludes=excluded,
+)
