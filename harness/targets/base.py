@@ -75,10 +75,13 @@ class SwapCap:
     """swap(block, config) -> the engine's own MoE module built in place of a transformers MoE block, holding the
     block's weights as the engine converts them: x [T, H] -> [T, H]. `block` is a transformers target block
     (`harness.targets.transformers.blocks.RealMoEBlock`), `config` its family's text config. `compute_dtype` is
-    what the engine's experts compute in (the tolerance follows it); `skip(family)` why a family has no swap."""
+    what the engine's experts compute in (the output's tolerance follows it); `route(swapped, x)` the swapped
+    module's routing (weights [T, K], ids [T, K]), judged at float32 where the engine routes in float32 whatever its
+    experts compute in; `skip(family)` why a family has no swap."""
 
     swap: Callable[[Any, Any], torch.nn.Module]
     compute_dtype: torch.dtype = torch.float32
+    route: Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     skip: Callable[[str], str | None] | None = None
     example_caps: tuple[tuple[str, int], ...] = (("dev", 5), ("ci", 10))
 

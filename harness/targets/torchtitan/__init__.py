@@ -21,7 +21,7 @@ def make_target() -> Target:
     except ImportError as exc:
         raise TargetUnavailable(f"torchtitan is not importable here ({type(exc).__name__}: {exc}); "
                                 "`moe-harness run --target torchtitan` runs it in its own environment") from exc
-    from harness.targets.torchtitan.swap import swap
+    from harness.targets.torchtitan.swap import route, swap
     from harness.tiny_configs import discover_moe_families
 
     return Target(
@@ -30,7 +30,7 @@ def make_target() -> Target:
         description="torchtitan's MoE (router, grouped experts in bf16, shared experts) as its transformers backend "
                     "builds it from a Hugging Face MoE block and converts the block's weights",
         # GroupedExperts casts inputs and weights to bf16 for torch._grouped_mm, whatever the model's dtype.
-        swap=SwapCap(swap, compute_dtype=torch.bfloat16),
+        swap=SwapCap(swap, compute_dtype=torch.bfloat16, route=route),
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "torchtitan"),
     )

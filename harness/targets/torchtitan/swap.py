@@ -37,6 +37,13 @@ class SwappedMoE(nn.Module):
         return out if self.layer_shared is None else out + self.layer_shared(x)
 
 
+def route(swapped: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The swapped-in MoE's own router on x [T, H], with the expert bias its forward passes: (weights, ids) [T, K]."""
+    moe: Any = swapped.moe
+    weights, ids, _ = moe.router(x[None], moe.expert_bias_E)
+    return weights[0], ids[0]
+
+
 def swap(block: Any, config: Any) -> nn.Module:
     """The torchtitan MoE the backend builds in place of `block` (a RealMoEBlock), with the block's weights."""
     from torchtitan.experiments.transformers_modeling_backend import moe_replacement as backend
