@@ -211,14 +211,16 @@ def _run_elsewhere(args: argparse.Namespace, spec: str, env: Environment, checks
         results += unavailable_results([missing], checks)
         return
     remote = Remote(env)
-    for result in env_targets.remote_results(spec, env, _remote_argv(args, spec), checks, remote,
-                                             lambda r: progress.grow(r.planned or 0)):
-        results.append(result)
-        progress.show(result)
-    targets += [TargetInfo.from_dict(t, env.name) for t in remote.targets] or [
-        TargetInfo.unloaded(spec, remote.problem, True, env.name)]
-    versions.update({f"{name} ({env.name})": v for name, v in remote.versions.items() if versions.get(name) != v})
-    not_offered += [(spec, check) for spec, check in remote.not_offered]
+    try:
+        for result in env_targets.remote_results(spec, env, _remote_argv(args, spec), checks, remote,
+                                                 lambda r: progress.grow(r.planned or 0)):
+            results.append(result)
+            progress.show(result)
+    finally:  # also on Ctrl-C: the report names the target whose finished cases it holds
+        targets += [TargetInfo.from_dict(t, env.name) for t in remote.targets] or [
+            TargetInfo.unloaded(spec, remote.problem or "interrupted before it reported", True, env.name)]
+        versions.update({f"{name} ({env.name})": v for name, v in remote.versions.items() if versions.get(name) != v})
+        not_offered += [(spec, check) for spec, check in remote.not_offered]
 
 
 def _remote_argv(args: argparse.Namespace, spec: str) -> list[str]:

@@ -86,7 +86,7 @@ def build(env: Environment, *, force: bool = False, say: Callable[[str], None] =
     """Make `env` ready to run its target; True when it was (re)built, False when the built one was reused."""
     path = env_dir(env)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(path.with_suffix(".lock")):
+    with _lock(path.parent / f"{path.name}.lock"):
         if not force and state(env).status == "built":
             return False
         clock = time.perf_counter()
