@@ -10,7 +10,7 @@ from importlib import metadata
 import torch
 
 from harness.findings import load_known_failures
-from harness.targets.base import SwapCap, Target
+from harness.targets.base import RoutingCap, SwapCap, Target
 from harness.targets.loading import TargetUnavailable
 
 
@@ -21,7 +21,7 @@ def make_target() -> Target:
     except ImportError as exc:
         raise TargetUnavailable(f"torchtitan is not importable here ({type(exc).__name__}: {exc}); "
                                 "`moe-harness run --target torchtitan` runs it in its own environment") from exc
-    from harness.targets.torchtitan.swap import route, swap
+    from harness.targets.torchtitan import routing, swap
     from harness.tiny_configs import discover_moe_families
 
     return Target(
@@ -30,7 +30,8 @@ def make_target() -> Target:
         description="torchtitan's MoE (router, grouped experts in bf16, shared experts) as its transformers backend "
                     "builds it from a Hugging Face MoE block and converts the block's weights",
         # GroupedExperts casts inputs and weights to bf16 for torch._grouped_mm, whatever the model's dtype.
-        swap=SwapCap(swap, compute_dtype=torch.bfloat16, route=route),
+        swap=SwapCap(swap.swap, compute_dtype=torch.bfloat16, route=swap.route),
+        routing=RoutingCap(routing.route, tuple(routing.SCORE_FUNCTIONS)),
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "torchtitan"),
     )
