@@ -148,8 +148,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     specs = list(dict.fromkeys(args.target or DEFAULT_TARGETS))
     away = env_targets.elsewhere(specs, args.here)
     selection = plan([s for s in specs if s not in away], args.check, args.family)
-    if env_targets.inside():  # this process runs in a target's own environment: not finding it there is its fault
-        selection.missing = [m if m.error else env_targets.lacking_target(m) for m in selection.missing]
+    selection.missing = [env_targets.blame_environment(m) for m in selection.missing]
     promote = args.promote if args.promote is not None else args.profile == PROMOTING_PROFILE
     options = RunOptions(args.profile, args.max_examples, args.seed,
                          RegressionStore(args.db, args.regressions, promote_new=promote), args.case_timeout)

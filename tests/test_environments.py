@@ -158,3 +158,13 @@ def test_replay_runs_a_stored_case_in_its_targets_environment(tmp_path, monkeypa
     assert "replaying 1 case(s) in environment adapter:buggy" in captured.out
     assert "failed at step 'install without dependencies'" in captured.err
     assert run("replay", "--here") == EXIT_VIOLATION  # in this environment it still fails
+
+
+def test_inside_an_environment_another_missing_target_is_not_blamed_on_it(tmp_path, monkeypatch, run) -> None:
+    monkeypatch.setenv(builder.INSIDE, "vllm")
+    (tmp_path / "needs_engine.py").write_text("import some_engine_not_installed\n")
+    monkeypatch.chdir(tmp_path)
+    code = run("run", "--target", "needs_engine:make_target", "--check", "routing-parity", "--report-dir",
+               str(tmp_path / "r"))
+    [result] = load_report(tmp_path / "r").results
+    assert code == EXIT_OK and result.verdict.status == Status.SKIP, result.verdict

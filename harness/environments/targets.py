@@ -42,8 +42,14 @@ def prepare(spec: str, env: Environment, may_build: bool, say: Callable[[str], N
     return None
 
 
-def lacking_target(missing: Missing) -> Missing:
-    """A target that is unavailable inside the environment declared for it: that environment's fault."""
+def blame_environment(missing: Missing) -> Missing:
+    """`missing` as its environment's fault when this process runs in the environment declared for that target
+    (built to provide it); unchanged otherwise (another target, or one whose own code raised)."""
+    from harness.environments.registry import environment_for
+
+    declared = environment_for(missing.spec) if inside() and not missing.error else None
+    if declared is None or declared.name != inside():
+        return missing
     return Missing(missing.spec, f"{missing.reason} (in its own environment {inside()}, which was built to provide "
                                  f"it: rebuild it with `moe-harness env build {inside()} --force`)",
                    error=True, environment=True)
