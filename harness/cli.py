@@ -22,6 +22,7 @@ import argparse
 import os
 import secrets
 import shlex
+import subprocess
 import sys
 import time
 import traceback
@@ -129,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     env_build = env_sub.add_parser("build", help="build (or reuse) environments; idempotent")
     env_build.add_argument("names", nargs="+", metavar="NAME", help="an environment (its target's name or spec)")
     env_build.add_argument("--force", action="store_true", help="rebuild even when the built one is up to date")
+    env_python = env_sub.add_parser("python", help="run the environment's Python (built first if needed) with the "
+                                                   "harness on its path, as a target's run there does: its exit code")
+    env_python.add_argument("names", nargs=1, metavar="NAME", help="an environment (its target's name or spec)")
+    env_python.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARG",
+                            help="what follows goes to Python, e.g. -m pytest tests/test_torchtitan_target.py")
     show = sub.add_parser("report", help="re-render a report directory written by `run --report-dir`")
     show.add_argument("directory", type=Path)
     show.add_argument("--format", choices=("text", "markdown", "junit", "json"), default="text")
@@ -345,7 +351,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    """`env list`: 0. `env build`: 0 when every environment is ready, 1 when one failed to build (the step said)."""
+    """`env list`: 0. `env build`: 0 when every environment is ready, 1 when one failed to build (the step said).
+    `env python`: the exit code of the environment's Python, once it is ready (1 when it failed to build)."""
     from harness.environments import builder
     from harness.environments.declaration import DeclarationError
     from harness.environments.registry import builtin_environments, environment_for
@@ -366,13 +373,18 @@ def _env(args: argparse.Namespace) -> int:
     for name, declared in envs.items():
         assert declared is not None
         try:
-            rebuilt = builder.build(declared, force=args.force, say=print)
+            rebuilt = builder.build(declared, force=getattr(args, "force", False), say=print)
         except builder.EnvironmentBuildError as exc:
             print(f"moe-harness: {exc}", file=sys.stderr)
             failed = True
             continue
-        if not rebuilt:
+        if not rebuilt and args.env_command == "build":
             print(f"environment {name}: up to date at {builder.env_dir(declared)}")
+    if args.env_command == "python" and not failed:
+        declared = envs[args.names[0]]
+        assert declared is not None
+        return subprocess.run([str(builder.python_of(declared)), *args.arguments],
+                              env=builder.launch_variables(declared)).returncode
     return EXIT_VIOLATION if failed else EXIT_OK
 
 

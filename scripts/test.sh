@@ -6,3 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider "$@"
+# A target with an environment of its own runs its tests and its findings' reproducers inside it (built with uv on
+# first use, then reused): there they run against the library they test, not skip as unavailable.
+.venv/bin/moe-harness env python torchtitan -m pytest -n 2 --dist worksteal -q -p no:cacheprovider \
+    tests/test_torchtitan_target.py tests/test_findings.py -k torchtitan

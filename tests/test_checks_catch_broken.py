@@ -13,13 +13,22 @@ from harness.assertions import assert_close, assert_close_to_terms, assert_valid
 from harness.checks import CHECKS
 from harness.engine import run_case
 from harness.families import Family, get_family
-from harness.targets.base import BlockCap, ExpertMappingCap, FusedMoECap, RoutingCap, SwapCap, Target
+from harness.targets.base import (
+    BlockCap,
+    ConverterCap,
+    ExpertMappingCap,
+    FusedMoECap,
+    RoutingCap,
+    StateDictConverter,
+    SwapCap,
+    Target,
+)
 from harness.targets.reference import make_target
 from harness.tolerances import Tolerance
 from harness.verdict import ErrorKind, PropertyViolation, Status
 from reference.checkpoint import make_expert_params_mapping, remap
 from reference.loader import load_checkpoint
-from reference.moe import MoEBlock, PaddedMoERunner, experts_forward, init_block, pad_to
+from reference.moe import MoEBlock, PaddedMoERunner, build_block, experts_forward, init_block, pad_to
 from reference.routing import route
 from tests.broken_targets import assumes_every_layer_sparse, conversion_with, transformers_with
 
@@ -111,6 +120,48 @@ def _swap_always_renormalises(block, config):
     return swapped
 
 
+class _ReadsItsStatistic(MoEBlock):
+    """Adds a buffer declared inert (a training statistic) to its output: the declaration is wrong."""
+
+    def __init__(self, spec, dtype=torch.float32):
+        super().__init__(spec, dtype)
+        self.register_buffer("tokens_seen", torch.zeros(spec.hidden_size, dtype=dtype), persistent=False)
+
+    def forward(self, x, router_logits=None):
+        return super().forward(x, router_logits) + self.tokens_seen
+
+
+def _block_reading_statistic(spec, seed=0, dtype=torch.float32):
+    return init_block(_ReadsItsStatistic(spec, dtype), seed)
+
+
+_AT = "model.layers.0.mlp."
+
+
+def _block_state(seed: int) -> dict[str, torch.Tensor]:
+    """deepseek_v3's reference block as a checkpoint holds it (its selection bias included), every tensor seeded."""
+    return {_AT + k: v for k, v in build_block(get_family("deepseek_v3").spec, seed).state_dict().items()}
+
+
+def _renamed(state, old: str, new: str):
+    return {re.sub(old, new, k): v for k, v in state.items()}
+
+
+def _converter(name: str, from_hf, to_hf, passes_through: bool = False) -> ConverterCap:
+    return ConverterCap(lambda family: (StateDictConverter(name, "hf", _block_state, from_hf, to_hf, passes_through),))
+
+
+# The router's weight renamed there and back: a correct converter (the control).
+_TO_ENGINE, _TO_HF = (r"(?<!\.router)\.gate\.weight$", ".router.gate.weight"), (r"\.router\.gate\.weight$", ".gate.weight")
+_CONVERTER_OK = _converter("renames the router", lambda sd: _renamed(sd, *_TO_ENGINE), lambda sd: _renamed(sd, *_TO_HF))
+# Export forgets the selection bias: a trained tensor lost on the way back to HF.
+_CONVERTER_DROPS_BIAS = _converter("export drops the bias", lambda sd: _renamed(sd, *_TO_ENGINE),
+                                   lambda sd: {k: v for k, v in _renamed(sd, *_TO_HF).items() if "correction" not in k})
+# A pass-through rule that also fires on its own output (gate.weight -> router.gate.weight -> router.router...).
+_CONVERTER_REFIRES = _converter("rule re-fires", lambda sd: _renamed(sd, r"\.gate\.weight$", ".router.gate.weight"),
+                                lambda sd: _renamed(sd, *_TO_HF), passes_through=True)
+
+
 def _runner_trims_wrong_end(block, alignment):
     """Keeps the last `hidden` columns of the padded output instead of the first."""
     runner = PaddedMoERunner(block, alignment)
@@ -186,6 +237,14 @@ BROKEN = {
         "config_variants", build_and_run=assumes_every_layer_sparse)}),
     "unpad-before-add/trims-wrong-end": ("unpad-before-add", "qwen2_moe", {"padded_runner": _runner_trims_wrong_end}),
     "swap-parity/always-renormalises": ("swap-parity", "qwen3_moe", {"swap": SwapCap(_swap_always_renormalises)}),
+    "functional-call/inert-buffer-is-read": ("functional-call", "mixtral", {"block": BlockCap(
+        _block_reading_statistic, inert={"tokens_seen": "a training statistic, never read"})}),
+    # Judged at bf16 against the size of the terms: an ignored knob still shows.
+    "block-parity/ignores-norm-topk-prob-in-bf16": ("block-parity", "qwen3_moe", {"block": BlockCap(
+        lambda spec, seed=0, dtype=torch.float32: init_block(_AlwaysRenormBlock(spec, dtype), seed),
+        compute_dtype=torch.bfloat16)}),
+    "converter-roundtrip/export-drops-bias": ("converter-roundtrip", "deepseek_v3", {"converter": _CONVERTER_DROPS_BIAS}),
+    "converter-roundtrip/rule-refires": ("converter-roundtrip", "deepseek_v3", {"converter": _CONVERTER_REFIRES}),
 }
 
 
@@ -193,6 +252,29 @@ def test_swap_parity_holds_for_the_block_itself() -> None:
     """The control: the transformers block swapped for itself passes, so a failure above is the broken swap's."""
     verdict = run_case(CHECKS["swap-parity"], _broken(swap=SwapCap(lambda block, config: block)), get_family("qwen3_moe"))
     assert verdict.status == Status.PASS, verdict
+
+
+def test_converter_roundtrip_holds_for_a_converter_that_renames_both_ways() -> None:
+    """The control: renaming the router there and back, idempotent, passes; the failures above are the breakage's."""
+    ok = dataclasses.replace(_CONVERTER_OK, converters=lambda family: tuple(
+        dataclasses.replace(c, passes_through=True) for c in _CONVERTER_OK.converters(family)))
+    verdict = run_case(CHECKS["converter-roundtrip"], _broken(converter=ok), get_family("deepseek_v3"))
+    assert verdict.status == Status.PASS, verdict
+
+
+def test_functional_call_holds_a_truly_inert_buffer_to_changing_nothing() -> None:
+    """The control: a statistic buffer the forward never reads, declared inert, passes (and undeclared, fails)."""
+    def build(spec, seed=0, dtype=torch.float32):
+        block = init_block(MoEBlock(spec, dtype), seed)
+        block.register_buffer("tokens_seen", torch.zeros(3, dtype=dtype), persistent=False)
+        return block
+
+    family = get_family("mixtral")
+    declared = run_case(CHECKS["functional-call"], _broken(block=BlockCap(build, inert={"tokens_seen": "never read"})),
+                        family, max_examples=3)
+    assert declared.status == Status.PASS, declared
+    undeclared = run_case(CHECKS["functional-call"], _broken(block=BlockCap(build)), family, max_examples=3)
+    assert undeclared.status == Status.FAIL and "tokens_seen" in str(undeclared.counterexample), undeclared
 
 
 @pytest.mark.parametrize("name", BROKEN)

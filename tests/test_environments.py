@@ -168,3 +168,15 @@ def test_inside_an_environment_another_missing_target_is_not_blamed_on_it(tmp_pa
                str(tmp_path / "r"))
     [result] = load_report(tmp_path / "r").results
     assert code == EXIT_OK and result.verdict.status == Status.SKIP, result.verdict
+
+
+def test_env_python_runs_the_environments_python_with_the_harness_and_its_exit_code(tmp_path, monkeypatch, run,
+                                                                                    capfd) -> None:
+    """`env python NAME ARGS`: that environment's interpreter (built first), told which environment it is, with the
+    harness importable, its exit code passed on (a test step runs a target's tests this way)."""
+    _adapter(tmp_path, monkeypatch, target="")
+    code = run("env", "python", "adapter:target", "-c",
+               "import os, sys, harness; print(sys.prefix, os.environ['MOE_HARNESS_ENVIRONMENT']); sys.exit(5)")
+    out = capfd.readouterr().out
+    assert code == 5
+    assert f"{builder.cache_root()}" in out and out.rstrip().endswith("adapter:target")

@@ -2,15 +2,18 @@
 
 The target's block exports its tensors under the reference names (`reference_state()`) and its router
 logits (`router_logits(x)`); the reference block is loaded strictly from that export and fed the same
-logits, so a difference is in routing weights, experts, activation, shared experts or how they combine.
+logits, so a difference is in routing weights, experts, activation, shared experts or how they combine. A block
+whose experts compute in a narrower dtype (`BlockCap.compute_dtype`) is held to that dtype's tolerance, its rtol
+applied to the size of the terms the output sums.
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.assertions import assert_close
+from harness.assertions import assert_close, assert_close_to_terms
 from harness.checks.base import Check, call_target
+from harness.checks.output_terms import block_terms
 from harness.families import Family
 from harness.strategies.block_inputs import BlockInput, block_inputs
 from harness.targets.base import BlockCap
@@ -29,9 +32,16 @@ def check_block_parity(block_cap: BlockCap, family: Family, example: BlockInput)
     x = torch.randn(example.tokens, spec.hidden_size, generator=gen) * example.scale
     with torch.no_grad():
         got = call_target("block(x)", block, x, returns=torch.Tensor)
-        want = ref(x, router_logits=call_target("block.router_logits(x)", block.router_logits, x, returns=torch.Tensor))
-    assert_close(got, want, tolerance_for(torch.float32, family.tolerances),
-                 f"{family.name} block output vs the reference block with its weights")
+        logits = call_target("block.router_logits(x)", block.router_logits, x, returns=torch.Tensor)
+        want = ref(x, router_logits=logits)
+    where = f"{family.name} block output vs the reference block with its weights"
+    tol = tolerance_for(block_cap.compute_dtype, family.tolerances)
+    if block_cap.compute_dtype == torch.float32:
+        assert_close(got, want, tol, where)
+    else:
+        with torch.no_grad():
+            terms = block_terms(ref, x, logits)
+        assert_close_to_terms(got, want, terms, tol, f"{where} (the block computes in {block_cap.compute_dtype})")
 
 
 def builds_only_for(block_cap: BlockCap, family: Family, target_name: str) -> str | None:

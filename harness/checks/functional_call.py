@@ -1,4 +1,5 @@
-"""functional-call: substituting any parameter or float buffer reaches the output, as a rebuild does."""
+"""functional-call: substituting any parameter or float buffer reaches the output, as a rebuild does; a buffer the
+target declares inert (`BlockCap.inert`: a training statistic the forward never reads) changes nothing at all."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def check_functional_call(block_cap: BlockCap, family: Family, example: Substitu
         original = call_target("block(x)", block, x, returns=torch.Tensor)
         tensors = dict(block.named_parameters()) | dict(block.named_buffers())
         for name in substitutable(block):
+            if name in block_cap.inert:
+                _assert_inert(block, name, _new_value(tensors[name], gen, SCALES[-1]), x, original,
+                              block_cap.inert[name])
+                continue
             for scale in SCALES:
                 value = _new_value(tensors[name], gen, scale)
                 substituted = call_target(f"functional_call(block, {{{name!r}: new}}, x)",
@@ -55,6 +60,16 @@ def check_functional_call(block_cap: BlockCap, family: Family, example: Substitu
             else:
                 raise PropertyViolation(f"parameter {name!r} changes nothing in the output "
                                         f"(new values at scales {', '.join(map(str, SCALES))})", parameter=name)
+
+
+def _assert_inert(block: torch.nn.Module, name: str, value: torch.Tensor, x: torch.Tensor, original: torch.Tensor,
+                  why: str) -> None:
+    """A buffer declared inert changes nothing: the output with a new value of it is the original, exactly."""
+    substituted = call_target(f"functional_call(block, {{{name!r}: new}}, x)", functional_call, block, {name: value},
+                              (x,))
+    if not torch.equal(substituted, original):
+        raise PropertyViolation(f"buffer {name!r} is declared inert ({why}) but a new value of it changes the output",
+                                parameter=name, max_change=float((substituted - original).abs().max()))
 
 
 def _assert_like_rebuilt(block_cap: BlockCap, spec: MoESpec, seed: int, name: str, value: torch.Tensor,

@@ -17,39 +17,13 @@ import torch
 
 from harness.assertions import assert_close, assert_close_to_terms
 from harness.checks.base import Check, call_target
+from harness.checks.output_terms import block_terms
 from harness.families import Family
 from harness.strategies.block_inputs import BlockInput, block_inputs
 from harness.targets.base import SwapCap
 from harness.tolerances import tolerance_for
 from harness.verdict import not_applicable
 from reference.moe import MoEBlock
-
-
-def _magnitude(x: torch.Tensor, first: torch.Tensor, down: torch.Tensor, gated: bool) -> torch.Tensor:
-    """|down| @ ((|gate| @ |x|) * (|up| @ |x|)) (or |down| @ (|up| @ |x|) ungated) in float64, `first` the gate
-    rows then the up rows: the size of the terms one MLP sums (its activation grows no term by more than 1.13x)."""
-    h = x.double().abs() @ first.double().abs().T
-    if gated:
-        gate, up = h.chunk(2, dim=-1)
-        h = gate * up
-    return h @ down.double().abs().T
-
-
-def block_terms(block: MoEBlock, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """The size of every term a block's output for x [T, H] sums (routed experts weighted by their routing
-    weights, and the shared experts): a computation in a narrower dtype errs in proportion to it."""
-    weights, ids = block.routing(logits)
-    experts, out = block.experts, torch.zeros(x.shape, dtype=torch.float64)
-    for expert in torch.unique(ids).tolist():
-        token, slot = torch.where(ids == expert)
-        term = _magnitude(x[token], experts.first_proj[expert], experts.down_proj[expert], block.spec.gated)
-        out.index_add_(0, token, term * weights[token, slot, None].double().abs())
-    shared = getattr(block, "shared_experts", None)
-    if shared is not None:
-        first = shared.up_proj.weight if shared.gate_proj is None else torch.cat(
-            [shared.gate_proj.weight, shared.up_proj.weight])
-        out += _magnitude(x, first, shared.down_proj.weight, shared.gate_proj is not None)
-    return out
 
 
 def check_swap_parity(cap: SwapCap, family: Family, example: BlockInput) -> None:
@@ -89,18 +63,22 @@ def _check_routing(cap: SwapCap, family: Family, swapped: torch.nn.Module, x: to
                  f"{family.name}: the swapped-in MoE's routing weights per expert [T, E] vs the block's")
 
 
-def excluded(cap: SwapCap, family: Family, target_name: str) -> str | None:
-    """Why the family has no block to swap (transformers has none to run: its own reason, or its model does not
-    build, a transformers finding), or why the target says it has no swap for it; None when the case runs."""
+def no_block_reason(family: str) -> str | None:
+    """Why transformers has no block of the family to take from (its own reason, or its model does not build, a
+    transformers finding), or None."""
     from harness.targets.transformers.blocks import skip_reason
     from harness.targets.transformers.tiny_model import ModelBuildFailed
 
     try:
-        reason = skip_reason(family.name)
+        return skip_reason(family)
     except ModelBuildFailed as exc:
-        return not_applicable(f"no {family.name} block to swap: the installed transformers cannot build its model "
+        return not_applicable(f"no {family} block to take: the installed transformers cannot build its model "
                               f"({exc}; the transformers target reports it)")
-    return reason or (cap.skip(family.name) if cap.skip else None)
+
+
+def excluded(cap: SwapCap, family: Family, target_name: str) -> str | None:
+    """Why the family has no block to swap, or why the target says it has no swap for it; None when the case runs."""
+    return no_block_reason(family.name) or (cap.skip(family.name) if cap.skip else None)
 
 
 SWAP_PARITY: Check[SwapCap] = Check(

@@ -68,6 +68,11 @@ class BlockCap:
     families: tuple[str, ...] | None = None  # None: any family the reference can build
     # skip(family) -> why this target has no block for that family, or None (checked before a case runs).
     skip: Callable[[str], str | None] | None = None
+    # What its experts compute in: block-parity judges a narrower dtype against the size of the terms summed.
+    compute_dtype: torch.dtype = torch.float32
+    # Float buffers that by design never reach the output (a training statistic), each with why: functional-call
+    # holds them to changing nothing instead of to changing the output.
+    inert: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,39 @@ class SwapCap:
     route: Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     skip: Callable[[str], str | None] | None = None
     example_caps: tuple[tuple[str, int], ...] = (("dev", 5), ("ci", 10))
+
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StateDictConverter:
+    """One converter between Hugging Face checkpoints and an engine's state dict, as a training framework converts
+    on import and export. `name` says which (and what it was built for); `state(seed)` a state dict on the `origin`
+    side ("hf" or "engine") as the model holds it, every tensor distinct; `from_hf` / `to_hf` the two directions
+    (each handed a copy, free to change it); `passes_through`: keys it has no rule for pass through unchanged (a
+    remap over names), so what it produces is a fixed point of it."""
+
+    name: str
+    origin: str
+    state: Callable[[int], StateDict]
+    from_hf: Callable[[StateDict], StateDict]
+    to_hf: Callable[[StateDict], StateDict]
+    passes_through: bool = False
+
+    def __post_init__(self) -> None:
+        if self.origin not in ("hf", "engine"):
+            raise ValueError(f"StateDictConverter.origin={self.origin!r}: give 'hf' or 'engine'")
+
+
+@dataclass(frozen=True)
+class ConverterCap:
+    """converters(family) -> the family's state-dict converters (each one judged); `skip(family)` why a family has
+    none, or None."""
+
+    converters: Callable[[str], tuple[StateDictConverter, ...]]
+    skip: Callable[[str], str | None] | None = None
+    example_caps: tuple[tuple[str, int], ...] = (("dev", 2), ("ci", 3))
 
 
 @dataclass(frozen=True)
@@ -281,6 +319,7 @@ class Target:
     families: tuple[str, ...] | None = None
     config_variants: ConfigVariantsCap | None = None
     swap: SwapCap | None = None
+    converter: ConverterCap | None = None
     # How it was loaded (a registered name or package.module:object), set by `load_target`: what a reproducer
     # and a stored record name, since the `name` alone does not load a user's adapter.
     spec: str = ""
@@ -304,5 +343,6 @@ class Target:
 
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
-                "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants", "swap")
+                "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants", "swap",
+                "converter")
 

@@ -20,21 +20,27 @@ from reference.variants import variant
 SCORE_FUNCTIONS = {"softmax_topk": "softmax", "softmax_bias": "softmax", "sigmoid_bias": "sigmoid", "grouped": "sigmoid"}
 
 
-def route(logits: torch.Tensor, knobs: Any, *, bias: torch.Tensor | None = None,
-          per_expert_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchtitan's routing of logits [T, E]: weights float32 [T, K], ids int32 [T, K] (its own are int64)."""
+def router_config(knobs: Any, experts: int, dim: int) -> Any:
+    """torchtitan's router config for the routing knobs (a variant of SCORE_FUNCTIONS) over `experts` experts."""
     from torchtitan.models.common.config_utils import make_router_config
 
-    experts, record = logits.shape[-1], variant(knobs.variant)
+    record = variant(knobs.variant)
     grouped = record.grouped and knobs.n_group is not None
-    config = make_router_config(
-        dim=experts, num_experts=experts, gate_param_init={}, top_k=knobs.top_k,
+    return make_router_config(
+        dim=dim, num_experts=experts, gate_param_init={}, top_k=knobs.top_k,
         score_func=SCORE_FUNCTIONS[knobs.variant],  # type: ignore[arg-type]
         route_norm=record.renormalizes and bool(knobs.renormalize),
         route_scale=knobs.scaling_factor if record.scaled else 1.0,
         num_expert_groups=knobs.n_group if grouped else None, num_limited_groups=knobs.topk_group if grouped else None)
-    router = config.build()
+
+
+def route(logits: torch.Tensor, knobs: Any, *, bias: torch.Tensor | None = None,
+          per_expert_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchtitan's routing of logits [T, E]: weights float32 [T, K], ids int32 [T, K] (its own are int64)."""
+    experts = logits.shape[-1]
+    router = router_config(knobs, experts, experts).build()
     router.gate = torch.nn.Identity()
+    selection_bias = bias.float() if variant(knobs.variant).biased and bias is not None else None
     with torch.no_grad():
-        weights, ids, _ = router(logits.float()[None], bias.float() if record.biased and bias is not None else None)
+        weights, ids, _ = router(logits.float()[None], selection_bias)
     return weights[0].float(), ids[0].to(torch.int32)

@@ -44,6 +44,26 @@ def route(swapped: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return weights[0], ids[0]
 
 
+def moe_attribute(block: Any) -> str:
+    """The decoder-layer attribute the backend puts its MoE at, for a transformers target block."""
+    from torchtitan.experiments.transformers_modeling_backend import moe_replacement as backend
+
+    from harness.targets.transformers.blocks import decoder_layer, find_block
+
+    # gemma4: router and experts are the decoder layer's own children, beside its dense mlp
+    layer = find_block(block.family) if block.on_layer else decoder_layer(block.family)
+    return backend._get_moe_attr_name(layer)  # type: ignore[no-any-return]
+
+
+def block_checkpoint(block: Any) -> dict[str, torch.Tensor]:
+    """The block's tensors as the family's checkpoints hold them, under its decoder layer (a layer-level MoE's on
+    the layer, gemma4's router and experts)."""
+    from harness.targets.transformers.blocks import block_attribute
+
+    at = LAYER if block.on_layer else f"{LAYER}{block_attribute(block.family)}."
+    return {at + k: v for k, v in block.moe.state_dict().items()}
+
+
 def swap(block: Any, config: Any) -> nn.Module:
     """The torchtitan MoE the backend builds in place of `block` (a RealMoEBlock), with the block's weights."""
     from torchtitan.experiments.transformers_modeling_backend import moe_replacement as backend
@@ -51,20 +71,16 @@ def swap(block: Any, config: Any) -> nn.Module:
         hf_to_titan_moe_state_dict,
     )
 
-    from harness.targets.transformers.blocks import decoder_layer, find_block
-
-    # gemma4: router and experts are the decoder layer's own children, beside its dense mlp
-    layer = find_block(block.family) if block.on_layer else decoder_layer(block.family)
-    mlp = backend._get_moe_attr_name(layer)
+    mlp = moe_attribute(block)
     if block.on_layer:
-        params, at = backend._probe_layer_level_moe(block.moe, config), LAYER
+        params = backend._probe_layer_level_moe(block.moe, config)
     else:
-        params, at = backend._probe_hf_moe_block(block.moe, config), f"{LAYER}{mlp}."
+        params = backend._probe_hf_moe_block(block.moe, config)
     moe = backend._build_moe_config(params, config).build()
     moe.init_states(buffer_device=torch.device("cpu"))
     moe.__class__ = backend._HFContiguousMoE  # as build_and_swap_native_moe does
     moe.eval()
-    converted = hf_to_titan_moe_state_dict({at + k: v for k, v in block.moe.state_dict().items()})
+    converted = hf_to_titan_moe_state_dict(block_checkpoint(block))
     # The swapped-in module sits where the block's mlp was: its tensors are the converted keys under that name.
     own = {k.removeprefix(f"{LAYER}{mlp}."): v for k, v in converted.items()}
     try:

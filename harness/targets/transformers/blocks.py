@@ -271,6 +271,11 @@ def decoder_layer(family: str) -> nn.Module:
     return tiny_model(family) if "." not in path else tiny_model(family).get_submodule(path.rsplit(".", 1)[0])
 
 
+def block_attribute(family: str) -> str:
+    """The name the family's decoder layer holds its first MoE block under (`mlp`, `block_sparse_moe`, ...)."""
+    return _block_path(family).rsplit(".", 1)[-1]
+
+
 def find_layer_shared(family: str) -> nn.Module | None:
     """The shared MLP on the first MoE block's decoder layer, beside the block (granite), or None."""
     if "." not in _block_path(family):
