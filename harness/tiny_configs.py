@@ -222,7 +222,8 @@ def _generic_size(name: str, value: Any) -> int | None:
         return TINY_VOCAB if value > TINY_VOCAB else None
     if name.endswith("heads") and not name.startswith("first_"):
         return TINY_HEADS if value > TINY_HEADS else None
-    if name.endswith(("head_dim", "_d_head")):
+    # rotary_dim: the width rope turns, within a head (minimax_m3_vl keeps 64 beside a head width shrunk to 16)
+    if name.endswith(("head_dim", "_d_head")) or name == "rotary_dim":
         return TINY_HEAD_DIM if value > TINY_HEAD_DIM else None
     return None
 

@@ -49,6 +49,7 @@ def _adapter(directory: Path, monkeypatch: pytest.MonkeyPatch, **tables: str) ->
     ('[e]\nrequirements = "x"\n', "requirements must be a list of strings"),
     ('[e]\nconstraints = "nowhere.txt"\n', "constraints file"),
     ('[e]\nvariables = { A = 1 }\n', "variables must be a table of strings"),
+    ('[e]\nharness = "no"\n', "harness must be true or false"),
     ("[e\n", "cannot be read as TOML"),
 ])
 def test_a_bad_declaration_says_what_and_where(tmp_path: Path, toml: str, says: str) -> None:

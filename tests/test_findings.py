@@ -40,6 +40,16 @@ def _target(name: str) -> Target:
         pytest.skip(f"target {name} is not available here: {exc}")
 
 
+def _python_of(target: str) -> str:
+    """The Python a target's reproducers run in: this one, or its worker's environment's where the harness does not
+    run there (mlx-lm: no torch), built by loading the target."""
+    from harness.environments.builder import python_of
+    from harness.environments.registry import environment_for
+
+    env = environment_for(target)
+    return str(python_of(env)) if env is not None and not env.harness else sys.executable
+
+
 def test_every_file_belongs_to_a_builtin_target_and_every_entry_to_a_check() -> None:
     assert set(finding_files()) <= set(BUILTIN), sorted(set(finding_files()) - set(BUILTIN))
     for finding in all_findings():
@@ -62,8 +72,8 @@ def test_reproducer_still_shows_its_defect(finding: Finding) -> None:
         pytest.skip(f"this transformers has no family {finding.family}: its reproducer would raise for that alone")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    run = subprocess.run([sys.executable, "-c", finding.reproducer], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=REPRODUCER_TIMEOUT_S)
+    run = subprocess.run([_python_of(finding.target), "-c", finding.reproducer], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=REPRODUCER_TIMEOUT_S)
     assert run.returncode != 0, (f"stale finding: {_id(finding)}'s reproducer no longer shows the defect "
                                  f"({finding.reason}); delete the entry, or keep its pin as `regression = true`")
     last = (run.stderr.strip().splitlines() or [""])[-1]

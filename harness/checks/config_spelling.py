@@ -14,7 +14,7 @@ from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.spellings import SpellingExample, by_quantity, spelling_examples
 from harness.targets.base import ConfigSpellingCap, Spelling, ValuesRejected
-from harness.verdict import PropertyViolation, TargetError, not_applicable
+from harness.verdict import CheckSkipped, PropertyViolation, TargetError, not_applicable
 
 
 def check_config_spelling(cap: ConfigSpellingCap, family: Family, example: SpellingExample) -> None:
@@ -23,6 +23,8 @@ def check_config_spelling(cap: ConfigSpellingCap, family: Family, example: Spell
             seen = cap.used(family.name, form, example.settings())
         except ValuesRejected:
             hypothesis.reject()  # the family's own keyword rejects these values too: no spelling to judge
+        except CheckSkipped:
+            raise  # the target says the family is not applicable (its own reason)
         except Exception as exc:
             raise TargetError(f"building {family.name} ({form}) with {example.describe()} raised "
                               f"{type(exc).__name__}: {exc}", exc) from exc

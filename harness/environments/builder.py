@@ -96,7 +96,7 @@ def build(env: Environment, *, force: bool = False, say: Callable[[str], None] =
         sources = [arg for link in find_links() for arg in ("--find-links", link)]
         constraints = ["-c", str(_constraints(env))] if _constraints(env) else []
         steps = [("create the virtual environment", [uv, "venv", "--quiet", "--python", sys.executable, str(path)])]
-        wanted = [*harness_requirements(), *env.requirements]
+        wanted = [*(harness_requirements() if env.harness else ()), *env.requirements]
         if wanted:
             steps.append(("install the requirements", [uv, "pip", "install", "--python", python, *sources,
                                                        *constraints, *wanted]))

@@ -9,9 +9,11 @@ built-in target's name, or the `package.module:object` spec a user passes). Its 
     absent        distributions removed after that (packages a library cannot import beside)
     no_deps       requirement strings installed last, without their dependencies
     variables     environment variables every process of the target starts with
+    harness       false: the harness does not run there (a library that must be tested without torch); its
+                  target runs in the harness's process and drives a worker script in this environment
 
-The harness's own runtime requirements are added by the builder, so a declaration names only what its
-target needs beyond them.
+The harness's own runtime requirements are added by the builder (unless `harness = false`), so a declaration
+names only what its target needs beyond them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "environments.toml"
-KEYS = ("description", "requirements", "constraints", "absent", "no_deps", "variables")
+KEYS = ("description", "requirements", "constraints", "absent", "no_deps", "variables", "harness")
 
 
 class DeclarationError(ValueError):
@@ -43,11 +45,13 @@ class Environment:
     absent: tuple[str, ...] = ()
     no_deps: tuple[str, ...] = ()
     variables: dict[str, str] = field(default_factory=dict)
+    harness: bool = True
 
     def fingerprint(self, extra: dict[str, Any]) -> str:
         """A digest of everything the built environment depends on: this declaration, the constraints file's
         text and `extra` (the harness's requirements, the Python it is built with); a change means a rebuild."""
-        data = asdict(self) | {"source": str(self.source), "constraints": str(self.constraints), "extra": extra}
+        # Contents, not paths: two checkouts of one declaration share its built environment.
+        data = asdict(self) | {"source": None, "constraints": None, "extra": extra}
         data["constraints_text"] = self.constraints.read_text() if self.constraints else ""
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -76,9 +80,11 @@ def _environment(name: str, table: Any, path: Path) -> Environment:
     variables = table.get("variables", {})
     if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
         raise DeclarationError(f"{where}: variables must be a table of strings, e.g. variables = {{ NAME = \"value\" }}")
+    if not isinstance(table.get("harness", True), bool):
+        raise DeclarationError(f"{where}: harness must be true or false")
     return Environment(name, path, _text(table, "description", where) if "description" in table else "",
                        _strings(table, "requirements", where), constraints, _strings(table, "absent", where),
-                       _strings(table, "no_deps", where), dict(variables))
+                       _strings(table, "no_deps", where), dict(variables), table.get("harness", True))
 
 
 def _text(table: dict[str, Any], key: str, where: str) -> str:

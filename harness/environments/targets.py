@@ -21,13 +21,14 @@ def inside() -> str | None:
 
 
 def elsewhere(specs: list[str], here: bool) -> dict[str, Environment]:
-    """The specs that run in an environment other than this process's, with that environment (none with `here`)."""
+    """The specs that run in an environment other than this process's, with that environment (none with `here`);
+    an environment the harness does not run in (`harness = false`) is its target's worker's, not a place to run it."""
     from harness.environments.registry import environment_for
 
     if here:
         return {}
     found = {spec: environment_for(spec) for spec in specs}
-    return {spec: env for spec, env in found.items() if env is not None and env.name != inside()}
+    return {spec: env for spec, env in found.items() if env is not None and env.harness and env.name != inside()}
 
 
 def prepare(spec: str, env: Environment, may_build: bool, say: Callable[[str], None]) -> Missing | None:

@@ -102,6 +102,28 @@ def _unset_tree(family: str, quantities: set[str]) -> tuple[Any, dict[str, Any],
     return cls, tree, path
 
 
+def config_json(family: str, settings: Settings) -> dict[str, Any]:
+    """The family's tiny config as its config.json holds it (as this transformers writes it), with each value of
+    `settings` set through its spelling, and only through it."""
+    _, tree, path = _unset_tree(family, {s.quantity for s, _ in settings})
+    node = _node(tree, path)
+    for spelling, value in settings:
+        node[spelling.name] = value
+    return tree
+
+
+def rejected_values(family: str, settings: Settings) -> str | None:
+    """Why the family's own config class rejects these values through its own keywords (whatever the spelling), or
+    None when it accepts them."""
+    canonical = tuple((_keyword(family, s.quantity), v) for s, v in settings)
+    try:
+        build_config(family, "constructor", canonical)
+    except Exception as exc:  # noqa: BLE001 - the values, not the spelling, are what the family rejects
+        return (f"{family} rejects {dict((str(s), v) for s, v in settings)} through its own keywords too: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[-1][:200]}")
+    return None
+
+
 def build_config(family: str, form: str, settings: Settings) -> Any:
     """The family's tiny config with each value set through its spelling, and only through it.
 
@@ -111,7 +133,7 @@ def build_config(family: str, form: str, settings: Settings) -> Any:
     """
     from transformers import AutoConfig
 
-    cls, tree, path = _unset_tree(family, {s.quantity for s, _ in settings})
+    cls, tree, _ = _unset_tree(family, {s.quantity for s, _ in settings})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if form == "setattr":
@@ -119,9 +141,7 @@ def build_config(family: str, form: str, settings: Settings) -> Any:
             for spelling, value in sorted(settings, key=lambda sv: sv[0].quantity != "top_k"):
                 setattr(sub_config(config, spelling.path), spelling.name, value)
             return config
-        node = _node(tree, path)
-        for spelling, value in settings:
-            node[spelling.name] = value
+        tree = config_json(family, settings)
         if form == "constructor":
             return from_tree(cls, tree)
         if form == "config.json":
@@ -296,12 +316,9 @@ def used(family: str, form: str, settings: Settings) -> Observations:
     try:
         config = build_config(family, form, settings)
     except Exception as exc:
-        canonical = tuple((_keyword(family, s.quantity), v) for s, v in settings)
-        try:
-            build_config(family, "constructor", canonical)
-        except Exception as also:  # noqa: BLE001 - the values, not the spelling, are what the family rejects
-            raise ValuesRejected(f"{family} rejects {dict((str(s), v) for s, v in settings)} through its own "
-                                 f"keywords too: {type(also).__name__}: {str(also).splitlines()[-1][:200]}") from exc
+        rejected = rejected_values(family, settings)
+        if rejected:
+            raise ValuesRejected(rejected) from exc
         raise
     path = moe_path(config) or ""
     model = build_model(config)
