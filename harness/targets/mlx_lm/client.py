@@ -23,7 +23,6 @@ class MlxError(RuntimeError):
 
     def __init__(self, kind: str, message: str, where: str) -> None:
         super().__init__(f"{kind}: {message} (at {where})")
-        self.kind, self.where = kind, where
 
 
 class WorkerFailed(RuntimeError):

@@ -47,9 +47,9 @@ def skip_reason(family: str) -> str | None:
     build a model from that config itself (a transformers finding: no config.json to hold mlx-lm to). None: it runs."""
     from harness.targets.transformers.tiny_model import ModelBuildFailed, tiny_model
 
-    missing = set(transformers_spellings.QUANTITIES) - {s.quantity for s in spellings(family)}
-    if missing:
-        return not_applicable(f"its config has no {' or '.join(sorted(missing))} spelling")
+    reason = transformers_spellings.no_spelling_reason(family)
+    if reason:
+        return reason
     try:
         tiny_model(family)
     except ModelBuildFailed as exc:

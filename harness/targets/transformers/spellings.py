@@ -345,15 +345,20 @@ def _keyword(family: str, quantity: str) -> Spelling:
     return next((s for s in names if not s.alias), names[0])
 
 
+def no_spelling_reason(family: str) -> str | None:
+    """Why the family has no spelling to set (its config names no expert count or no top-k), or None."""
+    missing = set(QUANTITIES) - {s.quantity for s in spellings(family)}
+    return not_applicable(f"its config has no {' or '.join(sorted(missing))} spelling") if missing else None
+
+
 @functools.cache
 def skip_reason(family: str) -> str | None:
     """Why the family has no spelling to check here (no top-k field, no buildable model), or None."""
     if family in UNSUPPORTED_FAMILIES:
         return harness_limit(f"not a routed top-k MoE the harness models: {UNSUPPORTED_FAMILIES[family]}")
-    quantities = {s.quantity for s in spellings(family)}
-    missing = set(QUANTITIES) - quantities
-    if missing:
-        return not_applicable(f"its config has no {' or '.join(sorted(missing))} spelling")
+    reason = no_spelling_reason(family)
+    if reason:
+        return reason
     reason = unbuildable(lambda: build_model(base_config(family)))
     if reason:
         return reason
