@@ -255,6 +255,14 @@ def _keep_head_products(full: dict[str, Any], data: dict[str, Any], changed_now:
             data[width] = product // old_hidden * new_hidden // data[heads]
 
 
+def _keep_mla_rope_width(full: dict[str, Any], data: dict[str, Any]) -> None:
+    """An MLA config whose `head_dim` is its rotary width (`qk_rope_head_dim`, as DeepSeek-V3's is: its rotary
+    embedding is sized by `head_dim`) keeps the two equal once shrunk."""
+    if _is_int(full.get("head_dim")) and full.get("head_dim") == full.get("qk_rope_head_dim") \
+            and _is_int(data.get("qk_rope_head_dim")):
+        data["head_dim"] = data["qk_rope_head_dim"]
+
+
 def _keep_head_groups(full: dict[str, Any], data: dict[str, Any]) -> None:
     """A group count that divided a head count (a mamba mixer's `n_groups`, an output projection's `o_groups`)
     still divides it once the heads are shrunk."""
@@ -383,6 +391,7 @@ def _shrink_node(data: dict[str, Any], where: str, moe: str, overrides: dict[str
         data.update(overrides)
     _keep_head_products(full, data, changed_now)
     _keep_head_groups(full, data)
+    _keep_mla_rope_width(full, data)
     _keep_unpadded(full, data)
     _token_ids_in_vocab(data)
     _keep_mrope_sections(full, data)

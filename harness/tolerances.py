@@ -32,3 +32,8 @@ def tolerance_for(dtype: torch.dtype, overrides: dict[torch.dtype, Tolerance] | 
         return overrides[dtype]
     return DEFAULT_TOLERANCES.get(dtype, Tolerance(0.0, 0.0))
 
+# Whole-model logits, float32 on both sides: rounding compounds over the layers (attention, norms, every expert), so
+# each element may also differ by MODEL_LOGITS_BOUND times the largest |logit|; a wrong tensor anywhere moves the
+# logits by their own size.
+MODEL_LOGITS_TOLERANCE = Tolerance(1e-4, 1e-5)
+MODEL_LOGITS_BOUND = 1e-4

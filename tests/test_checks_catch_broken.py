@@ -18,6 +18,8 @@ from harness.targets.base import (
     ConverterCap,
     ExpertMappingCap,
     FusedMoECap,
+    ModelLoaderCap,
+    ModelRun,
     RoutingCap,
     StateDictConverter,
     SwapCap,
@@ -205,6 +207,40 @@ def _conversion_with_seed_002_rule():
     return conversion_with("qwen3_moe", _renamings=[*family_conversion("qwen3_moe")._renamings, seed_rule])
 
 
+def _loads_with(after_load, after_reload=lambda model: None):
+    """transformers' own whole-model loader (the transformers target's), with `after_load` applied to the model it
+    loads and `after_reload` to the one it loads again from what it saved."""
+    from harness.strategies.model_checkpoints import logits_of
+    from harness.targets.transformers import saved_model
+
+    def run(directory, ids):
+        model = saved_model.load(directory)
+        with torch.no_grad():
+            after_load(model)
+        model.save_pretrained(directory / "saved")
+        again = saved_model.load(directory / "saved")
+        with torch.no_grad():
+            after_reload(again)
+        return ModelRun(logits_of(model, ids), reloaded=logits_of(again, ids))
+
+    return ModelLoaderCap(run)
+
+
+def _swap_experts_0_and_1(model) -> None:
+    """Stacks the experts out of order: expert 0's rows where expert 1's belong, in every fused expert tensor."""
+    for name, param in model.named_parameters():
+        if ".experts." in name and param.dim() == 3:
+            param[[0, 1]] = param[[1, 0]].clone()
+
+
+def _norm_shift_reapplied(model) -> None:
+    """A conversion that adds 1 to the norm weights (a zero-centred norm's checkpoint) applied again at the second
+    load: the converted form is not a fixed point."""
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.add_(1.0)
+
+
 BROKEN = {
     "config-spelling/json-loses-top-k": ("config-spelling", "qwen3_moe",
                                          {"config_spelling": _transformers_cap("config_spelling",
@@ -245,6 +281,10 @@ BROKEN = {
         compute_dtype=torch.bfloat16)}),
     "converter-roundtrip/export-drops-bias": ("converter-roundtrip", "deepseek_v3", {"converter": _CONVERTER_DROPS_BIAS}),
     "converter-roundtrip/rule-refires": ("converter-roundtrip", "deepseek_v3", {"converter": _CONVERTER_REFIRES}),
+    "model-parity/experts-stacked-out-of-order": ("model-parity", "qwen3_moe", {"model_loader": _loads_with(
+        _swap_experts_0_and_1)}),
+    "model-parity/conversion-not-idempotent": ("model-parity", "qwen3_moe", {"model_loader": _loads_with(
+        lambda model: None, _norm_shift_reapplied)}),
 }
 
 
@@ -275,6 +315,13 @@ def test_functional_call_holds_a_truly_inert_buffer_to_changing_nothing() -> Non
     assert declared.status == Status.PASS, declared
     undeclared = run_case(CHECKS["functional-call"], _broken(block=BlockCap(build)), family, max_examples=3)
     assert undeclared.status == Status.FAIL and "tokens_seen" in str(undeclared.counterexample), undeclared
+
+
+def test_model_parity_holds_for_transformers_loading_its_own_checkpoint() -> None:
+    """The control: transformers' own loader, untouched, passes; the failures above are the breakage's."""
+    verdict = run_case(CHECKS["model-parity"], _broken(model_loader=_loads_with(lambda model: None)),
+                       get_family("qwen3_moe"))
+    assert verdict.status == Status.PASS, verdict
 
 
 @pytest.mark.parametrize("name", BROKEN)

@@ -43,7 +43,7 @@ def test_its_environment_holds_no_torch_and_is_not_a_place_to_run_the_harness(ml
 
 
 def test_target_fills_its_capabilities(mlx_target) -> None:
-    assert mlx_target.capabilities() == ["config_spelling"]
+    assert mlx_target.capabilities() == ["config_spelling", "model_loader"]
     assert mlx_target.version == "0.32.2"
     assert len(mlx_target.families) >= 25 and {"mixtral", "qwen3_moe", "deepseek_v3"} <= set(mlx_target.families)
 
@@ -96,3 +96,19 @@ def test_an_alias_mlx_lm_drops_is_its_recorded_finding(mlx_target) -> None:
     """Mixtral's config.json may say num_experts (transformers' alias); mlx-lm keeps its default of 8 instead."""
     verdict = run_case(CHECKS["config-spelling"], mlx_target, get_family("mixtral"), max_examples=10)
     assert verdict.status == Status.KNOWN, verdict
+
+
+def test_a_checkpoint_mlx_lm_loads_right_passes_model_parity_through_its_save_and_reload(mlx_target) -> None:
+    """Qwen3-MoE: per-expert keys stacked by sanitize, strict load, the same logits; saved and loaded again, the same."""
+    verdict = run_case(CHECKS["model-parity"], mlx_target, get_family("qwen3_moe"), max_examples=2)
+    assert verdict.status == Status.PASS, verdict
+
+
+def test_the_loader_config_holds_every_spelling_and_the_v4_fields(mlx_target, worker, tmp_path) -> None:
+    from harness.strategies.model_checkpoints import write_model_checkpoint
+    from harness.targets.mlx_lm.models import ModelProbe
+
+    write_model_checkpoint("qwen3_moe", 0, tmp_path)
+    config = ModelProbe(worker).loader_config(tmp_path)
+    assert config["num_experts"] == config["num_local_experts"] == 8  # mlx-lm reads the first, transformers 5 writes the second
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] and config["head_dim"] == 16

@@ -147,6 +147,28 @@ class CheckpointLoaderCap:
 
 
 @dataclass(frozen=True)
+class ModelRun:
+    """What an engine computed from a checkpoint directory: `logits` [tokens, vocab] (float32) of the model its loader
+    built from it; `reloaded`, the logits of the model it built from what it saved of that model, or `reload_error`,
+    what that second load raised (both None: the engine saves nothing)."""
+
+    logits: torch.Tensor
+    reloaded: torch.Tensor | None = None
+    reload_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelLoaderCap:
+    """run(directory, token_ids) -> ModelRun: the engine's own loader, strict, over a whole checkpoint directory as
+    transformers writes it (config.json and safetensors), then its model run over the ids; `skip(family)` why a
+    family cannot be judged, or None."""
+
+    run: Callable[[Path, tuple[int, ...]], ModelRun]
+    skip: Callable[[str], str | None] | None = None
+    example_caps: tuple[tuple[str, int], ...] = (("dev", 2), ("ci", 2))
+
+
+@dataclass(frozen=True)
 class ConversionRules:
     """One family's checkpoint conversion as applied at load time, with the names it starts from and ends at.
 
@@ -320,6 +342,7 @@ class Target:
     config_variants: ConfigVariantsCap | None = None
     swap: SwapCap | None = None
     converter: ConverterCap | None = None
+    model_loader: ModelLoaderCap | None = None
     # How it was loaded (a registered name or package.module:object), set by `load_target`: what a reproducer
     # and a stored record name, since the `name` alone does not load a user's adapter.
     spec: str = ""
@@ -344,5 +367,5 @@ class Target:
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
                 "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants", "swap",
-                "converter")
+                "converter", "model_loader")
 

@@ -1,6 +1,7 @@
 """Target `mlx-lm`: mlx-lm 0.32.2, a non-torch engine, driven across a process boundary. Its environment holds no torch
 (`environments.toml`, `harness = false`): the target runs in the harness's process and sends JSON requests to a
-worker (`worker.py`) running in that environment's Python, which builds mlx-lm's models and reports what they use.
+worker (`worker.py`) running in that environment's Python, which builds mlx-lm's models and reports what they use,
+or loads a checkpoint directory the harness wrote and returns the logits.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from harness.findings import load_known_failures
-from harness.targets.base import ConfigSpellingCap, Target
+from harness.targets.base import ConfigSpellingCap, ModelLoaderCap, Target
 from harness.targets.loading import TargetUnavailable
 
 
@@ -17,7 +18,7 @@ def make_target() -> Target:
     worker does not start."""
     from harness.environments import builder
     from harness.environments.registry import environment_for
-    from harness.targets.mlx_lm import spellings
+    from harness.targets.mlx_lm import models, spellings
     from harness.targets.mlx_lm.client import MlxError, Worker, WorkerFailed
     from harness.tiny_configs import discover_moe_families
 
@@ -37,6 +38,7 @@ def make_target() -> Target:
                     "through a worker in its own environment",
         config_spelling=ConfigSpellingCap(spellings.spellings, probe.used, spellings.FORMS,
                                           skip=spellings.skip_reason),
+        model_loader=ModelLoaderCap(models.ModelProbe(worker).run),
         families=tuple(hello["families"]),
         known_failures=load_known_failures(__file__, "mlx-lm"),
     )

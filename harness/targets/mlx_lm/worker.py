@@ -10,6 +10,10 @@ Requests (`op`), and what each reply's `value` holds:
   type's `ModelArgs.from_dict`, then its `Model`): the expert count of each switch layer (the leading dim of its
   tensors) and the top-k of each switch-layer call in one forward over `tokens` tokens (the width of the expert
   indices the layer is handed), keyed by module path.
+- `load_run` {directory, config, tokens}: the model `load_model` loads strictly from `directory` (its safetensors,
+  with `config` as the config: what load_model merges over config.json), run over the token ids: `logits` (float32,
+  base64 of [tokens, vocab]); then that model saved as mlx-lm saves a converted one (`save_model`, `save_config`)
+  and loaded strictly again, sanitize and all: `reloaded` (its logits), or `reload_error` (what raised).
 A request that raises gets {"error": {"type", "message", "where"}} (`where`: the file and line it was raised at).
 """
 
@@ -113,7 +117,33 @@ def build(config: dict[str, Any], tokens: int) -> dict[str, Any]:
     return {"experts": experts, "top_k": {name: sorted(set(ks)) for name, ks in top_k.items()}}
 
 
-OPS: dict[str, Callable[..., Any]] = {"hello": hello, "fields": fields, "build": build}
+def _logits(model: Any, tokens: list[int]) -> str:
+    import base64
+
+    import mlx.core as mx
+    import numpy as np
+
+    out = model(mx.array([tokens]))
+    return base64.b64encode(np.array(out[0].astype(mx.float32)).tobytes()).decode()
+
+
+def load_run(directory: str, config: dict[str, Any], tokens: list[int]) -> dict[str, Any]:
+    from mlx_lm.utils import load_model, save_config, save_model
+
+    model, loaded_config = load_model(Path(directory), strict=True, model_config=config)
+    out: dict[str, Any] = {"logits": _logits(model, tokens)}
+    saved = Path(directory) / "saved-by-mlx-lm"
+    save_model(saved, model)
+    save_config(dict(loaded_config), saved / "config.json")
+    try:
+        again, _ = load_model(saved, strict=True)
+        out["reloaded"] = _logits(again, tokens)
+    except Exception as exc:  # noqa: BLE001 - the harness judges it
+        out["reload_error"] = {"type": type(exc).__name__, "message": str(exc)[:2000], "where": _where(exc)}
+    return out
+
+
+OPS: dict[str, Callable[..., Any]] = {"hello": hello, "fields": fields, "build": build, "load_run": load_run}
 
 
 def _where(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from harness.targets.transformers.capturer import TransformersCapturer
 from harness.targets.transformers.checkpoint import CHECKPOINT_LOADER
 from harness.targets.transformers.config_variants import CONFIG_VARIANTS
 from harness.targets.transformers.conversion import CONVERSION
+from harness.targets.transformers.saved_model import MODEL_LOADER
 from harness.tiny_configs import discover_moe_families
 from reference.config import MoESpec
 from reference.moe import init_block
@@ -43,4 +44,5 @@ def make_target() -> Target:
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "transformers"),
         config_variants=CONFIG_VARIANTS,
+        model_loader=MODEL_LOADER,
     )

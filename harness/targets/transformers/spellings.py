@@ -112,6 +112,19 @@ def config_json(family: str, settings: Settings) -> dict[str, Any]:
     return tree
 
 
+def with_every_spelling(family: str, tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` (a config.json of the family) with every name its config accepts for the expert count and the top-k set
+    to the value the family's tiny config holds: whichever name a reader looks for, it finds the right value."""
+    out = copy.deepcopy(tree)
+    config = base_config(family)
+    for quantity in QUANTITIES:
+        keyword = _keyword(family, quantity)
+        value = getattr(sub_config(config, keyword.path), keyword.name)
+        for spelling in (s for s in spellings(family) if s.quantity == quantity):
+            _node(out, spelling.path)[spelling.name] = value
+    return out
+
+
 def rejected_values(family: str, settings: Settings) -> str | None:
     """Why the family's own config class rejects these values through its own keywords (whatever the spelling), or
     None when it accepts them."""

@@ -67,17 +67,17 @@ def model_builder(config: Any) -> Any:
     return classes[0]._from_config
 
 
-def build_sized(config: Any) -> nn.Module:
-    """The model of `config` (see `model_builder`) in eval mode, float32; sized on the `meta` device first,
-    ModelTooLarge (and nothing allocated) when it asks for more than MAX_TINY_PARAMS; ModelBuildFailed when
-    transformers' own model code raises on the config."""
-    builder = model_builder(config)
+def build_sized(config: Any, builder: Callable[[Any], nn.Module] | None = None) -> nn.Module:
+    """The model `builder` (default: `model_builder`'s) builds from `config`, in eval mode, float32; sized on the
+    `meta` device first, ModelTooLarge (and nothing allocated) when it asks for more than MAX_TINY_PARAMS;
+    ModelBuildFailed when transformers' own model code raises on the config."""
+    builder = builder or model_builder(config)
     try:
         with torch.device("meta"):
             count = sum(p.numel() for p in builder(config).parameters())
     except Exception as exc:
         raise ModelBuildFailed(f"building {config.model_type}'s model (from a config its {type(config).__name__} "
-                               f"accepted) raised {_one_line(exc)}; {_default_build(config.model_type)}",
+                               f"accepted) raised {one_line(exc)}; {_default_build(config.model_type)}",
                                exc) from exc
     if count > MAX_TINY_PARAMS:
         raise ModelTooLarge(f"{config.model_type}: the config asks for {count:,} parameters "
@@ -86,7 +86,7 @@ def build_sized(config: Any) -> nn.Module:
         return builder(config).eval()
     except Exception as exc:
         raise ModelBuildFailed(f"building {config.model_type}'s model (from a config its {type(config).__name__} "
-                               f"accepted) raised {_one_line(exc)}", exc) from exc
+                               f"accepted) raised {one_line(exc)}", exc) from exc
 
 
 _BUILD_FAILURES: dict[str, ModelBuildFailed] = {}
@@ -111,7 +111,7 @@ def text_config(family: str) -> Any:
     return config.get_text_config()
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """`Type: first line of the message (at file:line of the innermost frame)`."""
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -131,7 +131,7 @@ def _default_build(family: str) -> str:
             with torch.device("meta"):
                 model_builder(config)(config)
     except Exception as exc:  # noqa: BLE001 - only the evidence is wanted here
-        return f"its full-size default config fails too ({_one_line(exc)})"
+        return f"its full-size default config fails too ({one_line(exc)})"
     return "its full-size default config builds (the shrunk values trigger it)"
 
 

@@ -1,0 +1,97 @@
+"""model-parity: an engine that loads a checkpoint transformers wrote computes what transformers computes from it, and
+loading what the engine saved of that model gives the same model again.
+
+The checkpoint is the family's tiny transformers model with every weight seeded, saved by `save_pretrained`: the
+per-expert (or fused) keys, prefixes and shared experts of the family's published checkpoints. The engine loads the
+directory with its own loader, strictly (its key conversion, expert stacking and dropping included), and runs token
+ids through the whole model. Properties:
+- its logits equal transformers' within float32 rounding compounded over the layers: an expert stacked out of order,
+  gate and up swapped, a bias or scale dropped or defaulted, a config value read under the wrong name all move the
+  logits by their own size;
+- the model it builds from what it saved of the loaded model (the form its converted checkpoints are published in,
+  converted again at load) loads strictly and gives the same logits exactly: its conversion is idempotent.
+
+transformers' own MoE blocks are held to the reference by block-parity on the transformers target; a family where
+that fails is listed there, so a disagreement here is read against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.assertions import assert_close, assert_close_within, fail
+from harness.checks.base import Check, call_target
+from harness.families import Family
+from harness.strategies.model_checkpoints import (
+    ModelInput,
+    NoLanguageModel,
+    logits_of,
+    model_inputs,
+    token_ids,
+    write_model_checkpoint,
+)
+from harness.targets.base import ModelLoaderCap, ModelRun
+from harness.tolerances import MODEL_LOGITS_BOUND, MODEL_LOGITS_TOLERANCE, Tolerance
+from harness.verdict import harness_limit, not_applicable
+
+
+def check_model_parity(cap: ModelLoaderCap, family: Family, example: ModelInput) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"moe-harness-{family.name}-") as tmp:
+        directory = Path(tmp)
+        model = write_model_checkpoint(family.name, example.seed, directory)
+        ids = token_ids(example.seed, example.tokens, model.config.get_text_config().vocab_size)
+        want = logits_of(model, ids)
+        run = call_target("run(directory, token_ids)", cap.run, directory, ids, returns=ModelRun)
+    bound = MODEL_LOGITS_BOUND * want.abs().max()
+    assert_close_within(run.logits, want, bound, MODEL_LOGITS_TOLERANCE,
+                        f"{family.name}: the engine's logits from the checkpoint transformers wrote vs transformers'",
+                        f"{MODEL_LOGITS_BOUND:g} x the largest |logit| ({float(bound):.3g})")
+    if run.reload_error is not None:
+        fail(f"{family.name}: loading what the engine saved of the loaded model", "its own loader rejects it",
+             run.reload_error, "the same model again")
+    if run.reloaded is not None:
+        assert_close(run.reloaded, run.logits, Tolerance(0.0, 0.0),
+                     f"{family.name}: logits of the model loaded from what the engine saved vs of the model it saved")
+
+
+def describe(example: ModelInput) -> dict[str, Any]:
+    """The example, and the call that writes the same checkpoint again."""
+    return {"tokens": example.tokens, "seed": example.seed,
+            "rebuild": f"harness.strategies.model_checkpoints.write_model_checkpoint(family, {example.seed}, directory)"}
+
+
+@functools.cache
+def transformers_side(family: str) -> str | None:
+    """Why transformers gives no checkpoint and logits of the family to hold an engine to, or None. No model with
+    a language-model head for its config: not applicable. Its tiny model built but not saving or not running a whole
+    forward (seed 0, 2 tokens): a harness limit, since a shrunk shape may be what fails (as for the spelling probe's
+    `full_forward_runs`); the reason quotes transformers' error, to be told apart from a defect."""
+    from harness.targets.transformers.tiny_model import ModelBuildFailed, NoModelClass, one_line
+
+    with tempfile.TemporaryDirectory(prefix=f"moe-harness-{family}-") as tmp:
+        try:
+            model = write_model_checkpoint(family, 0, Path(tmp))
+            logits_of(model, token_ids(0, 2, model.config.get_text_config().vocab_size))
+        except (NoLanguageModel, NoModelClass, ModelBuildFailed) as exc:
+            return not_applicable(f"transformers builds no language model from {family}'s config ({exc}): no "
+                                  "checkpoint and logits to hold an engine to")
+        except Exception as exc:  # noqa: BLE001 - only the reason is wanted
+            return harness_limit(f"transformers' tiny {family} model does not save and run a whole forward here "
+                                 f"({one_line(exc)}): no logits to hold an engine to")
+    return None
+
+
+MODEL_PARITY: Check[ModelLoaderCap] = Check(
+    name="model-parity",
+    capability="model_loader",
+    summary="a checkpoint transformers wrote, loaded by the engine's own loader, gives transformers' logits; what the "
+            "engine saves of it loads again to the same model",
+    draws=lambda cap, family: model_inputs(),
+    holds=check_model_parity,
+    describe=describe,
+    excludes=lambda cap, family, target_name: transformers_side(family.name),
+    needs_spec=False,
+)

@@ -1,0 +1,105 @@
+"""Whole-model checkpoints as transformers writes them: a family's tiny model with every trained tensor seeded,
+saved by `save_pretrained` (config.json and safetensors, the layout a published checkpoint has), and the token ids
+to run through it."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """`tokens` token ids drawn from `seed`, which also seeds every weight of the checkpoint."""
+
+    tokens: int
+    seed: int
+
+
+def model_inputs() -> st.SearchStrategy[ModelInput]:
+    """2..16 tokens (a decode step and a short prompt), a seed in 0..2**16. Shrinks toward 2 tokens, seed 0."""
+    return st.builds(ModelInput, tokens=st.integers(2, 16), seed=st.integers(0, 2**16))
+
+
+def seed_weights(model: nn.Module, seed: int) -> None:
+    """Every parameter, and every float buffer the checkpoint saves whose name ends in `bias` (routing correction
+    biases are buffers in transformers), gets seeded values: matrices normal with variance 1/fan-in, so activations
+    keep their size through the layers; vectors (norm weights, biases, per-expert scales) 1 + N(0, 0.25²), around a
+    norm's identity and of either sign nowhere that a scale would flip. Other buffers keep the model's values:
+    non-persistent ones are constants (rotary frequencies)."""
+    gen = torch.Generator().manual_seed(seed)
+    saved = model.state_dict()
+    seeded: dict[str, torch.Tensor] = dict(model.named_parameters())
+    seeded.update((name, buffer) for name, buffer in model.named_buffers()
+                  if name in saved and name.endswith("bias") and buffer.is_floating_point())
+    with torch.no_grad():
+        for _, tensor in sorted(seeded.items()):
+            if tensor.dim() > 1:
+                values = torch.randn(tensor.shape, generator=gen, dtype=torch.float64) / tensor.shape[-1] ** 0.5
+            else:
+                values = 1 + 0.25 * torch.randn(tensor.shape, generator=gen, dtype=torch.float64)
+            tensor.copy_(values.to(tensor.dtype))
+
+
+def token_ids(seed: int, tokens: int, vocab_size: int) -> tuple[int, ...]:
+    """`tokens` ids below `vocab_size`, drawn from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(int(i) for i in torch.randint(0, vocab_size, (tokens,), generator=gen))
+
+
+class NoLanguageModel(Exception):
+    """transformers has no model with a language-model head for the config (only a base model)."""
+
+
+def language_model_class(config: Any) -> Any:
+    """The class transformers builds the model a published checkpoint of `config` holds with (an Auto class or a
+    model class; both load with `from_pretrained`): the image-text-to-text model of a multimodal config (its
+    checkpoints carry the language model under that wrapper's prefix), else the causal LM, else the class ending in
+    ForConditionalGeneration or ForCausalLM that declares the config; NoLanguageModel when there is none."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedModel
+
+    for auto in (AutoModelForImageTextToText, AutoModelForCausalLM):
+        if type(config) in auto._model_mapping:
+            return auto
+    module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
+    for cls in vars(module).values():
+        if isinstance(cls, type) and issubclass(cls, PreTrainedModel) and getattr(cls, "config_class", None) is \
+                type(config) and cls.__name__.endswith(("ForConditionalGeneration", "ForCausalLM")):
+            return cls
+    raise NoLanguageModel(f"transformers has no causal-LM or image-text-to-text model for {type(config).__name__}")
+
+
+def _builder(cls: Any) -> Callable[[Any], nn.Module]:
+    """`cls`'s constructor from a config (an Auto class's `from_config`, a model class's `_from_config`)."""
+    return cls.from_config if hasattr(cls, "_model_mapping") else cls._from_config  # type: ignore[no-any-return]
+
+
+def write_model_checkpoint(family: str, seed: int, directory: Path) -> Any:
+    """The family's tiny model as its published checkpoints hold it (`language_model_class`), seeded from `seed`
+    and saved in `directory` with `save_pretrained` (safetensors); returned for the logits it computes."""
+    from harness.targets.transformers.tiny_model import base_config, build_sized
+
+    config = base_config(family)
+    model: Any = build_sized(config, _builder(language_model_class(config)))
+    seed_weights(model, seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    return model
+
+
+def logits_of(model: nn.Module, ids: tuple[int, ...]) -> torch.Tensor:
+    """The model's logits [tokens, vocab] (float32) over `ids`, one sequence, no cache (an encoder-decoder's decoder
+    reads the same ids). Torch's generator is seeded for the forward and restored after it: a model that draws
+    random numbers as it runs (a diffusion LM's noise) draws the same ones on every call."""
+    inputs = torch.tensor([ids])
+    extra = {"decoder_input_ids": inputs} if getattr(model.config, "is_encoder_decoder", False) else {}
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        out = model(input_ids=inputs, use_cache=False, **extra)
+    return out.logits[0].float()
