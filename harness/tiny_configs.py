@@ -171,6 +171,15 @@ def _follow_sources(data: dict[str, Any], sources: list[int]) -> None:
             data[key] = sum(old < data[key] for old in sources)
 
 
+def _keep_dense_prefix(data: dict[str, Any]) -> None:
+    """A config holding both `mlp_layer_types` and `first_k_dense_replace` (DeepSeek-V3.2) keeps the two in agreement
+    once shrunk: the count follows the leading dense layers the list kept (transformers builds from the list, other
+    engines from the count, and the full config's two agree)."""
+    kinds = data.get("mlp_layer_types")
+    if isinstance(kinds, list) and _is_int(data.get("first_k_dense_replace")):
+        data["first_k_dense_replace"] = next((i for i, kind in enumerate(kinds) if kind != "dense"), len(kinds))
+
+
 def _resize_per_layer(data: dict[str, Any], old_layers: Any, layers: Any) -> None:
     """Per-layer lists and tables follow the shrunk layer count (a range of layer ids stays a range), all copying
     the same full-config layers (see `_layer_sources`), so a layer keeps its MLP kind and its expert count."""
@@ -397,6 +406,7 @@ def _shrink_node(data: dict[str, Any], where: str, moe: str, overrides: dict[str
     _keep_mrope_sections(full, data)
     _carved_widths(full, data)
     _resize_per_layer(data, old_layers, data.get("num_hidden_layers", 2))
+    _keep_dense_prefix(data)
     for key, value in list(data.items()):
         if _is_config_dict(value):
             data[key] = _shrink_node(value, f"{where}.{key}" if where else key, moe, overrides, fields, keep,

@@ -213,7 +213,7 @@ def _loads_with(after_load, after_reload=lambda model: None):
     from harness.strategies.model_checkpoints import logits_of
     from harness.targets.transformers import saved_model
 
-    def run(directory, ids):
+    def run(directory, ids, form):
         model = saved_model.load(directory)
         with torch.no_grad():
             after_load(model)

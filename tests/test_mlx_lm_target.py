@@ -99,9 +99,16 @@ def test_an_alias_mlx_lm_drops_is_its_recorded_finding(mlx_target) -> None:
 
 
 def test_a_checkpoint_mlx_lm_loads_right_passes_model_parity_through_its_save_and_reload(mlx_target) -> None:
-    """Qwen3-MoE: per-expert keys stacked by sanitize, strict load, the same logits; saved and loaded again, the same."""
-    verdict = run_case(CHECKS["model-parity"], mlx_target, get_family("qwen3_moe"), max_examples=2)
+    """Mixtral: per-expert keys stacked by sanitize, strict load, the same logits, in both config forms; saved and
+    loaded again, the same."""
+    verdict = run_case(CHECKS["model-parity"], mlx_target, get_family("mixtral"), max_examples=4)
     assert verdict.status == Status.PASS, verdict
+
+
+def test_a_rope_base_mlx_lm_silently_defaults_is_its_recorded_model_parity_finding(mlx_target) -> None:
+    """Qwen2-MoE's config.json as transformers 5 writes it: mlx-lm runs rope_theta 1e6, not the checkpoint's."""
+    verdict = run_case(CHECKS["model-parity"], mlx_target, get_family("qwen2_moe"), max_examples=6)
+    assert verdict.status == Status.KNOWN and verdict.counterexample["form"] == "config.json", verdict
 
 
 def test_the_loader_config_holds_every_spelling_and_the_v4_fields(mlx_target, worker, tmp_path) -> None:

@@ -44,10 +44,11 @@ def check_model_parity(cap: ModelLoaderCap, family: Family, example: ModelInput)
         model = write_model_checkpoint(family.name, example.seed, directory)
         ids = token_ids(example.seed, example.tokens, model.config.get_text_config().vocab_size)
         want = logits_of(model, ids)
-        run = call_target("run(directory, token_ids)", cap.run, directory, ids, returns=ModelRun)
+        run = call_target("run(directory, token_ids, form)", cap.run, directory, ids, example.form, returns=ModelRun)
     bound = MODEL_LOGITS_BOUND * want.abs().max()
     assert_close_within(run.logits, want, bound, MODEL_LOGITS_TOLERANCE,
-                        f"{family.name}: the engine's logits from the checkpoint transformers wrote vs transformers'",
+                        f"{family.name}: the engine's logits from the checkpoint transformers wrote ({example.form}) vs "
+                        "transformers'",
                         f"{MODEL_LOGITS_BOUND:g} x the largest |logit| ({float(bound):.3g})")
     if run.reload_error is not None:
         fail(f"{family.name}: loading what the engine saved of the loaded model", "its own loader rejects it",
@@ -59,7 +60,7 @@ def check_model_parity(cap: ModelLoaderCap, family: Family, example: ModelInput)
 
 def describe(example: ModelInput) -> dict[str, Any]:
     """The example, and the call that writes the same checkpoint again."""
-    return {"tokens": example.tokens, "seed": example.seed,
+    return {"tokens": example.tokens, "seed": example.seed, "form": example.form,
             "rebuild": f"harness.strategies.model_checkpoints.write_model_checkpoint(family, {example.seed}, directory)"}
 
 
@@ -89,7 +90,7 @@ MODEL_PARITY: Check[ModelLoaderCap] = Check(
     capability="model_loader",
     summary="a checkpoint transformers wrote, loaded by the engine's own loader, gives transformers' logits; what the "
             "engine saves of it loads again to the same model",
-    draws=lambda cap, family: model_inputs(),
+    draws=lambda cap, family: model_inputs(cap.forms),
     holds=check_model_parity,
     describe=describe,
     excludes=lambda cap, family, target_name: transformers_side(family.name),

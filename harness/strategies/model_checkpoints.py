@@ -17,15 +17,18 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ModelInput:
-    """`tokens` token ids drawn from `seed`, which also seeds every weight of the checkpoint."""
+    """`tokens` token ids drawn from `seed`, which also seeds every weight of the checkpoint; its config.json read in
+    `form`."""
 
     tokens: int
     seed: int
+    form: str
 
 
-def model_inputs() -> st.SearchStrategy[ModelInput]:
-    """2..16 tokens (a decode step and a short prompt), a seed in 0..2**16. Shrinks toward 2 tokens, seed 0."""
-    return st.builds(ModelInput, tokens=st.integers(2, 16), seed=st.integers(0, 2**16))
+def model_inputs(forms: tuple[str, ...]) -> st.SearchStrategy[ModelInput]:
+    """2..16 tokens (a decode step and a short prompt), a seed in 0..2**16, one of `forms`. Shrinks toward 2 tokens,
+    seed 0, the first form."""
+    return st.builds(ModelInput, tokens=st.integers(2, 16), seed=st.integers(0, 2**16), form=st.sampled_from(forms))
 
 
 def seed_weights(model: nn.Module, seed: int) -> None:

@@ -159,11 +159,13 @@ class ModelRun:
 
 @dataclass(frozen=True)
 class ModelLoaderCap:
-    """run(directory, token_ids) -> ModelRun: the engine's own loader, strict, over a whole checkpoint directory as
-    transformers writes it (config.json and safetensors), then its model run over the ids; `skip(family)` why a
-    family cannot be judged, or None."""
+    """run(directory, token_ids, form) -> ModelRun: the engine's own loader, strict, over a whole checkpoint directory
+    as transformers writes it (config.json and safetensors), its config.json read in `form` (one of `forms`, each
+    drawn: as written, or the layout of older published checkpoints the engine also reads), then its model run over
+    the ids; `skip(family)` why a family cannot be judged, or None."""
 
-    run: Callable[[Path, tuple[int, ...]], ModelRun]
+    run: Callable[[Path, tuple[int, ...], str], ModelRun]
+    forms: tuple[str, ...] = ("config.json",)
     skip: Callable[[str], str | None] | None = None
     example_caps: tuple[tuple[str, int], ...] = (("dev", 2), ("ci", 2))
 

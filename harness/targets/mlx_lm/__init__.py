@@ -38,7 +38,8 @@ def make_target() -> Target:
                     "through a worker in its own environment",
         config_spelling=ConfigSpellingCap(spellings.spellings, probe.used, spellings.FORMS,
                                           skip=spellings.skip_reason),
-        model_loader=ModelLoaderCap(models.ModelProbe(worker).run),
+        model_loader=ModelLoaderCap(models.ModelProbe(worker).run, forms=spellings.FORMS,
+                                    example_caps=(("dev", 4), ("ci", 6))),
         families=tuple(hello["families"]),
         known_failures=load_known_failures(__file__, "mlx-lm"),
     )

@@ -2,9 +2,11 @@
 (strict: `ModelArgs.from_dict`, `Model`, `sanitize`, `load_weights`), run over the token ids in the worker; then
 what `save_model` writes of that model (as `mlx_lm.convert` publishes it) loaded again.
 
-The config handed to the loader is the directory's config.json in the v4 layout (`spellings.v4_layout` for every
-field of the model type's ModelArgs, on the top level and on a `text_config`) with every name the family accepts for the expert count and the top-k set: the
-config's spelling is config-spelling's to judge, so that a defect there does not hide what this check judges.
+The config handed to the loader is the directory's config.json in one of two forms (`spellings.FORMS`): as
+transformers 5.24 wrote it, or in the v4 layout of most published checkpoints (`spellings.v4_layout` for every field
+of the model type's ModelArgs, on the top level and on a `text_config`). Either way with every name the family
+accepts for the expert count and the top-k set: the config's spelling is config-spelling's to judge, so that a
+defect there does not hide what this check judges.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from harness.targets.base import ModelRun
 from harness.targets.mlx_lm.client import MlxError, Worker
-from harness.targets.mlx_lm.spellings import METAL_ONLY, v4_layout
+from harness.targets.mlx_lm.spellings import METAL_ONLY, V4, v4_layout
 from harness.targets.transformers import spellings as transformers_spellings
 from harness.verdict import CheckSkipped, not_applicable
 
@@ -41,11 +43,13 @@ class ModelProbe:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
-    def loader_config(self, directory: Path) -> dict[str, Any]:
-        """The config the loader is handed (see the module docstring)."""
+    def loader_config(self, directory: Path, form: str = V4) -> dict[str, Any]:
+        """The config the loader is handed in `form` (see the module docstring)."""
         tree = json.loads((directory / "config.json").read_text(), object_hook=_special_float)
         family = tree["model_type"]
         tree = transformers_spellings.with_every_spelling(family, tree)
+        if form != V4:
+            return tree
         # Every field ModelArgs has, not only those it requires: one with a default (qwen2_moe's rope_theta of 1e6)
         # would otherwise keep that default where the checkpoint means another value.
         wanted = self.worker.request("fields", config=tree)["fields"]
@@ -54,9 +58,9 @@ class ModelProbe:
             tree["text_config"] = v4_layout(tree["text_config"], wanted)
         return tree
 
-    def run(self, directory: Path, ids: tuple[int, ...]) -> ModelRun:
-        """mlx-lm's logits from the directory, and from what it saved of the loaded model."""
-        config = self.loader_config(directory)
+    def run(self, directory: Path, ids: tuple[int, ...], form: str) -> ModelRun:
+        """mlx-lm's logits from the directory, its config.json in `form`, and from what it saved of the loaded model."""
+        config = self.loader_config(directory, form)
         try:
             found = self.worker.request("load_run", directory=str(directory), config=config, tokens=list(ids))
         except MlxError as exc:

@@ -32,8 +32,9 @@ def load(directory: Path) -> Any:
     return model.eval()
 
 
-def run(directory: Path, ids: tuple[int, ...]) -> ModelRun:
-    """transformers' logits from the directory, and from what it saves of the loaded model."""
+def run(directory: Path, ids: tuple[int, ...], form: str) -> ModelRun:
+    """transformers' logits from the directory (its config.json as it wrote it: `form` is the one form), and from
+    what it saves of the loaded model."""
     model = load(directory)
     logits = logits_of(model, ids)
     model.save_pretrained(directory / SAVED)
