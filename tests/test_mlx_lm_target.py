@@ -112,8 +112,8 @@ def test_a_rope_base_mlx_lm_silently_defaults_is_its_recorded_model_parity_findi
 
 
 def test_the_loader_config_holds_every_spelling_and_the_v4_fields(mlx_target, worker, tmp_path) -> None:
-    from harness.strategies.model_checkpoints import write_model_checkpoint
     from harness.targets.mlx_lm.models import ModelProbe
+    from harness.targets.transformers.saved_model import write_model_checkpoint
 
     write_model_checkpoint("qwen3_moe", 0, tmp_path)
     config = ModelProbe(worker).loader_config(tmp_path)

@@ -17,33 +17,25 @@ that fails is listed there, so a disagreement here is read against it.
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from harness.assertions import assert_close, assert_close_within, fail
 from harness.checks.base import Check, call_target
 from harness.families import Family
-from harness.strategies.model_checkpoints import (
-    ModelInput,
-    NoLanguageModel,
-    logits_of,
-    model_inputs,
-    token_ids,
-    write_model_checkpoint,
-)
+from harness.strategies.model_checkpoints import ModelInput, logits_of, model_inputs, token_ids
 from harness.targets.base import ModelLoaderCap, ModelRun
 from harness.tolerances import MODEL_LOGITS_BOUND, MODEL_LOGITS_TOLERANCE, Tolerance
-from harness.verdict import harness_limit, not_applicable
+from harness.verdict import CheckSkipped, harness_limit, not_applicable
 
 
 def check_model_parity(cap: ModelLoaderCap, family: Family, example: ModelInput) -> None:
     with tempfile.TemporaryDirectory(prefix=f"moe-harness-{family.name}-") as tmp:
         directory = Path(tmp)
-        model = write_model_checkpoint(family.name, example.seed, directory)
-        ids = token_ids(example.seed, example.tokens, model.config.get_text_config().vocab_size)
-        want = logits_of(model, ids)
+        want, ids = transformers_logits(family.name, example, directory)
         run = call_target("run(directory, token_ids, form)", cap.run, directory, ids, example.form, returns=ModelRun)
     bound = MODEL_LOGITS_BOUND * want.abs().max()
     assert_close_within(run.logits, want, bound, MODEL_LOGITS_TOLERANCE,
@@ -61,28 +53,29 @@ def check_model_parity(cap: ModelLoaderCap, family: Family, example: ModelInput)
 def describe(example: ModelInput) -> dict[str, Any]:
     """The example, and the call that writes the same checkpoint again."""
     return {"tokens": example.tokens, "seed": example.seed, "form": example.form,
-            "rebuild": f"harness.strategies.model_checkpoints.write_model_checkpoint(family, {example.seed}, directory)"}
+            "rebuild": f"harness.targets.transformers.saved_model.write_model_checkpoint(family, {example.seed}, "
+                       "directory)"}
 
 
-@functools.cache
-def transformers_side(family: str) -> str | None:
-    """Why transformers gives no checkpoint and logits of the family to hold an engine to, or None. No model with
-    a language-model head for its config: not applicable. Its tiny model built but not saving or not running a whole
-    forward (seed 0, 2 tokens): a harness limit, since a shrunk shape may be what fails (as for the spelling probe's
-    `full_forward_runs`); the reason quotes transformers' error, to be told apart from a defect."""
+def transformers_logits(family: str, example: ModelInput, directory: Path) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The checkpoint of `example` written in `directory`, and transformers' logits over its token ids (with the ids).
+    CheckSkipped where transformers gives nothing to hold an engine to: no model with a language-model head for the
+    config (not applicable); its tiny model not saving or not running a whole forward (a harness limit, since a shrunk
+    shape may be what fails, as for the spelling probe's `full_forward_runs`; the reason quotes transformers' error,
+    to be told apart from a defect)."""
+    from harness.targets.transformers.saved_model import NoLanguageModel, write_model_checkpoint
     from harness.targets.transformers.tiny_model import ModelBuildFailed, NoModelClass, one_line
 
-    with tempfile.TemporaryDirectory(prefix=f"moe-harness-{family}-") as tmp:
-        try:
-            model = write_model_checkpoint(family, 0, Path(tmp))
-            logits_of(model, token_ids(0, 2, model.config.get_text_config().vocab_size))
-        except (NoLanguageModel, NoModelClass, ModelBuildFailed) as exc:
-            return not_applicable(f"transformers builds no language model from {family}'s config ({exc}): no "
-                                  "checkpoint and logits to hold an engine to")
-        except Exception as exc:  # noqa: BLE001 - only the reason is wanted
-            return harness_limit(f"transformers' tiny {family} model does not save and run a whole forward here "
-                                 f"({one_line(exc)}): no logits to hold an engine to")
-    return None
+    try:
+        model = write_model_checkpoint(family, example.seed, directory)
+        ids = token_ids(example.seed, example.tokens, model.config.get_text_config().vocab_size)
+        return logits_of(model, ids), ids
+    except (NoLanguageModel, NoModelClass, ModelBuildFailed) as exc:
+        raise CheckSkipped(not_applicable(f"transformers builds no language model from {family}'s config ({exc}): "
+                                          "no checkpoint and logits to hold an engine to")) from exc
+    except Exception as exc:
+        raise CheckSkipped(harness_limit(f"transformers' tiny {family} model does not save and run a whole forward "
+                                         f"here ({one_line(exc)}): no logits to hold an engine to")) from exc
 
 
 MODEL_PARITY: Check[ModelLoaderCap] = Check(
@@ -93,6 +86,5 @@ MODEL_PARITY: Check[ModelLoaderCap] = Check(
     draws=lambda cap, family: model_inputs(cap.forms),
     holds=check_model_parity,
     describe=describe,
-    excludes=lambda cap, family, target_name: transformers_side(family.name),
     needs_spec=False,
 )

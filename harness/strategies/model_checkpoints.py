@@ -1,14 +1,10 @@
-"""Whole-model checkpoints as transformers writes them: a family's tiny model with every trained tensor seeded,
-saved by `save_pretrained` (config.json and safetensors, the layout a published checkpoint has), and the token ids
-to run through it."""
+"""Whole-model inputs: the seed that draws a checkpoint's weights and its token ids, how a model's weights are
+seeded, and its logits over the ids. The checkpoint itself is transformers' to write
+(`harness.targets.transformers.saved_model.write_model_checkpoint`)."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from hypothesis import strategies as st
@@ -55,45 +51,6 @@ def token_ids(seed: int, tokens: int, vocab_size: int) -> tuple[int, ...]:
     """`tokens` ids below `vocab_size`, drawn from `seed`."""
     gen = torch.Generator().manual_seed(seed)
     return tuple(int(i) for i in torch.randint(0, vocab_size, (tokens,), generator=gen))
-
-
-class NoLanguageModel(Exception):
-    """transformers has no model with a language-model head for the config (only a base model)."""
-
-
-def language_model_class(config: Any) -> Any:
-    """The class transformers builds the model a published checkpoint of `config` holds with (an Auto class or a
-    model class; both load with `from_pretrained`): the image-text-to-text model of a multimodal config (its
-    checkpoints carry the language model under that wrapper's prefix), else the causal LM, else the class ending in
-    ForConditionalGeneration or ForCausalLM that declares the config; NoLanguageModel when there is none."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedModel
-
-    for auto in (AutoModelForImageTextToText, AutoModelForCausalLM):
-        if type(config) in auto._model_mapping:
-            return auto
-    module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
-    for cls in vars(module).values():
-        if isinstance(cls, type) and issubclass(cls, PreTrainedModel) and getattr(cls, "config_class", None) is \
-                type(config) and cls.__name__.endswith(("ForConditionalGeneration", "ForCausalLM")):
-            return cls
-    raise NoLanguageModel(f"transformers has no causal-LM or image-text-to-text model for {type(config).__name__}")
-
-
-def _builder(cls: Any) -> Callable[[Any], nn.Module]:
-    """`cls`'s constructor from a config (an Auto class's `from_config`, a model class's `_from_config`)."""
-    return cls.from_config if hasattr(cls, "_model_mapping") else cls._from_config  # type: ignore[no-any-return]
-
-
-def write_model_checkpoint(family: str, seed: int, directory: Path) -> Any:
-    """The family's tiny model as its published checkpoints hold it (`language_model_class`), seeded from `seed`
-    and saved in `directory` with `save_pretrained` (safetensors); returned for the logits it computes."""
-    from harness.targets.transformers.tiny_model import base_config, build_sized
-
-    config = base_config(family)
-    model: Any = build_sized(config, _builder(language_model_class(config)))
-    seed_weights(model, seed)
-    model.save_pretrained(directory, safe_serialization=True)
-    return model
 
 
 def logits_of(model: nn.Module, ids: tuple[int, ...]) -> torch.Tensor:

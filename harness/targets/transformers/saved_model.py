@@ -1,17 +1,60 @@
-"""model-parity through transformers itself: the checkpoint directory `save_pretrained` wrote, loaded by
-`from_pretrained` (its key conversion on load; strict: a missing, unexpected or mismatched key raises), run over the
-ids; then saved again by `save_pretrained` (the conversion reverted on save) and loaded again."""
+"""Whole models through transformers: the checkpoint model-parity hands every engine (the family's tiny model as its
+published checkpoints hold it, seeded, written by `save_pretrained`), and transformers itself as an engine under
+model-parity: that directory loaded by `from_pretrained` (its key conversion on load; strict: a missing, unexpected
+or mismatched key raises), run over the ids; then saved again by `save_pretrained` (the conversion reverted on save)
+and loaded again."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.strategies.model_checkpoints import language_model_class, logits_of
+from torch import nn
+
+from harness.strategies.model_checkpoints import logits_of, seed_weights
 from harness.targets.base import ModelLoaderCap, ModelRun
-from harness.targets.transformers.tiny_model import one_line
+from harness.targets.transformers.tiny_model import base_config, build_sized, one_line
 
 SAVED = "saved-by-transformers"
+
+
+class NoLanguageModel(Exception):
+    """transformers has no model with a language-model head for the config (only a base model)."""
+
+
+def language_model_class(config: Any) -> Any:
+    """The class transformers builds the model a published checkpoint of `config` holds with (an Auto class or a
+    model class; both load with `from_pretrained`): the image-text-to-text model of a multimodal config (its
+    checkpoints carry the language model under that wrapper's prefix), else the causal LM, else the class ending in
+    ForConditionalGeneration or ForCausalLM that declares the config; NoLanguageModel when there is none."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedModel
+
+    for auto in (AutoModelForImageTextToText, AutoModelForCausalLM):
+        if type(config) in auto._model_mapping:
+            return auto
+    module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
+    for cls in vars(module).values():
+        if isinstance(cls, type) and issubclass(cls, PreTrainedModel) and getattr(cls, "config_class", None) is \
+                type(config) and cls.__name__.endswith(("ForConditionalGeneration", "ForCausalLM")):
+            return cls
+    raise NoLanguageModel(f"transformers has no causal-LM or image-text-to-text model for {type(config).__name__}")
+
+
+def _builder(cls: Any) -> Callable[[Any], nn.Module]:
+    """`cls`'s constructor from a config (an Auto class's `from_config`, a model class's `_from_config`)."""
+    return cls.from_config if hasattr(cls, "_model_mapping") else cls._from_config  # type: ignore[no-any-return]
+
+
+def write_model_checkpoint(family: str, seed: int, directory: Path) -> Any:
+    """The family's tiny model as its published checkpoints hold it (`language_model_class`), seeded from `seed`
+    and saved in `directory` with `save_pretrained` (safetensors); returned for the logits it computes."""
+    config = base_config(family)
+    model: Any = build_sized(config, _builder(language_model_class(config)))
+    seed_weights(model, seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    return model
 
 
 class LoadNotStrict(RuntimeError):
