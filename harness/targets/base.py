@@ -162,10 +162,12 @@ class ModelLoaderCap:
     """run(directory, token_ids, form) -> ModelRun: the engine's own loader, strict, over a whole checkpoint directory
     as transformers writes it (config.json and safetensors), its config.json read in `form` (one of `forms`, each
     drawn: as written, or the layout of older published checkpoints the engine also reads), then its model run over
-    the ids; `skip(family)` why a family cannot be judged, or None."""
+    the ids; `skip(family)` why a family cannot be judged, or None. `writes_checkpoint`: the engine is transformers,
+    the checkpoint's writer, so its own model failing on the checkpoint is its failure, not a skip."""
 
     run: Callable[[Path, tuple[int, ...], str], ModelRun]
     forms: tuple[str, ...] = ("config.json",)
+    writes_checkpoint: bool = False
     skip: Callable[[str], str | None] | None = None
     example_caps: tuple[tuple[str, int], ...] = (("dev", 2), ("ci", 2))
 

@@ -88,4 +88,4 @@ def run(directory: Path, ids: tuple[int, ...], form: str) -> ModelRun:
     return ModelRun(logits, reloaded=again)
 
 
-MODEL_LOADER = ModelLoaderCap(run, example_caps=(("dev", 1), ("ci", 1)))
+MODEL_LOADER = ModelLoaderCap(run, writes_checkpoint=True, example_caps=(("dev", 1), ("ci", 1)))
