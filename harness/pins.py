@@ -93,6 +93,12 @@ def _routing(family: str, variant: str, top_k: int, renormalize: bool, logits: l
     return RoutingExample(torch.tensor(logits), knobs, None, None, "normal", 0)
 
 
+def _model_input(family: str, tokens: int, seed: int, form: str) -> Any:
+    from harness.strategies.model_checkpoints import ModelInput
+
+    return ModelInput(tokens, seed, form)
+
+
 # The builders by the `kind` a [failure.pin] names; each takes the finding's family and the pin's other fields.
 BUILDERS: dict[str, Builder] = {
     "conversion": _conversion,
@@ -103,6 +109,7 @@ BUILDERS: dict[str, Builder] = {
     "knob": _knob,
     "routing": _routing,
     "config-variant": _config_variant,
+    "model-input": _model_input,
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.checks import CHECKS
-from harness.engine import run_case
+from harness.engine import _failure_record, run_case
 from harness.families import get_family
 from harness.findings import Finding, all_findings, finding_files
 from harness.pins import BUILDERS, Pin, all_pins
@@ -98,7 +98,7 @@ def test_pin_replays_its_finding_without_generation(pin: Pin) -> None:
     example = pin.build()
     with pytest.raises((PropertyViolation, TargetError)) as caught:
         check.prop(target, family, example)
-    counterexample = {**check.describe(example), **getattr(caught.value, "details", {})}
+    counterexample = _failure_record(check, example, caught.value)[3]  # as the engine records it, target errors too
     assert finding.matches(counterexample), (
         f"the pin's failure does not show the signature {finding.signature!r}: {counterexample}")
 
