@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--here", action="store_true",
                      help="run every target in this process's environment, even one that declares its own")
     run.add_argument("--stream", type=int, metavar="FD", help=argparse.SUPPRESS)  # the harness's own protocol
+    run.add_argument("--main-job", action="store_true", help=argparse.SUPPRESS)  # started by a bare `run`
     run.add_argument("--promote", action=argparse.BooleanOptionalAction, default=None,
                      help=f"write new failures into the shared regression directory "
                           f"(default: only with --profile {PROMOTING_PROFILE})")
@@ -153,7 +154,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
     clock = time.perf_counter()
     specs = list(dict.fromkeys(args.target or DEFAULT_TARGETS))
     away = env_targets.elsewhere(specs, args.here)
-    selection = plan([s for s in specs if s not in away], args.check, args.family)
+    # The bare main job (no target or check named, here or in the run that started this one) keeps to each target's
+    # own families.
+    broad = bool(args.target and not getattr(args, "main_job", False) or args.check)
+    selection = plan([s for s in specs if s not in away], args.check, args.family, broad)
     selection.missing = [env_targets.blame_environment(m) for m in selection.missing]
     promote = args.promote if args.promote is not None else args.profile == PROMOTING_PROFILE
     options = RunOptions(args.profile, args.max_examples, args.seed,
@@ -235,6 +239,7 @@ def _remote_argv(args: argparse.Namespace, spec: str) -> list[str]:
     argv += [a for c in args.check or [] for a in ("--check", c)] + [a for f in args.family or [] for a in ("--family", f)]
     argv += ["--max-examples", str(args.max_examples)] if args.max_examples else []
     argv += ["--case-timeout", str(args.case_timeout)] if args.case_timeout else []
+    argv += ["--main-job"] if not args.target or getattr(args, "main_job", False) else []
     return argv + (["--promote" if args.promote else "--no-promote"] if args.promote is not None else [])
 
 

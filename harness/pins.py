@@ -99,6 +99,12 @@ def _model_input(family: str, tokens: int, seed: int, form: str) -> Any:
     return ModelInput(tokens, seed, form)
 
 
+def _load_input(family: str, seed: int) -> Any:
+    from harness.strategies.fingerprints import LoadInput
+
+    return LoadInput(seed)
+
+
 # The builders by the `kind` a [failure.pin] names; each takes the finding's family and the pin's other fields.
 BUILDERS: dict[str, Builder] = {
     "conversion": _conversion,
@@ -110,6 +116,7 @@ BUILDERS: dict[str, Builder] = {
     "routing": _routing,
     "config-variant": _config_variant,
     "model-input": _model_input,
+    "load-input": _load_input,
 }
 
 

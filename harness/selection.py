@@ -74,9 +74,12 @@ def try_load(spec: str) -> Target | Missing:
 
 
 def plan(
-    targets: list[str] | None = None, checks: list[str] | None = None, families: list[str] | None = None
+    targets: list[str] | None = None, checks: list[str] | None = None, families: list[str] | None = None,
+    broad: bool = True,
 ) -> Plan:
-    """Every case of the selection, in target, check, family order, and the targets that did not load."""
+    """Every case of the selection, in target, check, family order, and the targets that did not load. `broad`: a
+    capability's own breadth (`runs_over`) applies; the bare main job runs without it, so that it stays a few
+    minutes."""
     check_names = checks or list(CHECKS)
     _validate("check", "checks", check_names, CHECKS)
     if families:
@@ -94,7 +97,8 @@ def plan(
             if not checks and getattr(target, check.capability) is None:
                 result.not_offered.append((spec, name))
                 continue
-            wanted = check.families or target.families or tuple(DEFAULT_FAMILIES)
+            breadth = getattr(getattr(target, check.capability), "runs_over", None) if broad else None
+            wanted = check.families or breadth or target.families or tuple(DEFAULT_FAMILIES)
             wanted += tuple(f for f in check.extra_families if f not in wanted)
             for family in wanted:
                 if families and family not in families and ANY_FAMILY not in wanted:

@@ -10,3 +10,5 @@ bash scripts/setup.sh
 # first use, then reused): there they run against the library they test, not skip as unavailable.
 .venv/bin/moe-harness env python torchtitan -m pytest -n 2 --dist worksteal -q -p no:cacheprovider \
     tests/test_torchtitan_target.py tests/test_findings.py -k torchtitan
+.venv/bin/moe-harness env python vllm -m pytest -n 2 --dist worksteal -q -p no:cacheprovider \
+    tests/test_vllm_target.py tests/test_findings.py -k vllm

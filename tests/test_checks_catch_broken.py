@@ -233,6 +233,34 @@ def _swap_experts_0_and_1(model) -> None:
             param[[0, 1]] = param[[1, 0]].clone()
 
 
+def _weights_loaded_with(corrupt):
+    """transformers' own weight loading (the transformers target's load-parity capability), each rank's parameters
+    then passed through `corrupt` (in place)."""
+    from harness.targets.transformers import saved_model
+
+    def load(directory, sharding):
+        ranks = saved_model.loaded_weights(directory, sharding)
+        for loaded in ranks:
+            corrupt(loaded.params)
+        return ranks
+
+    return dataclasses.replace(saved_model.WEIGHT_LOADER, load=load)
+
+
+def _stack_experts_out_of_order(params) -> None:
+    """Expert 1's rows where expert 0's belong in every stacked experts parameter: no element lost, none twice."""
+    for name, tensor in params.items():
+        if ".experts." in name and tensor.dim() == 3:
+            tensor[[0, 1]] = tensor[[1, 0]].clone()
+
+
+def _stack_up_before_gate(params) -> None:
+    """The fused gate_up_proj with its two halves the other way round."""
+    for name, tensor in params.items():
+        if name.endswith("experts.gate_up_proj"):
+            tensor.copy_(torch.cat(tensor.chunk(2, dim=1)[::-1], dim=1))
+
+
 def _norm_shift_reapplied(model) -> None:
     """A conversion that adds 1 to the norm weights (a zero-centred norm's checkpoint) applied again at the second
     load: the converted form is not a fixed point."""
@@ -285,6 +313,13 @@ BROKEN = {
         _swap_experts_0_and_1)}),
     "model-parity/conversion-not-idempotent": ("model-parity", "qwen3_moe", {"model_loader": _loads_with(
         lambda model: None, _norm_shift_reapplied)}),
+    "load-parity/experts-stacked-out-of-order": ("load-parity", "qwen3_moe", {"weight_loader": _weights_loaded_with(
+        _stack_experts_out_of_order)}),
+    "load-parity/up-stacked-before-gate": ("load-parity", "mixtral", {"weight_loader": _weights_loaded_with(
+        _stack_up_before_gate)}),
+    # The router's weights never written: what a key the loader does not route leaves.
+    "load-parity/parameter-left-unloaded": ("load-parity", "qwen3_moe", {"weight_loader": _weights_loaded_with(
+        lambda params: [t.fill_(float("nan")) for n, t in params.items() if n.endswith("mlp.gate.weight")])}),
 }
 
 
@@ -320,6 +355,13 @@ def test_functional_call_holds_a_truly_inert_buffer_to_changing_nothing() -> Non
 def test_model_parity_holds_for_transformers_loading_its_own_checkpoint() -> None:
     """The control: transformers' own loader, untouched, passes; the failures above are the breakage's."""
     verdict = run_case(CHECKS["model-parity"], _broken(model_loader=_loads_with(lambda model: None)),
+                       get_family("qwen3_moe"))
+    assert verdict.status == Status.PASS, verdict
+
+
+def test_load_parity_holds_for_transformers_own_weight_loading() -> None:
+    """The control: from_pretrained's own loading (per-expert keys fused on load), untouched, passes."""
+    verdict = run_case(CHECKS["load-parity"], _broken(weight_loader=_weights_loaded_with(lambda params: None)),
                        get_family("qwen3_moe"))
     assert verdict.status == Status.PASS, verdict
 

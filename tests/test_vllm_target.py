@@ -45,7 +45,7 @@ def vllm_target():
 
 @needs_vllm
 def test_target_fills_its_capabilities(vllm_target) -> None:
-    assert vllm_target.capabilities() == ["routing", "remap", "expert_mapping", "capturer", "block"]
+    assert vllm_target.capabilities() == ["routing", "remap", "expert_mapping", "capturer", "block", "weight_loader"]
     assert vllm_target.version == "0.32.0"
 
 
@@ -93,3 +93,52 @@ def test_functional_call_reaches_per_expert_scale(vllm_target) -> None:
     with torch.no_grad():
         scale = block.router.per_expert_scale * 3 + 1
         assert not torch.equal(functional_call(block, {"router.per_expert_scale": scale}, (x,)), block(x))
+
+
+def _load_parity(target, family: str, *shardings: str):
+    """load-parity's verdict on one example of `family` loaded under `shardings`."""
+    target = dataclasses.replace(target, weight_loader=dataclasses.replace(target.weight_loader, shardings=shardings))
+    return run_case(CHECKS["load-parity"], target, get_family(family), max_examples=1)
+
+
+@needs_vllm
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_load_parity_passes_where_vllm_loads_every_tensor_in_place(vllm_target, family: str) -> None:
+    """One rank, tensor parallel 2 and expert parallel 2 (two rank processes)."""
+    verdict = _load_parity(vllm_target, family, "single", "tp2", "ep2")
+    assert verdict.status == Status.PASS, verdict
+
+
+@needs_vllm
+def test_load_parity_catches_a_loader_that_swaps_two_experts(vllm_target, monkeypatch) -> None:
+    """vLLM's Mixtral loader patched to hand expert 0's tensors in under expert 1's name and back."""
+    from vllm.model_executor.models.mixtral import MixtralForCausalLM
+
+    own = MixtralForCausalLM.load_weights
+
+    def swapped(self, weights):
+        renamed = ((n.replace(".experts.0.", ".experts.@.").replace(".experts.1.", ".experts.0.")
+                    .replace(".experts.@.", ".experts.1."), w) for n, w in weights)
+        return own(self, renamed)
+
+    monkeypatch.setattr(MixtralForCausalLM, "load_weights", swapped)
+    verdict = _load_parity(vllm_target, "mixtral", "single")
+    assert verdict.status == Status.FAIL, verdict
+    assert "row 0 is expert 0 (the engine's expert map) but holds expert 1" in verdict.message, verdict.message
+
+
+@needs_vllm
+def test_load_parity_catches_rows_holding_other_experts_than_the_expert_map_says(vllm_target, monkeypatch) -> None:
+    """The expert map read as the other half of the experts (what reversed start/end bounds give a rank): the rows vLLM
+    loaded no longer hold the experts the map routes to them."""
+    from harness.targets.vllm import models
+
+    own = models._expert_rows
+
+    def reversed_bounds(model):
+        rows = own(model)
+        return {name: tuple(sorted(set(range(2 * len(ids))) - set(ids))) for name, ids in rows.items()}
+
+    monkeypatch.setattr(models, "_expert_rows", reversed_bounds)
+    verdict = _load_parity(vllm_target, "mixtral", "single")
+    assert verdict.status == Status.FAIL and "(the engine's expert map) but holds expert" in verdict.message, verdict

@@ -18,8 +18,9 @@ that fails is listed there, so a disagreement here is read against it.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,6 +31,8 @@ from harness.strategies.model_checkpoints import ModelInput, logits_of, model_in
 from harness.targets.base import ModelLoaderCap, ModelRun
 from harness.tolerances import MODEL_LOGITS_BOUND, MODEL_LOGITS_TOLERANCE, Tolerance
 from harness.verdict import CheckSkipped, TargetError, harness_limit, not_applicable
+
+T = TypeVar("T")
 
 
 def check_model_parity(cap: ModelLoaderCap, family: Family, example: ModelInput) -> None:
@@ -69,30 +72,41 @@ SHRINK_LIMITS = {
 
 def transformers_logits(family: str, example: ModelInput, directory: Path,
                         writer: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """The checkpoint of `example` written in `directory`, and transformers' logits over its token ids (with the ids).
-    Where transformers gives nothing to hold an engine to: no model with a language-model head for the config, or
-    none it can build (its build failure is the transformers target's finding): not applicable; a family of
-    SHRINK_LIMITS: that harness limit. Its own model raising on its own checkpoint otherwise is a defect of
-    transformers: the transformers target's failure (`writer`), not applicable to any other engine."""
-    from harness.targets.transformers.saved_model import NoLanguageModel, write_model_checkpoint
+    """The checkpoint of `example` written in `directory`, and transformers' logits over its token ids (with the ids);
+    skips and failures as `from_transformers` says."""
+    from harness.targets.transformers.saved_model import write_model_checkpoint
+
+    def written() -> tuple[torch.Tensor, tuple[int, ...]]:
+        model = write_model_checkpoint(family, example.seed, directory)
+        ids = token_ids(example.seed, example.tokens, model.config.get_text_config().vocab_size)
+        return logits_of(model, ids), ids
+
+    return from_transformers(family, writer, written)
+
+
+def from_transformers(family: str, writer: bool, make: Callable[[], T]) -> T:
+    """`make()`, which builds, writes or runs the family's tiny transformers model. Where transformers gives nothing to
+    hold an engine to: no model with a language-model head for the config, or none it can build (its build failure is
+    the transformers target's finding): not applicable; a family of SHRINK_LIMITS: that harness limit. Its own model
+    raising otherwise is a defect of transformers: the transformers target's failure (`writer`), not applicable to
+    any other engine."""
+    from harness.targets.transformers.saved_model import NoLanguageModel
     from harness.targets.transformers.tiny_model import ModelBuildFailed, NoModelClass, one_line
 
     if family in SHRINK_LIMITS:
         raise CheckSkipped(harness_limit(f"our shrunk {family} config does not run a whole forward in transformers: "
                                          f"{SHRINK_LIMITS[family]}"))
     try:
-        model = write_model_checkpoint(family, example.seed, directory)
-        ids = token_ids(example.seed, example.tokens, model.config.get_text_config().vocab_size)
-        return logits_of(model, ids), ids
+        return make()
     except (NoLanguageModel, NoModelClass, ModelBuildFailed) as exc:
         raise CheckSkipped(not_applicable(f"transformers builds no language model from {family}'s config ({exc}): "
-                                          "no checkpoint and logits to hold an engine to")) from exc
+                                          "no checkpoint to hold an engine to")) from exc
     except Exception as exc:
         what = f"transformers' own {family} model raised on the checkpoint it wrote: {one_line(exc)}"
         if writer:
             raise TargetError(what, exc) from exc
-        raise CheckSkipped(not_applicable(f"{what} (the transformers target's model-parity reports it): no logits "
-                                          "to hold an engine to")) from exc
+        raise CheckSkipped(not_applicable(f"{what} (the transformers target's model-parity reports it): no "
+                                          "checkpoint to hold an engine to")) from exc
 
 
 MODEL_PARITY: Check[ModelLoaderCap] = Check(

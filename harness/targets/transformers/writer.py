@@ -1,0 +1,79 @@
+"""The checkpoint writer of load-parity in a Python process of its own, started once and kept: for an engine whose
+import changes transformers' classes in the process (vLLM's Transformers backend decorates every model class it
+serves, which transformers then cannot build alone), so that the checkpoint is always transformers' own. Requests are
+JSON lines on its stdin; the reply a line on its stdout starting with `REPLY`: nothing, or the skip the writing
+raised (reason and kind).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+from harness.verdict import CheckSkipped, SkipKind, SkipReason, skip_kind
+
+REPLY = "REPLY "
+
+
+class WriterFailed(RuntimeError):
+    """The writer process died, or raised something other than a skip."""
+
+
+class Writer:
+    """One writer process, started on first use and again after it died."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[str] | None = None
+
+    def write(self, family: str, seed: int, directory: Path) -> None:
+        """`write_checkpoint(family, seed, directory)` in the writer process; its skip raised here."""
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"family": family, "seed": seed, "directory": str(directory)}) + "\n")
+        self.process.stdin.flush()
+        tail: list[str] = []
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                reply = json.loads(line[len(REPLY):])
+                if "skip" in reply:
+                    raise CheckSkipped(SkipReason(reply["skip"], SkipKind(reply["kind"])))
+                if "error" in reply:
+                    raise WriterFailed(reply["error"])
+                return
+            tail = [*tail[-5:], line.rstrip()]
+        raise WriterFailed(f"the checkpoint writer exited {self.process.wait()}: {' / '.join(tail)}")
+
+    def stop(self) -> None:
+        """End the writer process."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def _serve(requests: IO[str]) -> None:
+    from harness.checks.load_parity import write_checkpoint
+
+    for line in requests:
+        request = json.loads(line)
+        try:
+            write_checkpoint(request["family"], request["seed"], Path(request["directory"]))
+            reply: dict[str, str] = {}
+        except CheckSkipped as skipped:
+            reply = {"skip": str(skipped.reason), "kind": str(skip_kind(skipped.reason))}
+        except Exception as exc:  # noqa: BLE001 - the parent reports it
+            reply = {"error": f"{type(exc).__name__}: {exc}"[:800]}
+        print(REPLY + json.dumps(reply), flush=True)
+
+
+WRITER = Writer()
+atexit.register(WRITER.stop)
+
+if __name__ == "__main__":
+    _serve(sys.stdin)

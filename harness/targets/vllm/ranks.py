@@ -1,0 +1,173 @@
+"""Sharded loading over `WORLD` rank processes started once and kept: each joins one gloo group (vLLM's distributed
+environment and model parallel groups of size `WORLD`), then loads every directory it is sent as vLLM serves it under
+the sharding named (tensor parallel, or expert parallel over the same ranks), writing what it holds to a folder the
+parent reads. A request is a JSON line on the rank's stdin; the reply a line on its stdout starting with `REPLY`.
+
+A rank that raises replies with vLLM's error (the target's error); one that dies or goes silent fails the load with
+its last output lines and the pool is started again on the next load.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import IO
+
+from safetensors.torch import load_file, save_file
+
+from harness.targets.base import LoadedParams
+from harness.verdict import CheckSkipped, SkipKind, SkipReason, skip_kind
+
+WORLD = 2
+REPLY = "REPLY "
+LOCK = Path.home() / ".cache" / "moe-harness" / "vllm-ranks.lock"
+# How long one load may take on every rank (the first one imports vLLM and joins the group).
+REPLY_TIMEOUT_S = 300
+
+
+class ShardedLoadFailed(RuntimeError):
+    """A rank raised while loading (vLLM's error, quoted), or died or went silent."""
+
+
+class RankPool:
+    """`WORLD` rank processes of one gloo group, started on first use."""
+
+    def __init__(self) -> None:
+        self.ranks: list[subprocess.Popen[str]] = []
+        self.tails: list[deque[str]] = []
+        self.folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def load(self, directory: Path, sharding: str) -> tuple[LoadedParams, ...]:
+        """What each rank holds of `directory` under `sharding` after vLLM's weight loading. One sharded load at a
+        time on the machine (a file lock): two pools loading at once (two harness workers) were seen to hang."""
+        LOCK.parent.mkdir(parents=True, exist_ok=True)
+        with LOCK.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._load(directory, sharding)
+
+    def _load(self, directory: Path, sharding: str) -> tuple[LoadedParams, ...]:
+        if not self.ranks or any(r.poll() is not None for r in self.ranks):
+            self._start()
+        assert self.folder is not None
+        out = Path(tempfile.mkdtemp(dir=self.folder.name))
+        request = json.dumps({"directory": str(directory), "sharding": sharding, "out": str(out)}) + "\n"
+        for rank in self.ranks:
+            assert rank.stdin is not None
+            rank.stdin.write(request)
+            rank.stdin.flush()
+        replies = self._replies()
+        if any(reply for reply in replies):
+            # A rank that raised may have left the other inside a collective it never joined: start afresh.
+            self.stop()
+        skips = [r for r in replies if "skip" in r]
+        if skips:
+            raise CheckSkipped(SkipReason(skips[0]["skip"], SkipKind(skips[0]["kind"])))
+        errors = [f"rank {i}: {r['error']}" for i, r in enumerate(replies) if "error" in r]
+        if errors:
+            raise ShardedLoadFailed("; ".join(errors))
+        return tuple(_read(out, rank) for rank in range(WORLD))
+
+    def _start(self) -> None:
+        self.stop()
+        self.folder = tempfile.TemporaryDirectory(prefix="moe-harness-vllm-ranks-")
+        rendezvous = Path(self.folder.name) / "rendezvous"
+        self.ranks = [subprocess.Popen([sys.executable, "-m", __name__, str(rank), str(rendezvous)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, bufsize=1) for rank in range(WORLD)]
+        self.tails = [deque(maxlen=8) for _ in range(WORLD)]
+
+    def _replies(self) -> list[dict[str, str]]:
+        selector = selectors.DefaultSelector()
+        for i, rank in enumerate(self.ranks):
+            assert rank.stdout is not None
+            selector.register(rank.stdout, selectors.EVENT_READ, i)
+        replies: dict[int, dict[str, str]] = {}
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while len(replies) < WORLD:
+            ready = selector.select(timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self._fail(f"no reply within {REPLY_TIMEOUT_S} s")
+            for event, _ in ready:
+                i = event.data
+                line = self.ranks[i].stdout.readline()  # type: ignore[union-attr]
+                if not line:
+                    selector.unregister(event.fileobj)
+                    self._fail(f"rank {i} exited {self.ranks[i].wait()}")
+                if line.startswith(REPLY):
+                    replies[i] = json.loads(line[len(REPLY):])
+                else:
+                    self.tails[i].append(line.rstrip())
+        selector.close()
+        return [replies[i] for i in range(WORLD)]
+
+    def _fail(self, what: str) -> None:
+        tails = " | ".join(f"rank {i}: " + " / ".join(t) for i, t in enumerate(self.tails) if t)
+        self.stop()
+        raise ShardedLoadFailed(f"{what}; last output: {tails or '(none)'}")
+
+    def stop(self) -> None:
+        """End the rank processes and remove their folder."""
+        for rank in self.ranks:
+            rank.kill()
+            rank.wait()
+        self.ranks = []
+        if self.folder is not None:
+            self.folder.cleanup()
+            self.folder = None
+
+
+def _read(out: Path, rank: int) -> LoadedParams:
+    told = json.loads((out / f"rank{rank}.json").read_text())
+    return LoadedParams(load_file(out / f"rank{rank}.safetensors"),
+                        {k: tuple(v) for k, v in told["experts"].items()}, rank,
+                        load_file(out / f"rank{rank}.buffers.safetensors"), told["derived"], told["reordered"],
+                        told["unused"])
+
+
+def _serve(rank: int, rendezvous: Path, requests: IO[str]) -> None:
+    """Join the group, then answer load requests until stdin closes."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+
+    from harness.targets.vllm.models import engine_config, limits_as_skips, loaded_params
+
+    with set_current_vllm_config(VllmConfig()):
+        init_distributed_environment(world_size=WORLD, rank=rank, distributed_init_method=f"file://{rendezvous}",
+                                     local_rank=rank, backend="gloo")
+        initialize_model_parallel(WORLD, 1)
+    for line in requests:
+        request = json.loads(line)
+        out = Path(request["out"])
+        try:
+            with limits_as_skips():
+                loaded = loaded_params(engine_config(Path(request["directory"]), request["sharding"]), rank)
+            save_file({k: v.contiguous() for k, v in loaded.params.items()}, out / f"rank{rank}.safetensors")
+            save_file({k: v.contiguous() for k, v in loaded.buffers.items()}, out / f"rank{rank}.buffers.safetensors")
+            (out / f"rank{rank}.json").write_text(json.dumps({
+                "experts": {k: list(v) for k, v in loaded.experts.items()}, "derived": loaded.derived,
+                "reordered": loaded.reordered, "unused": loaded.unused}))
+            reply = {}
+        except CheckSkipped as skipped:
+            reply = {"skip": str(skipped.reason), "kind": str(skip_kind(skipped.reason))}
+        except Exception as exc:  # noqa: BLE001 - vLLM's error is the reply
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            reply = {"error": f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"[:800]}
+        print(REPLY + json.dumps(reply), flush=True)
+
+
+POOL = RankPool()
+atexit.register(POOL.stop)
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    _serve(int(sys.argv[1]), Path(sys.argv[2]), sys.stdin)
