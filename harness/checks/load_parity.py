@@ -28,7 +28,6 @@ import torch
 
 from harness.assertions import fail
 from harness.checks.base import Check, call_target
-from harness.checks.model_parity import from_transformers
 from harness.families import Family
 from harness.strategies.fingerprints import (
     Fingerprints,
@@ -38,6 +37,7 @@ from harness.strategies.fingerprints import (
     load_inputs,
 )
 from harness.targets.base import LoadedParams, WeightLoaderCap
+from harness.targets.transformers.written import write_checkpoint
 from harness.verdict import CheckSkipped, harness_limit
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|layer|h)\.(\d+)\.")
@@ -68,21 +68,6 @@ def check_load_parity(cap: WeightLoaderCap, family: Family, example: LoadInput) 
              f"{len(problems)} problem(s); the first {min(len(problems), SHOWN)}:\n  " + "\n  ".join(problems[:SHOWN]),
              problems[0], "every parameter exactly its slice of the checkpoint, every checkpoint element loaded once",
              problems=problems[:SHOWN])
-
-
-def write_checkpoint(family: str, seed: int, directory: Path) -> None:
-    """The family's checkpoint written in `directory` and its config.json read back by transformers; where transformers
-    cannot (no language model, a build failure, a config it cannot read back: its own defects), the skip
-    `from_transformers` says."""
-    from transformers import AutoConfig
-
-    from harness.targets.transformers.saved_model import write_model_checkpoint
-
-    def written() -> None:
-        write_model_checkpoint(family, seed, directory)
-        AutoConfig.from_pretrained(directory, local_files_only=True)
-
-    from_transformers(family, False, written)
 
 
 def judge(prints: Fingerprints, ranks: tuple[LoadedParams, ...],

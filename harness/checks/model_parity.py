@@ -18,9 +18,8 @@ that fails is listed there, so a disagreement here is read against it.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -29,10 +28,8 @@ from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.model_checkpoints import ModelInput, logits_of, model_inputs, token_ids
 from harness.targets.base import ModelLoaderCap, ModelRun
+from harness.targets.transformers.written import from_transformers
 from harness.tolerances import MODEL_LOGITS_BOUND, MODEL_LOGITS_TOLERANCE, Tolerance
-from harness.verdict import CheckSkipped, TargetError, harness_limit, not_applicable
-
-T = TypeVar("T")
 
 
 def check_model_parity(cap: ModelLoaderCap, family: Family, example: ModelInput) -> None:
@@ -60,16 +57,6 @@ def describe(example: ModelInput) -> dict[str, Any]:
                        "directory)"}
 
 
-# Families whose tiny model transformers builds but cannot save or run a whole forward because of our shrink (a listed
-# limit, to fix in harness/tiny_configs.py; the full-size configs run).
-SHRINK_LIMITS = {
-    "glm4v_moe": "the shrunk rotary width no longer holds its mrope_section [8, 12, 12] (split_with_sizes raises)",
-    "mimo_v2_flash": "the shrunk sliding-window attention ends with zero key heads (a shape error in eager attention)",
-    "qwen3_omni_moe": "the shrunk model holds no floating-point parameter (save_pretrained's dtype lookup raises "
-                      "StopIteration)",
-}
-
-
 def transformers_logits(family: str, example: ModelInput, directory: Path,
                         writer: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
     """The checkpoint of `example` written in `directory`, and transformers' logits over its token ids (with the ids);
@@ -82,31 +69,6 @@ def transformers_logits(family: str, example: ModelInput, directory: Path,
         return logits_of(model, ids), ids
 
     return from_transformers(family, writer, written)
-
-
-def from_transformers(family: str, writer: bool, make: Callable[[], T]) -> T:
-    """`make()`, which builds, writes or runs the family's tiny transformers model. Where transformers gives nothing to
-    hold an engine to: no model with a language-model head for the config, or none it can build (its build failure is
-    the transformers target's finding): not applicable; a family of SHRINK_LIMITS: that harness limit. Its own model
-    raising otherwise is a defect of transformers: the transformers target's failure (`writer`), not applicable to
-    any other engine."""
-    from harness.targets.transformers.saved_model import NoLanguageModel
-    from harness.targets.transformers.tiny_model import ModelBuildFailed, NoModelClass, one_line
-
-    if family in SHRINK_LIMITS:
-        raise CheckSkipped(harness_limit(f"our shrunk {family} config does not run a whole forward in transformers: "
-                                         f"{SHRINK_LIMITS[family]}"))
-    try:
-        return make()
-    except (NoLanguageModel, NoModelClass, ModelBuildFailed) as exc:
-        raise CheckSkipped(not_applicable(f"transformers builds no language model from {family}'s config ({exc}): "
-                                          "no checkpoint to hold an engine to")) from exc
-    except Exception as exc:
-        what = f"transformers' own {family} model raised on the checkpoint it wrote: {one_line(exc)}"
-        if writer:
-            raise TargetError(what, exc) from exc
-        raise CheckSkipped(not_applicable(f"{what} (the transformers target's model-parity reports it): no "
-                                          "checkpoint to hold an engine to")) from exc
 
 
 MODEL_PARITY: Check[ModelLoaderCap] = Check(

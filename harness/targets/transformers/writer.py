@@ -58,7 +58,7 @@ class Writer:
 
 
 def _serve(requests: IO[str]) -> None:
-    from harness.checks.load_parity import write_checkpoint
+    from harness.targets.transformers.written import write_checkpoint
 
     for line in requests:
         request = json.loads(line)

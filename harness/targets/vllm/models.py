@@ -10,7 +10,9 @@ Imports vLLM only inside functions.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from harness.targets.base import LoadedParams
-from harness.targets.vllm.ranks import POOL, WORLD
+from harness.targets.vllm.ranks import POOL, WORLD, serve
 from harness.targets.vllm.runtime import inspection_in_process
 from harness.verdict import CheckSkipped, harness_limit, not_applicable
 
@@ -201,3 +203,13 @@ def load(directory: Path, sharding: str) -> tuple[LoadedParams, ...]:
         with limits_as_skips():
             return (loaded_params(engine_config(directory, sharding)),)
     return POOL.load(directory, sharding)
+
+
+def _load_rank(directory: Path, sharding: str, rank: int) -> LoadedParams:
+    with limits_as_skips():
+        return loaded_params(engine_config(directory, sharding), rank)
+
+
+if __name__ == "__main__":  # a rank process of ranks.RankPool
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    serve(int(sys.argv[1]), Path(sys.argv[2]), sys.stdin, _load_rank)

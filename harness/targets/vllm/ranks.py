@@ -1,7 +1,8 @@
 """Sharded loading over `WORLD` rank processes started once and kept: each joins one gloo group (vLLM's distributed
 environment and model parallel groups of size `WORLD`), then loads every directory it is sent as vLLM serves it under
 the sharding named (tensor parallel, or expert parallel over the same ranks), writing what it holds to a folder the
-parent reads. A request is a JSON line on the rank's stdin; the reply a line on its stdout starting with `REPLY`.
+parent reads (the rank process runs `models.py`, which hands `serve` vLLM's loading). A request is a JSON line on the
+rank's stdin; the reply a line on its stdout starting with `REPLY`.
 
 A rank that raises replies with vLLM's error (the target's error); one that dies or goes silent fails the load with
 its last output lines and the pool is started again on the next load.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
-import os
 import selectors
 import subprocess
 import sys
@@ -20,6 +20,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +31,8 @@ from harness.verdict import CheckSkipped, SkipKind, SkipReason, skip_kind
 
 WORLD = 2
 REPLY = "REPLY "
+# The module a rank process runs (`python -m RANK_MODULE RANK RENDEZVOUS`): it calls `serve` with vLLM's loading.
+RANK_MODULE = "harness.targets.vllm.models"
 LOCK = Path.home() / ".cache" / "moe-harness" / "vllm-ranks.lock"
 # How long one load may take on every rank (the first one imports vLLM and joins the group).
 REPLY_TIMEOUT_S = 300
@@ -81,7 +84,7 @@ class RankPool:
         self.stop()
         self.folder = tempfile.TemporaryDirectory(prefix="moe-harness-vllm-ranks-")
         rendezvous = Path(self.folder.name) / "rendezvous"
-        self.ranks = [subprocess.Popen([sys.executable, "-m", __name__, str(rank), str(rendezvous)],
+        self.ranks = [subprocess.Popen([sys.executable, "-m", RANK_MODULE, str(rank), str(rendezvous)],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1) for rank in range(WORLD)]
         self.tails = [deque(maxlen=8) for _ in range(WORLD)]
@@ -134,12 +137,11 @@ def _read(out: Path, rank: int) -> LoadedParams:
                         told["unused"])
 
 
-def _serve(rank: int, rendezvous: Path, requests: IO[str]) -> None:
-    """Join the group, then answer load requests until stdin closes."""
+def serve(rank: int, rendezvous: Path, requests: IO[str], load: Callable[[Path, str, int], LoadedParams]) -> None:
+    """Join the group, then answer load requests until stdin closes: `load(directory, sharding, rank)` is vLLM's
+    loading on this rank (its skips replied as skips)."""
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
-
-    from harness.targets.vllm.models import engine_config, limits_as_skips, loaded_params
 
     with set_current_vllm_config(VllmConfig()):
         init_distributed_environment(world_size=WORLD, rank=rank, distributed_init_method=f"file://{rendezvous}",
@@ -149,8 +151,7 @@ def _serve(rank: int, rendezvous: Path, requests: IO[str]) -> None:
         request = json.loads(line)
         out = Path(request["out"])
         try:
-            with limits_as_skips():
-                loaded = loaded_params(engine_config(Path(request["directory"]), request["sharding"]), rank)
+            loaded = load(Path(request["directory"]), request["sharding"], rank)
             save_file({k: v.contiguous() for k, v in loaded.params.items()}, out / f"rank{rank}.safetensors")
             save_file({k: v.contiguous() for k, v in loaded.buffers.items()}, out / f"rank{rank}.buffers.safetensors")
             (out / f"rank{rank}.json").write_text(json.dumps({
@@ -167,7 +168,3 @@ def _serve(rank: int, rendezvous: Path, requests: IO[str]) -> None:
 
 POOL = RankPool()
 atexit.register(POOL.stop)
-
-if __name__ == "__main__":
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    _serve(int(sys.argv[1]), Path(sys.argv[2]), sys.stdin)
