@@ -200,12 +200,12 @@ def load(directory: Path, sharding: str) -> tuple[LoadedParams, ...]:
         from harness.targets.vllm.runtime import vllm_config
 
         vllm_config()  # the process's one-rank group, which every model built here shares
-        with limits_as_skips():
-            return (loaded_params(engine_config(directory, sharding)),)
+        return (_load_rank(directory, sharding, 0),)
     return POOL.load(directory, sharding)
 
 
 def _load_rank(directory: Path, sharding: str, rank: int) -> LoadedParams:
+    """What this process (rank `rank` of its group) holds after vLLM's loading; vLLM's limits here as skips."""
     with limits_as_skips():
         return loaded_params(engine_config(directory, sharding), rank)
 
