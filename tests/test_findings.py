@@ -1,6 +1,7 @@
 """The findings store (harness/targets/<package>/findings/<target>.toml) holds what it claims.
 
-Each reproducer, run alone in a fresh process, still shows its defect (an entry whose reproducer exits 0 is
+Each reproducer, run alone in a fresh process (a fork of one that imported the heavy libraries once,
+harness/reproducers.py), still shows its defect (an entry whose reproducer exits 0 is
 stale); each pin replays its finding under the `repro` profile (no generation at all), so the suite keeps every
 real-target failure without the example database; a signature tells its failure from a different one.
 """
@@ -8,9 +9,9 @@ real-target failure without the example database; a signature tells its failure 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from harness.engine import _failure_record, run_case
 from harness.families import get_family
 from harness.findings import Finding, all_findings, finding_files
 from harness.pins import BUILDERS, Pin, all_pins
+from harness.reproducers import ReproducerServer
 from harness.targets import BUILTIN, TargetUnavailable, load_target
 from harness.targets.base import Target
 from harness.tiny_configs import discover_moe_families
@@ -65,15 +67,27 @@ def test_every_reproducer_is_its_own() -> None:
     assert not shared, f"reproducers shared word for word by several entries: {shared}"
 
 
+@pytest.fixture(scope="session")
+def reproducer_servers() -> Iterator[dict[str, ReproducerServer]]:
+    """One reproducer server per Python, started on first use, for this test process."""
+    servers: dict[str, ReproducerServer] = {}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
 @pytest.mark.parametrize("finding", [f for f in all_findings() if f.reproducer], ids=_id)
-def test_reproducer_still_shows_its_defect(finding: Finding) -> None:
+def test_reproducer_still_shows_its_defect(finding: Finding, reproducer_servers: dict[str, ReproducerServer]) -> None:
     _target(finding.target)  # vllm's entries run only where vllm imports
     if finding.target == "transformers" and finding.family not in discover_moe_families():
         pytest.skip(f"this transformers has no family {finding.family}: its reproducer would raise for that alone")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    run = subprocess.run([_python_of(finding.target), "-c", finding.reproducer], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=REPRODUCER_TIMEOUT_S)
+    python = _python_of(finding.target)
+    if python not in reproducer_servers:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        reproducer_servers[python] = ReproducerServer(python, ROOT, env)
+    run = reproducer_servers[python].run(finding.reproducer, REPRODUCER_TIMEOUT_S)
+    assert not run.timed_out, f"{_id(finding)}'s reproducer ran past {REPRODUCER_TIMEOUT_S} s:\n{run.stderr[-2000:]}"
     assert run.returncode != 0, (f"stale finding: {_id(finding)}'s reproducer no longer shows the defect "
                                  f"({finding.reason}); delete the entry, or keep its pin as `regression = true`")
     last = (run.stderr.strip().splitlines() or [""])[-1]
