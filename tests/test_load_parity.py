@@ -124,3 +124,47 @@ def test_declared_derived_reordered_and_unused_tensors_pass_and_nothing_else(che
     del params["model.norm.weight"]
     assert _judge(checkpoint, params, unused={"model.norm.weight": "never read"},
                   reordered=declared["reordered"]) == []
+
+
+def _mapping(gate: str = "w1", up: str = "w3", down: str = "w2", ids: tuple[int, ...] = tuple(range(E)),
+             shards: tuple[str, str] = ("w1", "w3")) -> tuple[tuple[str, str, int, str], ...]:
+    """An expert params mapping as vLLM declares one: expert `e`'s checkpoint names point at the expert `ids[e]`."""
+    return tuple(entry for e in range(E) for entry in (
+        ("experts.w13_", f"experts.{e}.{gate}.", ids[e], shards[0]),
+        ("experts.w13_", f"experts.{e}.{up}.", ids[e], shards[1]),
+        ("experts.w2_", f"experts.{e}.{down}.", ids[e], "w2")))
+
+
+def _judge_mapping(checkpoint, mapping: tuple[tuple[str, str, int, str], ...]) -> list[str]:
+    """The faithful load, its parameters named as vLLM names them (w13_weight), with `mapping` declared."""
+    prints, written = checkpoint
+    params = {n.replace("experts.w13", "experts.w13_weight").replace("experts.w2", "experts.w2_weight"): t
+              for n, t in _faithful(written).items()}
+    experts = {n: tuple(range(E)) for n in params if "experts.w" in n}
+    parts = (("w13_weight", PARTS[0][1]),)
+    return judge(prints, (LoadedParams(params, experts, expert_mapping=mapping),), parts)
+
+
+def test_a_declared_mapping_that_agrees_with_the_load_passes(checkpoint) -> None:
+    assert _judge_mapping(checkpoint, _mapping()) == []
+
+
+def test_a_declared_mapping_naming_other_experts_than_the_load_is_named(checkpoint) -> None:
+    problems = _judge_mapping(checkpoint, _mapping(ids=(1, 0, 2, 3)))
+    assert any(p.startswith("model.layers.0.mlp.experts.0.w1.weight: get_expert_mapping() says 'experts.0.w1.' -> "
+                            "'experts.w13_', expert 1, shard w1, but loading put it in "
+                            "model.layers.0.mlp.experts.w13_weight row 0 part 0") for p in problems), problems
+
+
+def test_a_declared_mapping_with_gate_and_up_swapped_is_named(checkpoint) -> None:
+    problems = _judge_mapping(checkpoint, _mapping(shards=("w3", "w1")))
+    assert any("experts.0.w1.weight: get_expert_mapping() says 'experts.0.w1.' -> 'experts.w13_', expert 0, shard w3"
+               in p for p in problems), problems
+
+
+def test_a_declared_mapping_for_another_checkpoint_layout_is_named(checkpoint) -> None:
+    problems = _judge_mapping(checkpoint, _mapping("gate_proj", "up_proj", "down_proj"))
+    assert problems == ["get_expert_mapping() names no key of the checkpoint (its weight names: ['experts.0.down_proj.',"
+                        " 'experts.0.gate_proj.', 'experts.0.up_proj.']..., the checkpoint's: "
+                        "['model.layers.0.mlp.experts.0.w1.weight', 'model.layers.0.mlp.experts.0.w2.weight', "
+                        "'model.layers.0.mlp.experts.0.w3.weight']...)"], problems

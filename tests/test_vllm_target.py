@@ -128,6 +128,26 @@ def test_load_parity_catches_a_loader_that_swaps_two_experts(vllm_target, monkey
 
 
 @needs_vllm
+def test_load_parity_catches_a_declared_expert_mapping_that_disagrees_with_the_load(vllm_target, monkeypatch) -> None:
+    """DeepSeek-V2's `get_expert_mapping()` patched to name each expert's checkpoint tensors as the next expert's (what
+    a mapping built over other expert ids than `load_weights` uses declares); its load is untouched."""
+    from vllm.model_executor.models.deepseek_v2 import DeepseekV2ForCausalLM
+
+    own = DeepseekV2ForCausalLM.get_expert_mapping
+
+    def shifted(self):
+        mapping = own(self)
+        experts = 1 + max(e for _, _, e, _ in mapping)
+        return [(p, w, (e + 1) % experts, s) for p, w, e, s in mapping]
+
+    monkeypatch.setattr(DeepseekV2ForCausalLM, "get_expert_mapping", shifted)
+    verdict = _load_parity(vllm_target, "deepseek_v2", "single")
+    assert verdict.status == Status.FAIL, verdict
+    assert "get_expert_mapping() says 'experts.0.gate_proj.' -> 'experts.routed_experts.w13_', expert 1, shard w1, but " \
+           "loading put it in" in verdict.message, verdict.message
+
+
+@needs_vllm
 def test_load_parity_catches_rows_holding_other_experts_than_the_expert_map_says(vllm_target, monkeypatch) -> None:
     """The expert map read as the other half of the experts (what reversed start/end bounds give a rank): the rows vLLM
     loaded no longer hold the experts the map routes to them."""

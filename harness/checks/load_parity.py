@@ -10,7 +10,9 @@ what each parameter holds:
 - every parameter holds its layer's tensors (the layer index in its name and the key's agree), a row of a stacked
   experts parameter holds the expert the engine says that row is (its expert map), and each piece of a checkpoint
   tensor in a parameter is a slice of it (a regular, possibly transposed, block: not a reshape that scrambles it);
-- a fused parameter stacks its parts in the order the engine declares (gate before up, q before k before v).
+- a fused parameter stacks its parts in the order the engine declares (gate before up, q before k before v);
+- where the engine declares an expert params mapping, each per-expert key is where the mapping says
+  (`harness/checks/expert_mapping_agreement.py`).
 What the engine does on purpose it declares per rank, each with the reason its code gives (`LoadedParams.derived`,
 `reordered`, `unused`): only those tensors are judged less strictly. A failure names the parameter, the checkpoint key
 it holds or should hold and what it holds instead.
@@ -28,6 +30,7 @@ import torch
 
 from harness.assertions import fail
 from harness.checks.base import Check, call_target
+from harness.checks.expert_mapping_agreement import mapping_disagreements
 from harness.families import Family
 from harness.strategies.fingerprints import (
     Fingerprints,
@@ -95,6 +98,7 @@ def judge(prints: Fingerprints, ranks: tuple[LoadedParams, ...],
             if unused in prints.keys:
                 count[_ordinals_of(prints, unused)] += 1
         problems += [tag + line for line in _twice(count, held, prints)]
+        problems += [tag + line for line in mapping_disagreements(prints, loaded)]
         loaded_anywhere |= count > 0
     problems += list(_never_loaded(loaded_anywhere, prints, len(ranks)))
     return problems

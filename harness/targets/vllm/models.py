@@ -80,6 +80,7 @@ def loaded_params(config: Any, rank: int = 0) -> LoadedParams:
             for param in model.parameters():
                 param.fill_(float("nan"))
         loader.load_weights(model, config.model_config)
+        declared = _declared_expert_mapping(model)
     # A tensor that is a view of one already taken (a Mamba mixer's conv_weights of its conv1d.weight) is that one.
     storages: set[int] = set()
     params = {name: p.detach().clone() for name, p in model.named_parameters() if _first_view(p, storages)}
@@ -89,7 +90,21 @@ def loaded_params(config: Any, rank: int = 0) -> LoadedParams:
     cls = type(model).__name__
     reordered = {n: why for n in params for suffix, why in REORDERED.get(cls, ()) if n.endswith(suffix)}
     unused = {k: why for k in keys for part, why in UNUSED.get(cls, ()) if part in k}
-    return LoadedParams(params, _expert_rows(model), rank, buffers, _derived(params, keys), reordered, unused)
+    return LoadedParams(params, _expert_rows(model), rank, buffers, _derived(params, keys), reordered, unused,
+                        tuple((str(p), str(w), int(e), str(s)) for p, w, e, s in declared))
+
+
+def _declared_expert_mapping(model: torch.nn.Module) -> list[tuple[str, str, int, str]]:
+    """The expert params mapping the model declares (its own or its inner model's `get_expert_mapping()`, which its
+    `load_weights` and vLLM's expert load balancing read), or none: each MoE layer's own, relative to that layer, is
+    what its weight loader applies."""
+    from vllm.model_executor.layers.fused_moe import RoutedExperts
+
+    for module in model.modules():
+        declare = getattr(module, "get_expert_mapping", None)
+        if callable(declare) and not isinstance(module, RoutedExperts):
+            return list(declare())
+    return []
 
 
 def _first_view(tensor: torch.Tensor, storages: set[int]) -> bool:

@@ -134,7 +134,7 @@ def _read(out: Path, rank: int) -> LoadedParams:
     return LoadedParams(load_file(out / f"rank{rank}.safetensors"),
                         {k: tuple(v) for k, v in told["experts"].items()}, rank,
                         load_file(out / f"rank{rank}.buffers.safetensors"), told["derived"], told["reordered"],
-                        told["unused"])
+                        told["unused"], tuple((p, w, int(e), s) for p, w, e, s in told["expert_mapping"]))
 
 
 def serve(rank: int, rendezvous: Path, requests: IO[str], load: Callable[[Path, str, int], LoadedParams]) -> None:
@@ -156,7 +156,7 @@ def serve(rank: int, rendezvous: Path, requests: IO[str], load: Callable[[Path, 
             save_file({k: v.contiguous() for k, v in loaded.buffers.items()}, out / f"rank{rank}.buffers.safetensors")
             (out / f"rank{rank}.json").write_text(json.dumps({
                 "experts": {k: list(v) for k, v in loaded.experts.items()}, "derived": loaded.derived,
-                "reordered": loaded.reordered, "unused": loaded.unused}))
+                "reordered": loaded.reordered, "unused": loaded.unused, "expert_mapping": loaded.expert_mapping}))
             reply = {}
         except CheckSkipped as skipped:
             reply = {"skip": str(skipped.reason), "kind": str(skip_kind(skipped.reason))}
