@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     # The bare main job (no target or check named, here or in the run that started this one) keeps to each target's
     # own families.
     broad = bool(args.target and not getattr(args, "main_job", False) or args.check)
-    selection = plan([s for s in specs if s not in away], args.check, args.family, broad)
+    selection = plan([s for s in specs if s not in away], args.check, args.family, broad, args.stream is not None)
     selection.missing = [env_targets.blame_environment(m) for m in selection.missing]
     promote = args.promote if args.promote is not None else args.profile == PROMOTING_PROFILE
     options = RunOptions(args.profile, args.max_examples, args.seed,
@@ -246,13 +246,15 @@ def _remote_argv(args: argparse.Namespace, spec: str) -> list[str]:
 def _stream(args: argparse.Namespace, selection: Plan, options: RunOptions) -> int:
     """The run as events on file descriptor --stream, for the process that started this one in an environment."""
     from harness.environments.launch import emit
-    from harness.runner import run_cases, unavailable_results
+    from harness.runner import absent_results, run_cases, unavailable_results
 
     with os.fdopen(args.stream, "w") as out:
         infos = [TargetInfo.of(spec, target) for spec, target in selection.targets]
         infos += [TargetInfo.unloaded(m.spec, m.reason, m.error) for m in selection.missing]
-        emit(out, plan=len(selection.cases), targets=[asdict(i) for i in infos], not_offered=selection.not_offered)
-        for result in unavailable_results(selection.missing, selection.checks):
+        absent = absent_results(selection)
+        emit(out, plan=len(selection.cases) + len(absent), targets=[asdict(i) for i in infos],
+             not_offered=selection.not_offered)
+        for result in unavailable_results(selection.missing, selection.checks) + absent:
             emit(out, result=result.to_dict())
         try:
             for _, result in run_cases(selection.cases, options, args.workers):

@@ -22,7 +22,7 @@ from harness.engine import execute, quiet_libraries, reproduce_command
 from harness.families import get_family
 from harness.outcome import CaseResult
 from harness.pseudo_families import NO_FAMILY
-from harness.selection import Case, Missing
+from harness.selection import Case, Missing, Plan
 from harness.targets import load_target
 from harness.targets.base import Target
 from harness.verdict import ErrorKind, SkipKind, Status, Verdict
@@ -142,6 +142,19 @@ def unavailable_results(missing: list[Missing], checks: list[str]) -> list[CaseR
     """One result per check for each target that did not load: skip when a dependency is missing here,
     error when the target's own code raised. Family "*": no family of it ran."""
     return [CaseResult(_unavailable(check, m), spec=m.spec) for m in missing for check in checks]
+
+
+def absent_results(selection: Plan) -> list[CaseResult]:
+    """A not-applicable skip for each target, check offered and family of the selection's that this environment's
+    transformers does not have."""
+    from transformers import __version__
+
+    offered = set(selection.not_offered)
+    return [CaseResult(Verdict(check, spec, family, Status.SKIP, None,
+                               f"transformers {__version__} of this environment has no family {family}",
+                               skip_kind=SkipKind.NOT_APPLICABLE), spec=spec)
+            for spec, _ in selection.targets for check in selection.checks if (spec, check) not in offered
+            for family in selection.absent]
 
 
 def _unavailable(check: str, missing: Missing) -> Verdict:

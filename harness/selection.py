@@ -52,6 +52,9 @@ class Plan:
     # (spec, check) pairs left out because the target provides no capability for the check (only when the
     # checks were not named: a check named on the command line gets its not-applicable case)
     not_offered: list[tuple[str, str]] = field(default_factory=list)
+    # Families named that this process's transformers does not have, in a run started by another harness process
+    # that validated them against its own (an environment's transformers can be older): each a not-applicable skip.
+    absent: list[str] = field(default_factory=list)
 
 
 def _validate(kind: str, kinds: str, names: Iterable[str], valid: Iterable[str]) -> None:
@@ -75,16 +78,19 @@ def try_load(spec: str) -> Target | Missing:
 
 def plan(
     targets: list[str] | None = None, checks: list[str] | None = None, families: list[str] | None = None,
-    broad: bool = True,
+    broad: bool = True, validated: bool = False,
 ) -> Plan:
     """Every case of the selection, in target, check, family order, and the targets that did not load. `broad`: a
     capability's own breadth (`runs_over`) applies; the bare main job runs without it, so that it stays a few
-    minutes."""
+    minutes. `validated`: the families were validated by the process that started this one (a family unknown here
+    is `absent`, not a usage error)."""
     check_names = checks or list(CHECKS)
     _validate("check", "checks", check_names, CHECKS)
+    known = (*discover_moe_families(), SYNTHETIC, ANY_FAMILY)
+    absent = [f for f in families or [] if f not in known] if validated else []
     if families:
-        _validate("family", "families", families, (*discover_moe_families(), SYNTHETIC, ANY_FAMILY))
-    result = Plan(checks=check_names)
+        _validate("family", "families", [f for f in families if f not in absent], known)
+    result = Plan(checks=check_names, absent=absent)
     for spec in dict.fromkeys(DEFAULT_TARGETS if targets is None else targets):
         loaded = try_load(spec)
         if isinstance(loaded, Missing):
@@ -104,7 +110,7 @@ def plan(
                 if families and family not in families and ANY_FAMILY not in wanted:
                     continue
                 result.cases.append(Case(check, target, get_family(family), spec))
-    if result.targets and not result.cases and not result.not_offered:
+    if result.targets and not result.cases and not result.not_offered and not result.absent:
         runs_over = {n: CHECKS[n].families or tuple(DEFAULT_FAMILIES) for n in check_names}
         raise UsageError("no case matches: " + "; ".join(f"{n} runs over {', '.join(f)}" for n, f in runs_over.items()))
     return result

@@ -412,3 +412,14 @@ def test_assert_valid_selection_allows_ties_and_names_a_worse_pick() -> None:
         assert_valid_selection(scores, torch.tensor([[0, 3]]), 2)
     assert info.value.details["observed"] == [0, 3] and info.value.details["expected"] == [0, 1]
     assert info.value.message.startswith("routing: token 0 picks an expert") and info.value.tolerance
+
+
+def test_a_per_family_remap_is_judged_for_the_family_it_serves() -> None:
+    """An engine with one remap per model class (`RemapCap.for_family`): the family served by a broken class fails,
+    another family passes, each judged with its own class's remap."""
+    good = make_target().remap
+    cap = dataclasses.replace(good, for_family=lambda family: dataclasses.replace(good, fn=_remap_swaps_gate_up)
+                              if family == "mixtral" else good)
+    target = _broken(remap=cap)
+    assert run_case(CHECKS["remap-idempotence"], target, get_family("mixtral"), max_examples=20).status == Status.FAIL
+    assert run_case(CHECKS["remap-idempotence"], target, get_family("qwen3_moe"), max_examples=20).status == Status.PASS

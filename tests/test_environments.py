@@ -13,7 +13,7 @@ from harness.environments.declaration import DeclarationError, read_declarations
 from harness.environments.registry import builtin_environments, environment_for
 from harness.exit_codes import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION
 from harness.reports.directory import load_report
-from harness.verdict import ErrorKind, Status
+from harness.verdict import ErrorKind, SkipKind, Status
 
 ADAPTER = """\
 import os
@@ -181,3 +181,21 @@ def test_env_python_runs_the_environments_python_with_the_harness_and_its_exit_c
     out = capfd.readouterr().out
     assert code == 5
     assert f"{builder.cache_root()}" in out and out.rstrip().endswith("adapter:target")
+
+
+def test_a_family_the_environment_lacks_is_a_skip_there_not_a_usage_error() -> None:
+    """A run started in an environment gets the families its starter validated; one this environment's (older)
+    transformers lacks is a not-applicable skip of each case, where a run of its own would refuse the name."""
+    from harness.exit_codes import UsageError
+    from harness.runner import absent_results
+    from harness.selection import plan
+
+    with pytest.raises(UsageError, match="unknown family 'from_a_newer_transformers'"):
+        plan(["reference"], ["routing-parity"], ["from_a_newer_transformers"])
+    selection = plan(["reference"], ["routing-parity"], ["from_a_newer_transformers", "mixtral"], validated=True)
+    assert selection.absent == ["from_a_newer_transformers"]
+    assert [c.family.name for c in selection.cases] == ["mixtral"]
+    [skipped] = absent_results(selection)
+    assert (skipped.verdict.status, skipped.verdict.skip_kind, skipped.verdict.family) == (
+        Status.SKIP, SkipKind.NOT_APPLICABLE, "from_a_newer_transformers")
+    assert "of this environment has no family from_a_newer_transformers" in skipped.verdict.message

@@ -23,6 +23,7 @@ def doubled_segment(key: str) -> str | None:
 
 
 def check_remap(cap: RemapCap, family: Family, ckpt: CheckpointKeys) -> None:
+    cap = cap.of(family.name)
     keys = ckpt.keys()
     mapped = {k: call_target(f"remap({k!r})", cap.fn, k, returns=str) for k in keys}
     for key, once in mapped.items():
@@ -67,7 +68,7 @@ def describe(ckpt: CheckpointKeys) -> dict[str, Any]:
 
 
 def _schemas(cap: RemapCap, family: Family) -> tuple:
-    return tuple(s for s in cap.accepts if s.prefix == family.schema.prefix)
+    return tuple(s for s in cap.of(family.name).accepts if s.prefix == family.schema.prefix)
 
 
 def _excludes(cap: RemapCap, family: Family, target_name: str) -> str | None:
@@ -80,7 +81,7 @@ REMAP: Check[RemapCap] = Check(
     name="remap-idempotence",
     capability="remap",
     summary="r(r(k)) == r(k); target names are fixed points; no doubled segment; injective; one key per parameter",
-    draws=lambda cap, family: checkpoint_keys(_schemas(cap, family), cap.produces),
+    draws=lambda cap, family: checkpoint_keys(_schemas(cap, family), cap.of(family.name).produces),
     holds=check_remap,
     describe=describe,
     excludes=_excludes,

@@ -26,11 +26,21 @@ class RoutingCap:
 
 @dataclass(frozen=True)
 class RemapCap:
-    """A checkpoint-key remap: the schemas it claims to accept and the names it must produce."""
+    """A checkpoint-key remap: the schemas it claims to accept and the names it must produce. An engine with one remap
+    per model class gives `for_family(family)`, the RemapCap of the class serving that family's checkpoints (this
+    one is then the default family's), `skip(family)` why a family has none, and the families it has (`runs_over`,
+    applied where the run names the target or check)."""
 
     fn: Callable[[str], str]
     accepts: tuple[KeySchema, ...]
     produces: KeySchema
+    for_family: Callable[[str], RemapCap] | None = None
+    skip: Callable[[str], str | None] | None = None
+    runs_over: tuple[str, ...] | None = None
+
+    def of(self, family: str) -> RemapCap:
+        """The remap that serves `family`'s checkpoints."""
+        return self.for_family(family) if self.for_family is not None else self
 
 
 @dataclass(frozen=True)

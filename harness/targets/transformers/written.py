@@ -12,28 +12,32 @@ from harness.verdict import CheckSkipped, TargetError, harness_limit, not_applic
 T = TypeVar("T")
 
 
-# Families whose tiny model transformers builds but cannot save or run a whole forward because of our shrink (a listed
-# limit, to fix in harness/tiny_configs.py; the full-size configs run).
-SHRINK_LIMITS = {
+# Families whose tiny model transformers builds but cannot run a whole forward (FORWARD_LIMITS) or cannot even save
+# (SAVE_LIMITS) because of our shrink (listed limits, to fix in harness/tiny_configs.py; the full-size configs run).
+FORWARD_LIMITS = {
     "glm4v_moe": "the shrunk rotary width no longer holds its mrope_section [8, 12, 12] (split_with_sizes raises)",
     "mimo_v2_flash": "the shrunk sliding-window attention ends with zero key heads (a shape error in eager attention)",
+}
+SAVE_LIMITS = {
     "qwen3_omni_moe": "the shrunk model holds no floating-point parameter (save_pretrained's dtype lookup raises "
                       "StopIteration)",
 }
 
 
-def from_transformers(family: str, writer: bool, make: Callable[[], T]) -> T:
-    """`make()`, which builds, writes or runs the family's tiny transformers model. Where transformers gives nothing to
-    hold an engine to: no model with a language-model head for the config, or none it can build (its build failure is
-    the transformers target's finding): not applicable; a family of SHRINK_LIMITS: that harness limit. Its own model
-    raising otherwise is a defect of transformers: the transformers target's failure (`writer`), not applicable to
-    any other engine."""
+def from_transformers(family: str, writer: bool, make: Callable[[], T], runs_forward: bool = True) -> T:
+    """`make()`, which builds, writes or (`runs_forward`) runs the family's tiny transformers model. Where transformers
+    gives nothing to hold an engine to: no model with a language-model head for the config, or none it can build (its
+    build failure is the transformers target's finding): not applicable; a family of SAVE_LIMITS (or FORWARD_LIMITS,
+    where `make` runs a forward): that harness limit. Its own model raising otherwise is a defect of transformers: the
+    transformers target's failure (`writer`), not applicable to any other engine."""
     from harness.targets.transformers.saved_model import NoLanguageModel
     from harness.targets.transformers.tiny_model import ModelBuildFailed, NoModelClass, one_line
 
-    if family in SHRINK_LIMITS:
-        raise CheckSkipped(harness_limit(f"our shrunk {family} config does not run a whole forward in transformers: "
-                                         f"{SHRINK_LIMITS[family]}"))
+    limit = SAVE_LIMITS.get(family) or (FORWARD_LIMITS.get(family) if runs_forward else None)
+    if limit is not None:
+        raise CheckSkipped(harness_limit(f"our shrunk {family} config does not "
+                                         f"{'save' if family in SAVE_LIMITS else 'run a whole forward'} in "
+                                         f"transformers: {limit}"))
     try:
         return make()
     except (NoLanguageModel, NoModelClass, ModelBuildFailed) as exc:
@@ -59,4 +63,4 @@ def write_checkpoint(family: str, seed: int, directory: Path) -> None:
         write_model_checkpoint(family, seed, directory)
         AutoConfig.from_pretrained(directory, local_files_only=True)
 
-    from_transformers(family, False, written)
+    from_transformers(family, False, written, runs_forward=False)

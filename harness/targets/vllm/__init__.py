@@ -3,8 +3,8 @@
 
 - routing: Gemma4's torch routing function (on a CUDA machine with CUDA vLLM, its Triton kernel, picked
   as `Gemma4Router.routing_function` picks it);
-- remap: the Gemma4ForCausalLM -> Gemma4Model mapper chain
-  (other families' chains: `mappers.remap_cap(family)`, run by tests/test_vllm_target.py);
+- remap: each family's mapper chain as vLLM's loader applies it (Gemma4ForCausalLM -> Gemma4Model by default; every
+  model class of `mappers.CHAINS` for its family);
 - expert_mapping: `fused_moe_make_expert_params_mapping` (new) against `RoutedExperts.make_expert_params_mapping`;
 - capturer: vLLM's own config resolution for the routed-experts capture buffer;
 - block: vLLM's Gemma4 router + MoERunner + dense MLP built on the CPU (functional-call, block-parity);
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -117,7 +118,8 @@ def make_target(name: str = "vllm") -> Target:
         description=f"vLLM's own MoE code on this machine ({routing_kernel_name()}, mappers, expert params "
                     "mapping, capture-shape resolution, Gemma4 MoE modules)",
         routing=RoutingCap(gemma4_route, ("gemma4",)),
-        remap=gemma4_remap,
+        remap=replace(gemma4_remap, for_family=mappers.remap_cap, skip=mappers.skip_reason,
+                      runs_over=(*mappers.CHAINS, *mappers.UNSPELLABLE)),
         expert_mapping=ExpertMappingCap(new=_bind_model(fused_moe_make_expert_params_mapping),
                                         old=_bind_model(RoutedExperts.make_expert_params_mapping)),
         capturer=capture_buffer,
