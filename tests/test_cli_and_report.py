@@ -130,6 +130,9 @@ def test_one_bug_on_several_families_is_one_report_everywhere() -> None:
     assert "4 new failures, 0 known failures, 0 errors (2 bug reports)" in out
     md = markdown.render(report)
     assert "(2 bug reports over 4 cases)" in md and md.count("### FAIL") == 2
+    by_family = md[md.index("## By family"):].splitlines()
+    assert by_family[2:4] == ["| target | family | unpad-before-add |", "|---|---|---|"]
+    assert "| t | `gemma4` | **fail** |" in by_family and "| t | `olmoe` | pass |" in by_family
     assert all(f"moe-harness run --target t --family {f}" in md for f in ("gemma4", "qwen2_moe", "deepseek_v3"))
     root = ET.fromstring(junit.render(report))
     assert root.get("failures") == "2" and root.get("tests") == "3"

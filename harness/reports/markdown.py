@@ -11,7 +11,8 @@ from harness.verdict import Status
 
 
 def render(report: Report) -> str:
-    """Header with versions, targets, the targets × checks matrix, new failures, known, stale, skips."""
+    """Header with versions, targets, the targets × checks matrix and each family's row of it, new failures,
+    known, stale, skips."""
     run, totals = report.run, report.totals()
     headline = ", ".join(f"{totals[c]} {c}" for c in COLUMNS)
     lines = [
@@ -31,6 +32,8 @@ def render(report: Report) -> str:
         status = t.status if t.status == "loaded" else f"{t.status}: {t.reason}"
         lines.append(f"| `{t.spec}` | {t.version} | {', '.join(t.capabilities)} | {_cell(status)} |")
     lines += ["", "## Matrix", "", *_matrix(report), ""]
+    if len({r.verdict.family for r in report.results}) > 1:
+        lines += ["## By family", "", *_by_family(report), ""]
     bugs = report.bugs()
     cases = sum(map(len, bugs))
     lines += [f"## New failures and errors ({len(bugs)} bug reports over {cases} cases)", ""]
@@ -70,6 +73,18 @@ def _matrix(report: Report) -> list[str]:
     for target in dict.fromkeys(r.verdict.target for r in report.results):
         counts = [cells.get((target, check), Counter()) for check in checks]
         rows.append(f"| {target} | " + " | ".join(_counts(c) for c in counts) + " |")
+    return rows
+
+
+def _by_family(report: Report) -> list[str]:
+    """One row per target × family: each check's outcome there (– where it had no case)."""
+    checks = list(dict.fromkeys(r.verdict.check for r in report.results))
+    outcome = {(r.verdict.target, r.verdict.family, r.verdict.check): column(r) for r in report.results}
+    rows = ["| target | family | " + " | ".join(checks) + " |", "|---|---|" + "---|" * len(checks)]
+    for target, family in dict.fromkeys((r.verdict.target, r.verdict.family) for r in report.results):
+        cells = [outcome.get((target, family, check), "–") for check in checks]
+        rows.append(f"| {target} | `{family}` | " + " | ".join(f"**{c}**" if c in (Status.FAIL, Status.ERROR) else c
+                                                            for c in cells) + " |")
     return rows
 
 
