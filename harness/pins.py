@@ -64,6 +64,13 @@ def _synthetic_capture(family: str, top_k_name: str, path: str = "") -> Any:
     return synthetic_config(top_k_name, "num_local_experts", path, top_k=2, experts=4, layers=3), 8
 
 
+def _family_capture(family: str, top_k: int, layers: int = 1, max_tokens: int = 1) -> Any:
+    """The family's own tiny config with `top_k` and `layers` (as capturer-shape draws it), and `max_tokens`."""
+    from harness.strategies.configs import family_config
+
+    return family_config(family, top_k, layers), max_tokens
+
+
 def _knob(family: str, name: str, knob: str, default: Any, value: Any) -> Any:
     """The config field `name` (reference knob `knob`) flipped from `default` to `value`."""
     from harness.strategies.router_knobs import KnobExample
@@ -112,6 +119,7 @@ BUILDERS: dict[str, Builder] = {
     "fused-checkpoint": _fused_checkpoint,
     "spelling": _spelling,
     "synthetic-capture": _synthetic_capture,
+    "family-capture": _family_capture,
     "knob": _knob,
     "routing": _routing,
     "config-variant": _config_variant,

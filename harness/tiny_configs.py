@@ -434,10 +434,11 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
         tree = default.to_dict()
         tree.pop("model_type", None)
         changed: list[FieldRef] = []
-        try:
-            return _build(cls, tree, path, overrides, None, frozenset(), changed)
-        except Exception:
-            pass
+        for whole in (lambda: tree, lambda: _without_base_fields(default, tree)):
+            try:
+                return _build(cls, whole(), path, overrides, None, frozenset(), changed)
+            except Exception:
+                pass
         for ref in dict.fromkeys(changed):  # keep one field at its default, the first that satisfies the validators
             try:
                 return _build(cls, tree, path, overrides, None, frozenset({ref}), [])
@@ -447,6 +448,32 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
             return _build(cls, tree, path, overrides, MOE_FIELDS, frozenset(), [])
         except Exception:
             return _build(cls, tree, path, overrides, frozenset(), frozenset(), [])
+
+
+def _without_base_fields(config: Any, tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` with each sub-config's fields of the PretrainedConfig base left out where they hold the sub-config
+    class's own default: some classes refuse them when rebuilt from their own `to_dict()` (transformers 5.19's
+    DbrxFFNConfig: "Found unknown kwargs={'_name_or_path': '', 'output_attentions': False}")."""
+    from transformers import PretrainedConfig
+
+    base = set(PretrainedConfig().to_dict()) - {"model_type"}
+    lean = dict(tree)
+    for key, value in tree.items():
+        if not isinstance(value, dict):
+            continue
+        try:
+            sub = getattr(config, key, None)
+        except Exception:  # noqa: BLE001 - a computed attribute that refuses to be read (Gemma 4's per-layer head_dim)
+            continue
+        if not isinstance(sub, PretrainedConfig):
+            continue
+        try:
+            defaults = type(sub)().to_dict()
+        except Exception:  # noqa: BLE001 - a class with no defaults of its own: keep the sub-config as it is
+            continue
+        lean[key] = {k: v for k, v in _without_base_fields(sub, value).items()
+                     if not (k in base and k in defaults and defaults[k] == v)}
+    return lean
 
 
 def _build(cls: Any, tree: dict[str, Any], path: str, overrides: dict[str, Any], fields: frozenset[str] | None,

@@ -206,12 +206,17 @@ def _where(config: Any, path: str) -> str:
     return _describe(config) + (f".{path}" if path else "")
 
 
-def moe_layer_indices(config: Any) -> tuple[int, ...]:
-    """The indices of the MoE layers, from the layer count and whichever dense-layer marker is set."""
+def num_decoder_layers(config: Any) -> int:
+    """The decoder layer count (dense and MoE layers), under any spelling and nesting; 1 where none is spelled."""
     cfg, _ = find_moe_config(config)
     hit = (_stored_spelling(cfg, NUM_LAYERS_SPELLINGS) or first_spelling(cfg, NUM_LAYERS_SPELLINGS)
            or first_spelling(config, NUM_LAYERS_SPELLINGS))
-    return _moe_layers(cfg, int(hit[1]) if hit else 1)
+    return int(hit[1]) if hit else 1
+
+
+def moe_layer_indices(config: Any) -> tuple[int, ...]:
+    """The indices of the MoE layers, from the layer count and whichever dense-layer marker is set."""
+    return _moe_layers(find_moe_config(config)[0], num_decoder_layers(config))
 
 
 def _stored_spelling(cfg: Any, spellings: tuple[str, ...]) -> tuple[str, Any] | None:

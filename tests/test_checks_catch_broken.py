@@ -423,3 +423,29 @@ def test_a_per_family_remap_is_judged_for_the_family_it_serves() -> None:
     target = _broken(remap=cap)
     assert run_case(CHECKS["remap-idempotence"], target, get_family("mixtral"), max_examples=20).status == Status.FAIL
     assert run_case(CHECKS["remap-idempotence"], target, get_family("qwen3_moe"), max_examples=20).status == Status.PASS
+
+
+class _DecoderAxisCapturer:
+    """A capturer that declares one buffer slot per decoder layer (vLLM's layout); `moe_only` breaks that promise."""
+
+    layer_axis = "decoder"
+
+    def __init__(self, moe_only: bool) -> None:
+        self.moe_only = moe_only
+
+    def __call__(self, config, max_tokens: int) -> torch.Tensor:
+        from reference.config import moe_layer_indices, num_decoder_layers, resolve_top_k
+
+        layers = len(moe_layer_indices(config)) if self.moe_only else num_decoder_layers(config)
+        return torch.zeros(max_tokens, layers, resolve_top_k(config), dtype=torch.int32)
+
+
+def test_a_capturer_declaring_decoder_layers_is_held_to_every_decoder_layer() -> None:
+    """jamba's tiny config has a dense layer 0 and an MoE layer 1: a decoder-axis buffer has 2 slots, not 1."""
+    check = CHECKS["capturer-shape"]
+    faithful = run_case(check, _broken(capturer=_DecoderAxisCapturer(moe_only=False)), get_family("jamba"),
+                        max_examples=10)
+    assert faithful.status == Status.PASS, faithful
+    broken = run_case(check, _broken(capturer=_DecoderAxisCapturer(moe_only=True)), get_family("jamba"),
+                      max_examples=10)
+    assert broken.status == Status.FAIL and "every decoder layer" in broken.message, broken

@@ -1,4 +1,6 @@
-"""capturer-shape: the routed-experts buffer is (max_tokens, num_moe_layers, top_k) for any spelling."""
+"""capturer-shape: the routed-experts buffer is (max_tokens, layers, top_k) for any spelling: `layers` is the MoE
+layer count, or every decoder layer's for a capturer that declares `layer_axis = "decoder"` (it indexes its buffer by
+the decoder layer's own index, dense layers holding no routing: vLLM's)."""
 
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ Capturer = Callable[[Any, int], torch.Tensor]
 def check_capturer(capturer: Capturer, family: Family, drawn: tuple[ConfigExample, int]) -> None:
     example, max_tokens = drawn
     buffer = call_target("capturer(config, max_tokens)", capturer, example.config, max_tokens, returns=torch.Tensor)
-    want = (max_tokens, example.num_moe_layers, example.top_k)
+    by_decoder_layer = getattr(capturer, "layer_axis", "moe") == "decoder"
+    want = (max_tokens, example.layers if by_decoder_layer else example.num_moe_layers, example.top_k)
     if example.num_moe_layers == 0 and buffer.dim() == 3 and tuple(buffer.shape[:2]) == want[:2]:
         return  # no MoE layer: an empty buffer, whatever its last dim says
     if tuple(buffer.shape) != want:
-        raise PropertyViolation(f"capturer buffer has shape {tuple(buffer.shape)}, expected {want}",
-                                shape=tuple(buffer.shape), expected=want)
+        axis = "every decoder layer" if by_decoder_layer else "the MoE layers"
+        raise PropertyViolation(f"capturer buffer has shape {tuple(buffer.shape)}, expected {want} (one slot per "
+                                f"token, {axis}, expert per token)", shape=tuple(buffer.shape), expected=want)
 
 
 def _describe(drawn: tuple[ConfigExample, int]) -> dict[str, Any]:
@@ -45,7 +49,8 @@ def _holds(capturer: Capturer, family: Family, drawn: tuple[ConfigExample, int])
 CAPTURER: Check[Capturer] = Check(
     name="capturer-shape",
     capability="capturer",
-    summary="buffer shape (max_tokens, num_moe_layers, top_k) for every spelling and nesting",
+    summary="buffer shape (max_tokens, MoE layers or every decoder layer as declared, top_k) for every spelling and "
+            "nesting",
     draws=lambda capturer, family: capture_requests(family.name),
     holds=_holds,
     describe=_describe,

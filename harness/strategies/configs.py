@@ -22,6 +22,11 @@ class ConfigExample:
     top_k: int
     num_moe_layers: int
     description: dict[str, Any]
+    num_layers: int = 0  # every decoder layer, dense ones too (0: as many as num_moe_layers)
+
+    @property
+    def layers(self) -> int:
+        return self.num_layers or self.num_moe_layers
 
 
 def _nest(inner: dict[str, Any], path: str, as_mapping: bool) -> Any:
@@ -64,21 +69,27 @@ def synthetic_configs(draw: st.DrawFn, spellings: tuple[str, ...] = TOP_K_SPELLI
 
 @st.composite
 def family_configs(draw: st.DrawFn, family: str) -> ConfigExample:
-    """The family's own tiny transformers config with a drawn top-k and layer count, set through the
-    spelling and nesting the family itself uses; values its config class rejects are not drawn."""
-    from reference.config import moe_layer_indices, resolve_top_k
-
+    """`family_config` with a drawn top-k and layer count; values its config class rejects are not drawn."""
     top_k = draw(st.integers(1, 4))
     layers = draw(st.integers(1, 3))
+    try:
+        return family_config(family, top_k, layers)
+    except Exception:  # noqa: BLE001 - the family's own validators reject these values (zaya: top-k 1 only)
+        reject()
+
+
+def family_config(family: str, top_k: int, layers: int) -> ConfigExample:
+    """The family's own tiny transformers config with `top_k` and `layers`, set through the spelling and nesting the
+    family itself uses (what its config class raises on these values, raised)."""
+    from reference.config import moe_layer_indices, num_decoder_layers, resolve_top_k
+
     names = _present_names(family)
     overrides = {name: top_k for name in names if name in TOP_K_SPELLINGS}
     overrides.update({name: layers for name in names if name == "num_hidden_layers"})
-    try:
-        config = tiny_config(family, **overrides)
-    except Exception:  # noqa: BLE001 - the family's own validators reject these values (zaya: top-k 1 only)
-        reject()
+    config = tiny_config(family, **overrides)
     return ConfigExample(config, resolve_top_k(config), len(moe_layer_indices(config)),
-                      {"family": family, "top_k": top_k, "layers": layers, "set": sorted(overrides)})
+                         {"family": family, "top_k": top_k, "layers": layers, "set": sorted(overrides)},
+                         num_decoder_layers(config))
 
 
 @functools.cache

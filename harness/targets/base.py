@@ -385,7 +385,9 @@ class Target:
     routing: RoutingCap | None = None
     remap: RemapCap | None = None
     expert_mapping: ExpertMappingCap | None = None
-    capturer: Callable[[Any, int], torch.Tensor] | None = None  # (config, max_tokens) -> buffer
+    # (config, max_tokens) -> buffer; a `layer_axis = "decoder"` attribute: indexed by every decoder layer, not the
+    # MoE layers only (capturer-shape)
+    capturer: Callable[[Any, int], torch.Tensor] | None = None
     block: BlockCap | None = None
     padded_runner: Callable[[Any, int], Callable[[torch.Tensor], torch.Tensor]] | None = None
     fused_moe: FusedMoECap | None = None

