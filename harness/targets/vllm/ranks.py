@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import os
 import selectors
 import subprocess
 import sys
@@ -46,7 +47,7 @@ class RankPool:
     """`WORLD` rank processes of one gloo group, started on first use."""
 
     def __init__(self) -> None:
-        self.ranks: list[subprocess.Popen[str]] = []
+        self.ranks: list[subprocess.Popen[bytes]] = []
         self.tails: list[deque[str]] = []
         self.folder: tempfile.TemporaryDirectory[str] | None = None
 
@@ -66,7 +67,7 @@ class RankPool:
         request = json.dumps({"directory": str(directory), "sharding": sharding, "out": str(out)}) + "\n"
         for rank in self.ranks:
             assert rank.stdin is not None
-            rank.stdin.write(request)
+            rank.stdin.write(request.encode())
             rank.stdin.flush()
         replies = self._replies()
         if any(reply for reply in replies):
@@ -84,9 +85,11 @@ class RankPool:
         self.stop()
         self.folder = tempfile.TemporaryDirectory(prefix="moe-harness-vllm-ranks-")
         rendezvous = Path(self.folder.name) / "rendezvous"
+        # Bytes, read as they come (`_replies`): a buffered readline would keep a REPLY that arrived with the line
+        # before it in its buffer, where the selector never reports it again.
         self.ranks = [subprocess.Popen([sys.executable, "-m", RANK_MODULE, str(rank), str(rendezvous)],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, bufsize=1) for rank in range(WORLD)]
+                                       bufsize=0) for rank in range(WORLD)]
         self.tails = [deque(maxlen=8) for _ in range(WORLD)]
 
     def _replies(self) -> list[dict[str, str]]:
@@ -95,6 +98,7 @@ class RankPool:
             assert rank.stdout is not None
             selector.register(rank.stdout, selectors.EVENT_READ, i)
         replies: dict[int, dict[str, str]] = {}
+        partial = [b""] * WORLD  # each rank's output since its last newline (a progress bar's line in the making)
         deadline = time.monotonic() + REPLY_TIMEOUT_S
         while len(replies) < WORLD:
             ready = selector.select(timeout=max(0.0, deadline - time.monotonic()))
@@ -102,14 +106,17 @@ class RankPool:
                 self._fail(f"no reply within {REPLY_TIMEOUT_S} s")
             for event, _ in ready:
                 i = event.data
-                line = self.ranks[i].stdout.readline()  # type: ignore[union-attr]
-                if not line:
+                chunk = os.read(event.fd, 1 << 16)
+                if not chunk:
                     selector.unregister(event.fileobj)
                     self._fail(f"rank {i} exited {self.ranks[i].wait()}")
-                if line.startswith(REPLY):
-                    replies[i] = json.loads(line[len(REPLY):])
-                else:
-                    self.tails[i].append(line.rstrip())
+                *lines, partial[i] = (partial[i] + chunk).split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace")
+                    if REPLY in line:  # also after a progress bar's unfinished line
+                        replies[i] = json.loads(line[line.index(REPLY) + len(REPLY):])
+                    else:
+                        self.tails[i].append(line.rsplit("\r", 1)[-1].rstrip())
         selector.close()
         return [replies[i] for i in range(WORLD)]
 
