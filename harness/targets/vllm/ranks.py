@@ -2,7 +2,7 @@
 environment and model parallel groups of size `WORLD`), then loads every directory it is sent as vLLM serves it under
 the sharding named (tensor parallel, or expert parallel over the same ranks), writing what it holds to a folder the
 parent reads (the rank process runs `models.py`, which hands `serve` vLLM's loading). A request is a JSON line on the
-rank's stdin; the reply a line on its stdout starting with `REPLY`.
+rank's stdin; the reply a line on its stdout, from `REPLY` on (after any unfinished line a progress bar left).
 
 A rank that raises replies with vLLM's error (the target's error); one that dies or goes silent fails the load with
 its last output lines and the pool is started again on the next load.
