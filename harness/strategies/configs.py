@@ -74,19 +74,26 @@ def family_configs(draw: st.DrawFn, family: str) -> ConfigExample:
     layers = draw(st.integers(1, 3))
     try:
         return family_config(family, top_k, layers)
-    except Exception:  # noqa: BLE001 - the family's own validators reject these values (zaya: top-k 1 only)
+    except ValuesRejected:
         reject()
+
+
+class ValuesRejected(ValueError):
+    """The family's own config class refuses the values (zaya: top-k 1 only)."""
 
 
 def family_config(family: str, top_k: int, layers: int) -> ConfigExample:
     """The family's own tiny transformers config with `top_k` and `layers`, set through the spelling and nesting the
-    family itself uses (what its config class raises on these values, raised)."""
+    family itself uses; ValuesRejected where its config class refuses them."""
     from reference.config import moe_layer_indices, num_decoder_layers, resolve_top_k
 
     names = _present_names(family)
     overrides = {name: top_k for name in names if name in TOP_K_SPELLINGS}
     overrides.update({name: layers for name in names if name == "num_hidden_layers"})
-    config = tiny_config(family, **overrides)
+    try:
+        config = tiny_config(family, **overrides)
+    except Exception as exc:  # noqa: BLE001 - whatever its validators raise
+        raise ValuesRejected(f"{family}: {exc}") from exc
     return ConfigExample(config, resolve_top_k(config), len(moe_layer_indices(config)),
                          {"family": family, "top_k": top_k, "layers": layers, "set": sorted(overrides)},
                          num_decoder_layers(config))
