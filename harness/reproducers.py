@@ -76,6 +76,7 @@ class ReproducerServer:
 
 def _run_child(code: str, out: IO[str], err: IO[str]) -> None:
     """In the fork: run `code` as `__main__` with stdout/stderr to the given files; never returns."""
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the server's requests are not its input
     os.dup2(out.fileno(), 1)
     os.dup2(err.fileno(), 2)
     sys.argv = ["-c"]

@@ -47,3 +47,8 @@ def test_a_run_past_its_timeout_is_killed_with_what_it_started(server: Reproduce
     outcome = server.run(code, timeout_s=2)
     assert outcome.timed_out and outcome.returncode == -9 and outcome.stdout == "started\n"
     assert server.run("print(1)", 30).stdout == "1\n"  # the server goes on
+
+
+def test_a_reproducer_reading_its_input_reads_nothing_of_the_servers(server: ReproducerServer) -> None:
+    outcome = server.run("import sys; print(repr(sys.stdin.read()))", 30)
+    assert outcome.stdout == "''\n" and server.run("print(2)", 30).stdout == "2\n"
