@@ -98,6 +98,14 @@ class CheckSkipped(Exception):
         super().__init__(reason)
         self.reason = reason
 
+    def to_reply(self) -> dict[str, str]:
+        """The skip as a JSON-able reply of a helper process (`from_reply` raises it again, its kind kept)."""
+        return {"skip": str(self.reason), "kind": str(skip_kind(self.reason))}
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, str]) -> CheckSkipped:
+        return cls(SkipReason(reply["skip"], SkipKind(reply["kind"])))
+
 
 @dataclass
 class Verdict:

@@ -21,7 +21,7 @@ def check_capturer(capturer: Capturer, family: Family, drawn: tuple[ConfigExampl
     example, max_tokens = drawn
     buffer = call_target("capturer(config, max_tokens)", capturer, example.config, max_tokens, returns=torch.Tensor)
     by_decoder_layer = getattr(capturer, "layer_axis", "moe") == "decoder"
-    want = (max_tokens, example.layers if by_decoder_layer else example.num_moe_layers, example.top_k)
+    want = (max_tokens, example.num_layers if by_decoder_layer else example.num_moe_layers, example.top_k)
     if example.num_moe_layers == 0 and buffer.dim() == 3 and tuple(buffer.shape[:2]) == want[:2]:
         return  # no MoE layer: an empty buffer, whatever its last dim says
     if tuple(buffer.shape) != want:

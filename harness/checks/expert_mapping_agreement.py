@@ -17,22 +17,25 @@ import torch
 
 from harness.strategies.fingerprints import Fingerprints
 from harness.targets.base import LoadedParams
+from reference.checkpoint import PROJ_NAMES
 
 # A per-expert checkpoint name (`experts.3.gate_proj.`); a fused entry's expert id is a chunk index instead.
 _PER_EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
-# The order of the parts a stacked parameter holds, by shard id (w1 gate, w3 up; w2 down alone).
-_SHARD_ORDER = ("w1", "w3", "w2")
+# The order of the parts a stacked parameter holds, by shard id: gate, up (w13), down (w2 alone).
+_SHARD_ORDER = PROJ_NAMES["w"]
 
 
-def mapping_disagreements(prints: Fingerprints, loaded: LoadedParams) -> Iterator[str]:
-    """Each per-expert mapping entry of `loaded` whose checkpoint key's elements are not where it says, one line."""
+def mapping_disagreements(prints: Fingerprints, loaded: LoadedParams,
+                          located: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[str]:
+    """Each per-expert mapping entry of `loaded` whose checkpoint key's elements are not where it says, one line;
+    `located`: for each expert parameter, `prints.locate`'s fingerprint mask and key index of its elements."""
     entries = [e for e in loaded.expert_mapping if _PER_EXPERT.search(e[1])]
     per_expert_keys = [k for k in prints.keys if _PER_EXPERT.search(k)]
     if not entries or not per_expert_keys:
         return
     shards = {name: sorted({e[3] for e in entries if e[0] in name}, key=_shard_rank)
               for name in loaded.experts}
-    landed = _where_keys_landed(prints, loaded, shards)
+    landed = _where_keys_landed(loaded, located, shards)
     matched = False
     for param_name, weight_name, expert_id, shard_id in entries:
         for key in per_expert_keys:
@@ -60,15 +63,15 @@ def _shard_rank(shard_id: str) -> int:
     return _SHARD_ORDER.index(shard_id) if shard_id in _SHARD_ORDER else len(_SHARD_ORDER)
 
 
-def _where_keys_landed(prints: Fingerprints, loaded: LoadedParams,
+def _where_keys_landed(loaded: LoadedParams, located: dict[str, tuple[torch.Tensor, torch.Tensor]],
                        shards: dict[str, list[str]]) -> dict[int, list[tuple[str, int, int]]]:
     """For each checkpoint key (its index), the places its elements are in: (expert parameter, row, which of the
     parameter's parts along dim 1)."""
     landed: dict[int, set[tuple[str, int, int]]] = {}
-    for name, tensor in loaded.params.items():
-        if name not in loaded.experts or tensor.dim() < 2:
+    for name, (whole, key) in located.items():
+        tensor = loaded.params[name]
+        if tensor.dim() < 2:
             continue
-        whole, key, _ = prints.locate(tensor)
         at = torch.stack(torch.unravel_index(whole.nonzero()[:, 0], tuple(tensor.shape)), dim=1)
         part = at[:, 1] // max(1, tensor.shape[1] // max(1, len(shards.get(name, ()))))
         for k, row, p in zip(key[whole].tolist(), at[:, 0].tolist(), part.tolist(), strict=True):

@@ -83,11 +83,14 @@ def judge(prints: Fingerprints, ranks: tuple[LoadedParams, ...],
         tag = f"rank {loaded.rank}: " if len(ranks) > 1 else ""
         count = torch.zeros(prints.count, dtype=torch.long)
         held = {**loaded.buffers, **loaded.params}
+        located: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # each expert parameter's fingerprints
         for name, tensor in sorted(held.items()):
             if name in loaded.derived:
                 problems += [tag + line for line in _derived(name, tensor, loaded.derived[name], prints, count)]
                 continue
             whole, key, index = prints.locate(tensor)
+            if name in loaded.experts and name in loaded.params:
+                located[name] = (whole, key)
             count += torch.bincount(prints.ordinal(key[whole], index[whole]), minlength=prints.count)
             if name in loaded.params:
                 problems += [tag + line for line in _content(name, tensor, whole)]
@@ -98,7 +101,7 @@ def judge(prints: Fingerprints, ranks: tuple[LoadedParams, ...],
             if unused in prints.keys:
                 count[_ordinals_of(prints, unused)] += 1
         problems += [tag + line for line in _twice(count, held, prints)]
-        problems += [tag + line for line in mapping_disagreements(prints, loaded)]
+        problems += [tag + line for line in mapping_disagreements(prints, loaded, located)]
         loaded_anywhere |= count > 0
     problems += list(_never_loaded(loaded_anywhere, prints, len(ranks)))
     return problems

@@ -22,11 +22,7 @@ class ConfigExample:
     top_k: int
     num_moe_layers: int
     description: dict[str, Any]
-    num_layers: int = 0  # every decoder layer, dense ones too (0: as many as num_moe_layers)
-
-    @property
-    def layers(self) -> int:
-        return self.num_layers or self.num_moe_layers
+    num_layers: int  # every decoder layer, dense ones too
 
 
 def _nest(inner: dict[str, Any], path: str, as_mapping: bool) -> Any:
@@ -48,6 +44,7 @@ def synthetic_config(top_k_name: str, experts_name: str, path: str = "", as_mapp
         _nest(inner, path, as_mapping), top_k, layers,
         {"top_k_spelling": top_k_name, "experts_spelling": experts_name, "nesting": path or "<top level>",
          "form": "config.json mapping" if as_mapping else "PretrainedConfig", "top_k": top_k, "layers": layers},
+        layers,
     )
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from harness.verdict import CheckSkipped, SkipKind, SkipReason, skip_kind
+from harness.verdict import CheckSkipped
 
 REPLY = "REPLY "
 
@@ -42,7 +42,7 @@ class Writer:
             if line.startswith(REPLY):
                 reply = json.loads(line[len(REPLY):])
                 if "skip" in reply:
-                    raise CheckSkipped(SkipReason(reply["skip"], SkipKind(reply["kind"])))
+                    raise CheckSkipped.from_reply(reply)
                 if "error" in reply:
                     raise WriterFailed(reply["error"])
                 return
@@ -66,7 +66,7 @@ def _serve(requests: IO[str]) -> None:
             write_checkpoint(request["family"], request["seed"], Path(request["directory"]))
             reply: dict[str, str] = {}
         except CheckSkipped as skipped:
-            reply = {"skip": str(skipped.reason), "kind": str(skip_kind(skipped.reason))}
+            reply = skipped.to_reply()
         except Exception as exc:  # noqa: BLE001 - the parent reports it
             reply = {"error": f"{type(exc).__name__}: {exc}"[:800]}
         print(REPLY + json.dumps(reply), flush=True)

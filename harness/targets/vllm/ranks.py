@@ -28,7 +28,7 @@ from typing import IO
 from safetensors.torch import load_file, save_file
 
 from harness.targets.base import LoadedParams
-from harness.verdict import CheckSkipped, SkipKind, SkipReason, skip_kind
+from harness.verdict import CheckSkipped
 
 WORLD = 2
 REPLY = "REPLY "
@@ -75,7 +75,7 @@ class RankPool:
             self.stop()
         skips = [r for r in replies if "skip" in r]
         if skips:
-            raise CheckSkipped(SkipReason(skips[0]["skip"], SkipKind(skips[0]["kind"])))
+            raise CheckSkipped.from_reply(skips[0])
         errors = [f"rank {i}: {r['error']}" for i, r in enumerate(replies) if "error" in r]
         if errors:
             raise ShardedLoadFailed("; ".join(errors))
@@ -166,7 +166,7 @@ def serve(rank: int, rendezvous: Path, requests: IO[str], load: Callable[[Path, 
                 "reordered": loaded.reordered, "unused": loaded.unused, "expert_mapping": loaded.expert_mapping}))
             reply = {}
         except CheckSkipped as skipped:
-            reply = {"skip": str(skipped.reason), "kind": str(skip_kind(skipped.reason))}
+            reply = skipped.to_reply()
         except Exception as exc:  # noqa: BLE001 - vLLM's error is the reply
             where = traceback.extract_tb(exc.__traceback__)[-1]
             reply = {"error": f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"[:800]}
