@@ -16,6 +16,8 @@ import torch
 
 from harness.tolerances import Tolerance
 from harness.verdict import PropertyViolation
+from reference.config import RoutingKnobs
+from reference.routing import selection_scores
 
 # Selection ties: a picked score may sit below an unpicked one by this fraction of the token's largest |score|.
 SELECTION_SLACK = 1e-6
@@ -92,6 +94,13 @@ def assert_close_within(actual: torch.Tensor, expected: torch.Tensor, bound: tor
     allowed = (tol.atol + tol.rtol * e.abs() + _f64(bound)).expand_as(e)
     same = (a == e) | (a.isnan() & e.isnan())
     _first_difference(~((a - e).abs() <= allowed) & ~same, a, e, where, f"{tol} + {bound_name}", allowed)
+
+
+def assert_valid_routing(logits: torch.Tensor, knobs: RoutingKnobs, bias: torch.Tensor | None, ids: torch.Tensor,
+                         k: int) -> None:
+    """`ids` are a valid top-k of the variant's selection scores (`assert_valid_selection`); for a grouped variant,
+    of the groups the router kept where groups tie at the keep boundary (within SELECTION_SLACK)."""
+    assert_valid_selection(selection_scores(logits, knobs, bias, picked=ids, slack=SELECTION_SLACK), ids, k)
 
 
 def assert_valid_selection(scores: torch.Tensor, ids: torch.Tensor, k: int, where: str = "routing") -> None:

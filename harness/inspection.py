@@ -187,9 +187,9 @@ def _family(config: dict[str, Any], family: str | None) -> tuple[str, str]:
 
 
 def _known_family(name: str) -> bool:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from harness.tiny_configs import model_types
 
-    return name in CONFIG_MAPPING or facts_named(name) is not None
+    return name in model_types() or facts_named(name) is not None
 
 
 def _unknown_family(name: str, given: str) -> str:

@@ -29,7 +29,9 @@ from typing import IO, Any
 # package is lazy: its modeling_utils is 8 of the 14 s).
 PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "vllm.config", "vllm.distributed",
            "vllm.model_executor.model_loader.utils", "mlx_lm.utils",
-           "torchtitan.experiments.transformers_modeling_backend.state_dict_adapter")
+           "torchtitan.experiments.transformers_modeling_backend.state_dict_adapter",
+           "sglang.srt.layers.moe.topk", "sglang.srt.server_args", "sglang.srt.configs.model_config",
+           "sglang.srt.state_capturer.routed_experts")
 
 
 @dataclass(frozen=True)

@@ -414,6 +414,31 @@ def _shrink_node(data: dict[str, Any], where: str, moe: str, overrides: dict[str
     return data
 
 
+def model_types() -> tuple[str, ...]:
+    """Every model_type the installed transformers itself declares (not ones another library registered with it)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return tuple(sorted(CONFIG_MAPPING_NAMES))
+
+
+def config_class(model_type: str) -> Any:
+    """transformers' own config class of `model_type`; KeyError when it has none. An engine's import may register a
+    class of its own under a model_type transformers has (SGLang's ZayaConfig spells top-k `moe_router_topk`):
+    families are transformers' configs, whatever else a process has imported."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise KeyError(model_type)
+    registered = CONFIG_MAPPING._extra_content  # what AutoConfig.register added, looked up before its own
+    if model_type not in registered:
+        return CONFIG_MAPPING[model_type]
+    theirs = registered.pop(model_type)
+    try:
+        return CONFIG_MAPPING[model_type]
+    finally:
+        registered[model_type] = theirs
+
+
 def tiny_config(model_type: str, **overrides: Any) -> Any:
     """A transformers config of `model_type` with every size field shrunk, in every nested sub-config.
 
@@ -421,10 +446,8 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     validators reject a shrunk value (a top-k fixed to 1, a head count tied to another), that one field keeps
     its default.
     """
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     overrides = {**FAMILY_FIELDS.get(model_type, {}), **overrides}
-    cls = CONFIG_MAPPING[model_type]
+    cls = config_class(model_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         default = cls()
@@ -495,14 +518,12 @@ def undiscoverable_model_types() -> dict[str, str]:
 
 @functools.cache
 def _discovery() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     found, raised = [], []
-    for model_type in sorted(CONFIG_MAPPING.keys()):
+    for model_type in model_types():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                config = CONFIG_MAPPING[model_type]()
+                config = config_class(model_type)()
         except Exception as exc:  # noqa: BLE001 - its own validators reject its defaults: reported, not run
             raised.append((model_type, f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"))
             continue

@@ -28,31 +28,60 @@ def _renorm(w: torch.Tensor) -> torch.Tensor:
     return w / w.sum(dim=-1, keepdim=True)
 
 
-def _grouped_choice(scores: torch.Tensor, knobs: RoutingKnobs) -> torch.Tensor:
+def _grouped_choice(scores: torch.Tensor, knobs: RoutingKnobs, picked: torch.Tensor | None = None,
+                    slack: float = 0.0) -> torch.Tensor:
     if knobs.n_group is None or knobs.topk_group is None:
         return scores  # no grouping (DeepSeek-V2's plain greedy)
     t, e = scores.shape
-    per_group = scores.view(t, knobs.n_group, e // knobs.n_group)
+    size = e // knobs.n_group
+    per_group = scores.view(t, knobs.n_group, size)
     if knobs.group_score == "max":
         group_score = per_group.amax(-1)
     else:  # top2_sum
-        group_score = topk_stable(per_group, min(2, e // knobs.n_group))[0].sum(-1)
-    _, keep = topk_stable(group_score, knobs.topk_group)
+        group_score = topk_stable(per_group, min(2, size))[0].sum(-1)
+    holds_pick = None
+    if picked is not None:
+        holds_pick = torch.zeros(t, knobs.n_group, dtype=torch.bool, device=scores.device)
+        holds_pick.scatter_(1, picked.long().to(scores.device) // size, True)
+    keep = _kept_groups(group_score, knobs.topk_group, holds_pick, slack)
     mask = torch.zeros(t, knobs.n_group, dtype=torch.bool, device=scores.device).scatter_(1, keep, True)
     return per_group.masked_fill(~mask[..., None], variant(knobs.variant).dropped_score).view(t, e)
+
+
+def _kept_groups(group_score: torch.Tensor, topk_group: int, holds_pick: torch.Tensor | None,
+                 slack: float) -> torch.Tensor:
+    """The indices [T, topk_group] of the groups kept: the best, the lower index first among equals. Groups tied at
+    the keep boundary (within `slack` of the token's largest |group score|, of the topk_group-th best) may each be
+    kept; where `holds_pick`
+    [T, n_group] marks the groups a router picked from, the tied ones it marks come first, so a router that broke
+    the tie another way is judged on the groups it kept."""
+    order = topk_stable(group_score, group_score.shape[1])[1]
+    if holds_pick is None:
+        return order[:, :topk_group]
+    boundary = group_score.gather(1, order[:, topk_group - 1:topk_group])
+    margin = slack * group_score.abs().nan_to_num(0, 0, 0).amax(-1, keepdim=True)
+    above = group_score > boundary + margin
+    tied = ~above & (group_score >= boundary - margin)
+    # Rank: clearly above the boundary, then tied and picked from, then tied, then the rest; by score within each.
+    rank = above.long() * 3 + (tied & holds_pick).long() * 2 + tied.long()
+    by_score_rank = rank.gather(1, order)
+    return order.gather(1, torch.sort(by_score_rank, dim=1, descending=True, stable=True)[1])[:, :topk_group]
 
 
 _SCORES = {"softmax": lambda x: torch.softmax(x, dim=-1), "sigmoid": torch.sigmoid, "logits": lambda x: x}
 
 
-def selection_scores(logits: torch.Tensor, knobs: RoutingKnobs, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The per-expert score whose top K are selected (bias only steers selection)."""
+def selection_scores(logits: torch.Tensor, knobs: RoutingKnobs, bias: torch.Tensor | None = None,
+                     picked: torch.Tensor | None = None, slack: float = 0.0) -> torch.Tensor:
+    """The per-expert score whose top K are selected (bias only steers selection). Grouped variants: experts outside
+    the kept groups score the variant's dropped score; with `picked` (a router's ids [T, K]), groups tied at the keep
+    boundary (within the fraction `slack`) are kept as that router kept them (see `_kept_groups`)."""
     rule = variant(knobs.variant)
     scores = _SCORES[rule.score](logits)
     if rule.biased:
         assert bias is not None
         scores = scores + bias.to(logits.dtype)
-    return _grouped_choice(scores, knobs) if rule.grouped else scores
+    return _grouped_choice(scores, knobs, picked, slack) if rule.grouped else scores
 
 
 def weights_for(

@@ -12,3 +12,5 @@ bash scripts/setup.sh
     tests/test_torchtitan_target.py tests/test_findings.py -k torchtitan
 .venv/bin/moe-harness env python vllm -m pytest -n 2 --dist worksteal -q -p no:cacheprovider \
     tests/test_vllm_target.py tests/test_findings.py -k vllm
+.venv/bin/moe-harness env python sglang -m pytest -n 2 --dist worksteal -q -p no:cacheprovider \
+    tests/test_sglang_target.py tests/test_findings.py -k sglang

@@ -114,6 +114,16 @@ def test_the_targets_failure_while_a_case_is_set_up_is_a_failure_with_a_signatur
     assert passing.verdict.status == Status.PASS and not passing.stale, "an every-check entry is never stale"
 
 
+def test_an_every_family_entry_is_known_where_it_fails_and_never_stale_where_a_case_passes() -> None:
+    """A defect of one shared function (a router every family calls) shows where the draws reach it: a family whose
+    case passes says nothing about the entry (its reproducer does)."""
+    entry = Finding(check="toy-below-50", family="*", reason="big x", signature="x=", reproducer="x")
+    failing = engine.execute(_check(), _target(abs, known_failures=[entry]), FAMILY, profile="dev")
+    assert failing.verdict.status == Status.KNOWN
+    passing = engine.execute(_check(), _target(lambda x: 0, known_failures=[entry]), FAMILY, profile="dev")
+    assert passing.verdict.status == Status.PASS and not passing.stale
+
+
 def test_a_finding_shown_by_another_check_matches_there_too() -> None:
     entry = Finding(check="config-spelling", family="phimoe", also=("capturer-shape",), reason="top-2 fixed",
                     signature="used=2", reproducer="x")

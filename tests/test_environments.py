@@ -4,6 +4,7 @@ build named by its step, and one run (one report) over targets in two environmen
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,7 @@ def _adapter(directory: Path, monkeypatch: pytest.MonkeyPatch, **tables: str) ->
     ('[e]\nconstraints = "nowhere.txt"\n', "constraints file"),
     ('[e]\nvariables = { A = 1 }\n', "variables must be a table of strings"),
     ('[e]\nharness = "no"\n', "harness must be true or false"),
+    ('[e]\nstand_ins = ["nowhere"]\n', "is not a package directory"),
     ("[e\n", "cannot be read as TOML"),
 ])
 def test_a_bad_declaration_says_what_and_where(tmp_path: Path, toml: str, says: str) -> None:
@@ -67,6 +69,29 @@ def test_the_vllm_targets_declare_their_environments() -> None:
     assert envs["vllm-newest"].no_deps == ("vllm==0.33.0",)
     assert envs["vllm-newest"].variables == {"VLLM_TARGET_DEVICE": "cpu"}
     assert environment_for("transformers") is None  # runs where the harness runs
+
+
+def test_the_sglang_environment_declares_its_torchvision_stand_in() -> None:
+    env = builtin_environments()["sglang"]
+    assert env.no_deps == ("sglang==0.5.23",) and "torchvision" in env.absent
+    assert [p.name for p in env.stand_ins] == ["torchvision"] and (env.stand_ins[0] / "__init__.py").is_file()
+
+
+def test_a_stand_in_is_copied_in_and_its_text_is_part_of_the_fingerprint(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "harness_requirements", list)
+    package = tmp_path / "stand_ins" / "absentlib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("WHO = 'stand-in'\n")
+    _adapter(tmp_path, monkeypatch, standin='stand_ins = ["stand_ins/absentlib"]')
+    env = environment_for("adapter:standin")
+    assert env is not None and builder.build(env) is True
+    probe = subprocess.run([str(builder.python_of(env)), "-c", "import absentlib, importlib.metadata as m; "
+                            "print(absentlib.WHO, m.packages_distributions().get('absentlib'))"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == ["stand-in", "None"]  # importable, not an installed distribution
+    (package / "__init__.py").write_text("WHO = 'changed'\n")
+    assert builder.state(env).status == "stale"
 
 
 def test_a_build_is_reused_until_its_declaration_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 
@@ -125,3 +126,21 @@ def test_sigmoid_logit_bias_selects_on_biased_logits() -> None:
     logits = torch.tensor([[1.0, 0.0]])
     w, ids = route(logits, knobs, bias=torch.tensor([0.0, 1.5]), oracle=True)
     assert ids.tolist() == [[1]] and torch.allclose(w, torch.sigmoid(torch.tensor([[0.0]], dtype=torch.float64)))
+
+
+def test_groups_tied_at_the_boundary_may_be_kept_either_way() -> None:
+    """Groups {0,1} and {2,3} tie on their best expert: a router keeping either is valid, one picking from a group
+    that does not tie is not (the tie-aware judgement of `assert_valid_routing`)."""
+    from harness.assertions import assert_valid_routing
+    from harness.verdict import PropertyViolation
+    from reference.config import RoutingKnobs
+
+    knobs = RoutingKnobs("grouped_softmax", 1, n_group=2, topk_group=1, group_score="max")
+    tied = torch.tensor([[2.0, 0.0, 2.0, 1.0]], dtype=torch.float64)
+    assert_valid_routing(tied, knobs, None, torch.tensor([[0]]), 1)
+    assert_valid_routing(tied, knobs, None, torch.tensor([[2]]), 1)  # the other tied group, its best expert
+    with pytest.raises(PropertyViolation, match="scores below one it left out"):
+        assert_valid_routing(tied, knobs, None, torch.tensor([[3]]), 1)  # kept group 1, but not its best
+    untied = torch.tensor([[2.0, 0.0, 1.9, 1.0]], dtype=torch.float64)
+    with pytest.raises(PropertyViolation, match="scores below one it left out"):
+        assert_valid_routing(untied, knobs, None, torch.tensor([[2]]), 1)  # group 1 is dropped

@@ -92,6 +92,37 @@ def test_discovers_families() -> None:
     assert len(FAMILIES) > 60
 
 
+def test_families_are_transformers_own_config_classes_whatever_else_registered() -> None:
+    """An engine's import may register its own config class under a model_type transformers has (SGLang does for
+    zaya, dbrx, nemotron_h): the family's config, its tiny config and discovery keep transformers' class."""
+    from transformers import AutoConfig, PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from harness.tiny_configs import config_class, model_types, tiny_config
+
+    class EngineMixtralConfig(PretrainedConfig):
+        model_type = "mixtral"
+
+    own = config_class("mixtral")
+    AutoConfig.register("mixtral", EngineMixtralConfig, exist_ok=True)
+    try:
+        assert CONFIG_MAPPING["mixtral"] is EngineMixtralConfig  # what the engine's import did to transformers
+        assert config_class("mixtral") is own and type(tiny_config("mixtral")) is own
+        assert CONFIG_MAPPING["mixtral"] is EngineMixtralConfig  # and left as the engine made it
+    finally:
+        CONFIG_MAPPING._extra_content.pop("mixtral")
+    class EngineOnlyConfig(PretrainedConfig):
+        model_type = "engine_only_moe"
+
+    AutoConfig.register("engine_only_moe", EngineOnlyConfig, exist_ok=True)
+    try:
+        assert "engine_only_moe" not in model_types()
+        with pytest.raises(KeyError):
+            config_class("engine_only_moe")
+    finally:
+        CONFIG_MAPPING._extra_content.pop("engine_only_moe")
+
+
 @pytest.mark.parametrize("family", _families(OLDER_CONFIGS))
 def test_tiny_config_validates(family: str) -> None:
     config = base_config(family)

@@ -59,7 +59,7 @@ EXPERT_MAPPING: Check[ExpertMappingCap] = Check(
     capability="expert_mapping",
     summary="3·(E+R) rows, one per slot; w1=gate, w3=up, w2=down (or the declared ids and fused params); "
             "redundant p loads (p−E) mod E; old == new",
-    draws=lambda cap, family: mapping_examples(),
+    draws=lambda cap, family: mapping_examples(with_redundant=cap.redundant),
     holds=check_mapping,
     describe=lambda example: {"call": example.source, "num_experts": example.num_experts,
                               "num_redundant_experts": example.num_redundant, "call_form": example.call_form},

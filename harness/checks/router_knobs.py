@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.assertions import assert_close, assert_valid_selection, located
+from harness.assertions import assert_close, assert_valid_routing, located
 from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.router_knobs import KnobExample, flip_values, knob_examples
@@ -20,7 +20,7 @@ from harness.targets.base import Knob, RouterKnobsCap, RouterRun
 from harness.tolerances import WEIGHT_TOLERANCE
 from harness.verdict import PropertyViolation, TargetError, not_applicable
 from reference.config import MoESpec, resolve_moe_spec
-from reference.routing import route, selection_scores, weights_for
+from reference.routing import route, weights_for
 
 # The reference's routing must move by more than this for the knob to be required to act; the real
 # router's by more than WEIGHT_TOLERANCE's atol for it to count as acting.
@@ -49,7 +49,7 @@ def _assert_parity(run: RouterRun, spec: MoESpec, observed: tuple[torch.Tensor, 
         raise PropertyViolation(f"{what}: the router picks {ids.shape[-1]} experts per token; the config says "
                                 f"top_k={spec.top_k}")
     with located(what):
-        assert_valid_selection(selection_scores(logits, spec.routing, bias), ids, spec.top_k)
+        assert_valid_routing(logits, spec.routing, bias, ids, spec.top_k)
         scale = run.per_expert_scale.double() if run.per_expert_scale is not None else None
         want = weights_for(logits, ids, spec.routing, scale)
         assert_close(weights.double().reshape(want.shape), want, WEIGHT_TOLERANCE,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hypothesis
 import torch
 
-from harness.assertions import assert_close, assert_valid_selection
+from harness.assertions import assert_close, assert_valid_routing
 from harness.checks.base import Check, call_target
 from harness.families import Family
 from harness.strategies.routing_inputs import RoutingExample, routing_examples
 from harness.targets.base import RoutingCap
 from harness.tolerances import WEIGHT_TOLERANCE, Tolerance
 from harness.verdict import PropertyViolation, not_applicable
-from reference.routing import selection_scores, weights_for
+from reference.routing import weights_for
 
 
 def _assert_well_formed(weights: torch.Tensor, ids: torch.Tensor, tokens: int, experts: int, k: int) -> None:
@@ -43,7 +43,7 @@ def check_routing(routing: RoutingCap, family: Family, ex: RoutingExample, tol: 
     k = ex.knobs.top_k
     _assert_well_formed(weights, ids, t, e, k)
     ids = ids.cpu()
-    assert_valid_selection(selection_scores(logits, ex.knobs, bias), ids, k)
+    assert_valid_routing(logits, ex.knobs, bias, ids, k)
     want = weights_for(logits, ids, ex.knobs, scale)
     # Steers the nightly profile's target phase toward inputs where the weights drift furthest
     # (target() takes finite floats only; a NaN fails assert_close below anyway).
@@ -61,7 +61,7 @@ ROUTING_PARITY: Check[RoutingCap] = Check(
     name="routing-parity",
     capability="routing",
     summary="ids int32 and weights float32 [T,K]; a valid top-K (tie-aware); weights match the reference",
-    draws=lambda routing, family: routing_examples((family.spec.routing.variant,)),
+    draws=lambda routing, family: routing_examples((family.spec.routing.variant,), group_scores=routing.group_scores),
     holds=check_routing,
     describe=lambda ex: ex.describe(),
     excludes=_excludes,

@@ -108,6 +108,9 @@ def build(env: Environment, *, force: bool = False, say: Callable[[str], None] =
         for step, command in steps:
             say(f"environment {env.name}: {step}")
             _step(env, step, command)
+        if env.stand_ins:
+            say(f"environment {env.name}: add the stand-ins {', '.join(p.name for p in env.stand_ins)}")
+            _add_stand_ins(env, python)
         seconds = round(time.perf_counter() - clock, 1)
         (path / STAMP).write_text(json.dumps({"fingerprint": _fingerprint(env), "seconds": seconds,
                                               "built": datetime.now(UTC).isoformat(timespec="seconds")}))
@@ -197,6 +200,18 @@ def _uv(env: Environment) -> str:
             return found
     raise EnvironmentBuildError(env.name, "find uv", ["uv"],
                                 f"uv is not installed here: `pip install {UV_VERSION}` (bash scripts/setup.sh does)")
+
+
+def _add_stand_ins(env: Environment, python: str) -> None:
+    """Copy each stand-in package into the environment's site-packages (no metadata: to importlib.metadata, and so
+    to transformers' availability checks, the package is not installed)."""
+    command = [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+    try:
+        site = Path(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
+        for package in env.stand_ins:
+            shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise EnvironmentBuildError(env.name, "add the stand-ins", command, str(exc)) from exc
 
 
 def _step(env: Environment, step: str, command: list[str]) -> None:

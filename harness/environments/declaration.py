@@ -8,6 +8,9 @@ built-in target's name, or the `package.module:object` spec a user passes). Its 
     constraints   a constraints file, relative to the TOML file, that pins what they resolve to
     absent        distributions removed after that (packages a library cannot import beside)
     no_deps       requirement strings installed last, without their dependencies
+    stand_ins     packages (directories relative to the TOML file) copied into the environment last: a small
+                  stand-in for a package its library imports but that cannot be installed there, never code
+                  under test (it must say so when used)
     variables     environment variables every process of the target starts with
     harness       false: the harness does not run there (a library that must be tested without torch); its
                   target runs in the harness's process and drives a worker script in this environment
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "environments.toml"
-KEYS = ("description", "requirements", "constraints", "absent", "no_deps", "variables", "harness")
+KEYS = ("description", "requirements", "constraints", "absent", "no_deps", "stand_ins", "variables", "harness")
 
 
 class DeclarationError(ValueError):
@@ -44,6 +47,7 @@ class Environment:
     constraints: Path | None = None
     absent: tuple[str, ...] = ()
     no_deps: tuple[str, ...] = ()
+    stand_ins: tuple[Path, ...] = ()
     variables: dict[str, str] = field(default_factory=dict)
     harness: bool = True
 
@@ -51,8 +55,10 @@ class Environment:
         """A digest of everything the built environment depends on: this declaration, the constraints file's
         text and `extra` (the harness's requirements, the Python it is built with); a change means a rebuild."""
         # Contents, not paths: two checkouts of one declaration share its built environment.
-        data = asdict(self) | {"source": None, "constraints": None, "extra": extra}
+        data = asdict(self) | {"source": None, "constraints": None, "stand_ins": None, "extra": extra}
         data["constraints_text"] = self.constraints.read_text() if self.constraints else ""
+        data["stand_ins_text"] = {f"{package.name}/{file.relative_to(package)}": file.read_text()
+                                  for package in self.stand_ins for file in sorted(package.rglob("*.py"))}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -77,6 +83,10 @@ def _environment(name: str, table: Any, path: Path) -> Environment:
         constraints = (path.parent / _text(table, "constraints", where)).resolve()
         if not constraints.is_file():
             raise DeclarationError(f"{where}: constraints file {constraints} does not exist")
+    stand_ins = tuple((path.parent / p).resolve() for p in _strings(table, "stand_ins", where))
+    for package in stand_ins:
+        if not (package / "__init__.py").is_file():
+            raise DeclarationError(f"{where}: stand-in {package} is not a package directory (no __init__.py)")
     variables = table.get("variables", {})
     if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
         raise DeclarationError(f"{where}: variables must be a table of strings, e.g. variables = {{ NAME = \"value\" }}")
@@ -84,7 +94,7 @@ def _environment(name: str, table: Any, path: Path) -> Environment:
         raise DeclarationError(f"{where}: harness must be true or false")
     return Environment(name, path, _text(table, "description", where) if "description" in table else "",
                        _strings(table, "requirements", where), constraints, _strings(table, "absent", where),
-                       _strings(table, "no_deps", where), dict(variables), table.get("harness", True))
+                       _strings(table, "no_deps", where), stand_ins, dict(variables), table.get("harness", True))
 
 
 def _text(table: dict[str, Any], key: str, where: str) -> str:

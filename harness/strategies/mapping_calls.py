@@ -46,11 +46,12 @@ class MappingExample:
 
 
 @st.composite
-def mapping_examples(draw: st.DrawFn) -> MappingExample:
+def mapping_examples(draw: st.DrawFn, with_redundant: bool = True) -> MappingExample:
     """E in 1..64, R in 0..E (each weighted toward its bounds, E toward released models' counts), both checkpoint name styles, and every call form an old caller may use
-    (omitting num_redundant_experts only when it is 0). Shrinks toward E=1, R=0, `proj` names and the
+    (omitting num_redundant_experts only when it is 0; always, for an engine without redundant experts). Shrinks toward E=1, R=0, `proj` names and the
     positional form; a form that omits R is one draw shorter, so it is what an example not needing R shrinks to."""
-    form = draw(st.sampled_from(CALL_FORMS))
+    forms = CALL_FORMS if with_redundant else tuple(f for f in CALL_FORMS if f.endswith("no-redundant"))
+    form = draw(st.sampled_from(forms))
     num_experts = draw(sizes(1, 64, REAL_EXPERT_COUNTS))
     redundant = 0 if form.endswith("no-redundant") else draw(sizes(0, num_experts, (1,)))
     return MappingExample(num_experts, redundant, draw(st.sampled_from(tuple(CKPT_NAMES))), form)

@@ -58,9 +58,11 @@ def _logits(tokens: int, experts: int, top_k: int, style: str, seed: int, dtype:
 
 @st.composite
 def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIANTS,
-                     max_tokens: int = 32, max_experts: int = 64) -> RoutingExample:
+                     max_tokens: int = 32, max_experts: int = 64,
+                     group_scores: tuple[str, ...] = GROUP_SCORES) -> RoutingExample:
     """A routing example of one of `variants`: E in 1..max_experts (any, not only powers of two), K in 1..E
-    (K = E included), grouped cases with n_group dividing E; E, K and the token count weighted toward their
+    (K = E included), grouped cases with n_group dividing E (grouped_softmax's groups scored as one of
+    `group_scores`); E, K and the token count weighted toward their
     bounds and released models' values (see `sizes`). Shrinks toward one token, one expert, fp32."""
     name = draw(st.sampled_from(variants))
     rule = variant(name)
@@ -73,7 +75,7 @@ def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIAN
         topk_group = draw(sizes(1, n_group))
         kw.update(n_group=n_group, topk_group=topk_group)
         if name == "grouped_softmax":  # DeepSeek-V2 scores a group by its max, V3-style by its top-2 sum
-            kw["group_score"] = draw(st.sampled_from(GROUP_SCORES))
+            kw["group_score"] = draw(st.sampled_from(group_scores))
         k_max = topk_group * (experts // n_group)
     top_k = draw(sizes(1, k_max, REAL_TOP_KS))
     if rule.renormalizes:

@@ -35,6 +35,7 @@ BUILTIN: dict[str, Callable[[], Target]] = {
     "vllm-newest": _factory("harness.targets.vllm", "make_target", name="vllm-newest"),
     "torchtitan": _factory("harness.targets.torchtitan", "make_target"),
     "mlx-lm": _factory("harness.targets.mlx_lm", "make_target"),
+    "sglang": _factory("harness.targets.sglang", "make_target"),
 }
 # What `moe-harness run` checks when no --target is given: the oracle's self-check, then every library target
 # (one whose library is not installed here is one SKIP line saying so).

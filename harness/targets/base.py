@@ -12,16 +12,19 @@ import torch
 from harness.findings import Finding
 from reference.checkpoint import KeySchema
 from reference.config import MoESpec
+from reference.variants import GROUP_SCORES
 
 RoutingFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class RoutingCap:
-    """fn(logits [T,E], knobs, *, bias, per_expert_scale) -> (weights [T,K], ids [T,K]) for `variants`."""
+    """fn(logits [T,E], knobs, *, bias, per_expert_scale) -> (weights [T,K], ids [T,K]) for `variants`;
+    `group_scores`: how it may score a group where a variant lets the model choose (grouped_softmax)."""
 
     fn: RoutingFn
     variants: tuple[str, ...]
+    group_scores: tuple[str, ...] = GROUP_SCORES
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class ExpertMappingCap:
     """Expert params mapping entry points; each returns rows (param, ckpt_key, expert_id, shard_id).
 
     Both take (ckpt_gate_proj_name, ckpt_down_proj_name, ckpt_up_proj_name, num_experts,
-    num_redundant_experts) positionally or by keyword; `old` is the entry point `new` replaces.
+    num_redundant_experts) positionally or by keyword (`redundant=False`: an engine without redundant experts, whose
+    entry points take the first four only); `old` is the entry point `new` replaces.
     `fused_params` names the engine's fused (gate+up, down) parameters and `shard_ids` its shard ids for the
     (gate, up, down) projections, both as its rows spell them (vLLM's by default): a gate or up row's param
     must contain the first fused name, a down row's the second. Neither name may contain the other, and the
@@ -59,6 +63,7 @@ class ExpertMappingCap:
     old: Callable[..., list[Any]] | None = None
     fused_params: tuple[str, str] = ("w13", "w2")
     shard_ids: tuple[str, str, str] = ("w1", "w3", "w2")
+    redundant: bool = True
 
     def __post_init__(self) -> None:
         gate_up, down = self.fused_params
@@ -415,9 +420,11 @@ class Target:
         """The known failure recorded for check × family whose signature matches `counterexample` (a
         verdict's counterexample); with none (a passing verdict), the first one of check × family. A failure
         that no entry's signature matches is new, not known. An entry for every check ("*") is matched by
-        failures only: a check that passes without reaching what it covers does not make it stale."""
+        failures only: a check that passes without reaching what it covers does not make it stale; so is an entry
+        for every family, which a case passes where its draws did not reach the defect (its reproducer says when it
+        is fixed)."""
         for kf in self.known_failures:
-            if kf.check == "*" and not counterexample:
+            if "*" in (kf.check, kf.family) and not counterexample:
                 continue
             if kf.covers(check, family) and kf.matches(counterexample):
                 return kf

@@ -122,12 +122,12 @@ def one_line(exc: BaseException) -> str:
 def _default_build(family: str) -> str:
     """Whether the family's full-size default config builds (on the meta device, nothing allocated): says
     whether the defect needs our shrunk config at all."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from harness.tiny_configs import config_class
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            config = CONFIG_MAPPING[family]()
+            config = config_class(family)()
             with torch.device("meta"):
                 model_builder(config)(config)
     except Exception as exc:  # noqa: BLE001 - only the evidence is wanted here

@@ -1,0 +1,65 @@
+"""Target `sglang`: SGLang 0.5.23's own MoE code that runs on a CPU without its compiled kernels, in its own
+environment (`environments.toml`: the wheel without its CUDA dependencies, beside torch 2.13.0+cpu).
+
+- routing: `select_experts` with the `TopKConfig` a model builds, on its native path (`routing.py`);
+- expert_mapping: `FusedMoE.make_expert_params_mapping` (no redundant experts in its signature: SGLang maps physical
+  to logical experts at dispatch);
+- capturer: `RoutedExpertsCapturer` sized by SGLang's own config resolution from a config directory (`capture.py`).
+
+SGLang is imported only inside `make_target`; where it does not import, the target is unavailable with the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from harness.findings import load_known_failures
+from harness.targets.base import ExpertMappingCap, RoutingCap, Target
+from harness.targets.loading import TargetUnavailable
+
+INSTALL_HINT = ("`moe-harness run --target sglang` runs it in its own environment (sglang 0.5.23, built on demand; "
+                "`moe-harness env build sglang`)")
+
+
+@dataclass(frozen=True)
+class Capturer:
+    """SGLang's routed-experts capture for a config (`capture.py`); it writes each MoE layer's routing at the decoder
+    layer's own index, so its buffer has a slot for every decoder layer."""
+
+    layer_axis: str = "decoder"
+
+    def __call__(self, config: Any, max_tokens: int) -> torch.Tensor:
+        from harness.targets.sglang.capture import capture_buffer
+
+        return capture_buffer(config, max_tokens)
+
+
+def make_target() -> Target:
+    """The sglang Target; TargetUnavailable (with the reason) where SGLang's MoE code does not import."""
+    # Its quantization modules warn at import that their kernels need a GPU: said once here, not per case.
+    warnings.filterwarnings("ignore", message=r"Only CUDA.* support")
+    try:
+        from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+    except ImportError as exc:
+        raise TargetUnavailable(f"sglang is not importable here ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
+    except Exception as exc:  # noqa: BLE001 - its import probes the platform; any failure means "not here"
+        raise TargetUnavailable(f"importing sglang failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
+    from harness.targets.sglang import routing
+    from harness.tiny_configs import discover_moe_families
+
+    return Target(
+        name="sglang",
+        version=metadata.version("sglang"),
+        description="SGLang's MoE code on the CPU: select_experts (native path), FusedMoE's expert params mapping, "
+                    "the routed-experts capturer as its config resolution sizes it",
+        routing=RoutingCap(routing.route, tuple(routing.SCORING), group_scores=routing.GROUP_SCORES_OF_SOFTMAX),
+        expert_mapping=ExpertMappingCap(new=FusedMoE.make_expert_params_mapping, redundant=False),
+        capturer=Capturer(),
+        families=discover_moe_families(),
+        known_failures=load_known_failures(__file__, "sglang"),
+    )

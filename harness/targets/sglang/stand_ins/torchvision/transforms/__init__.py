@@ -1,0 +1,3 @@
+from torchvision._absent import names
+
+__getattr__ = names("torchvision.transforms")

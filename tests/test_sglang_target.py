@@ -1,0 +1,86 @@
+"""The `sglang` target, inside its own environment (`moe-harness env python sglang -m pytest ...`, which
+`scripts/test.sh` runs): its capabilities pass where SGLang is right, its recorded defects are caught as known and
+nothing else fails with them. Wherever sglang does not import (the main venv) the target is unavailable, with the
+reason."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from harness.checks import CHECKS
+from harness.checks.routing_parity import check_routing
+from harness.engine import _failure_record, run_case
+from harness.families import get_family
+from harness.strategies.routing_inputs import RoutingExample
+from harness.targets import TargetUnavailable, load_target
+from harness.verdict import PropertyViolation, Status
+from reference.config import RoutingKnobs
+
+HAS_SGLANG = importlib.util.find_spec("sglang") is not None
+needs_sglang = pytest.mark.skipif(not HAS_SGLANG, reason="sglang is not installed here; "
+                                  "run `moe-harness env python sglang -m pytest tests/test_sglang_target.py`")
+
+
+@pytest.mark.skipif(HAS_SGLANG, reason="sglang is installed here: the target loads")
+def test_unavailable_without_sglang_names_the_reason() -> None:
+    with pytest.raises(TargetUnavailable, match="sglang is not importable here.*its own environment"):
+        load_target("sglang")
+
+
+@pytest.fixture(scope="module")
+def sglang_target():
+    return load_target("sglang")
+
+
+@needs_sglang
+def test_target_fills_its_capabilities(sglang_target) -> None:
+    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer"]
+    assert sglang_target.version == "0.5.23"
+
+
+@needs_sglang
+@pytest.mark.parametrize(("check", "family"), [
+    ("routing-parity", "mixtral"), ("routing-parity", "qwen3_moe"), ("routing-parity", "gpt_oss"), ("expert-mapping", "any"),
+    ("capturer-shape", "qwen3_moe"), ("capturer-shape", "jamba"), ("capturer-shape", "zaya"),
+])
+def test_what_sglang_gets_right_passes(sglang_target, check: str, family: str) -> None:
+    """Softmax top-k in float32 whatever the logits' dtype; the mapping's 3·E slots; the capture buffer with a slot per
+    decoder layer (jamba: dense layers between MoE ones), for zaya too, whose config SGLang replaces with its own."""
+    verdict = run_case(CHECKS[check], sglang_target, get_family(family), max_examples=10)
+    assert verdict.status == Status.PASS, verdict
+
+
+@needs_sglang
+@pytest.mark.parametrize(("check", "family"), [
+    ("routing-parity", "deepseek_v3"), ("routing-parity", "laguna"),
+    ("capturer-shape", "aria_text"), ("capturer-shape", "gemma4"), ("capturer-shape", "nemotron_h"),
+])
+def test_recorded_defects_are_caught_as_known(sglang_target, check: str, family: str) -> None:
+    verdict = run_case(CHECKS[check], sglang_target, get_family(family), max_examples=25)
+    assert verdict.status == Status.KNOWN, verdict
+
+
+@needs_sglang
+def test_a_pick_from_a_dropped_group_is_caught_as_its_finding(sglang_target) -> None:
+    """DeepSeek-V2's grouped router: a kept expert whose softmax underflows ties with the dropped groups' 0.0."""
+    example = RoutingExample(torch.tensor([[200.0, 0.0, 0.0, 0.0]]),
+                             RoutingKnobs("grouped_softmax", top_k=2, renormalize=False, n_group=2, topk_group=1,
+                                          group_score="max"), None, None, "huge", 0)
+    with pytest.raises(PropertyViolation) as caught:
+        check_routing(sglang_target.routing, get_family("deepseek_v2"), example)
+    record = _failure_record(CHECKS["routing-parity"], example, caught.value)[3]
+    assert sglang_target.known_failure("routing-parity", "deepseek_v2", record) is not None, record
+
+
+@needs_sglang
+def test_sigmoid_bias_in_float32_is_exact(sglang_target) -> None:
+    """The half-precision finding is the dtype alone: the same router on float32 logits weighs as the reference."""
+    logits = torch.tensor([[4.625, -1.0, 0.5]])
+    knobs = RoutingKnobs("sigmoid_bias", top_k=2, renormalize=True, scaling_factor=2.5)
+    weights, ids = sglang_target.routing.fn(logits, knobs, bias=torch.zeros(3))
+    assert ids.tolist() == [[0, 2]] or ids.tolist() == [[2, 0]]
+    expected = torch.sigmoid(logits[0, ids[0].long()])
+    torch.testing.assert_close(weights[0], 2.5 * expected / expected.sum())
