@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from harness.checks import CHECKS
+from harness.checks.block_parity import check_block_parity
 from harness.checks.routing_parity import check_routing
 from harness.engine import _failure_record, run_case
 from harness.families import get_family
+from harness.strategies.block_inputs import BlockInput
 from harness.strategies.routing_inputs import RoutingExample
 from harness.targets import TargetUnavailable, load_target
+from harness.targets.base import BlockCap
 from harness.verdict import PropertyViolation, Status
 from reference.config import RoutingKnobs
 
@@ -37,7 +40,7 @@ def sglang_target():
 
 @needs_sglang
 def test_target_fills_its_capabilities(sglang_target) -> None:
-    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer"]
+    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer", "block"]
     assert sglang_target.version == "0.5.23"
 
 
@@ -45,10 +48,12 @@ def test_target_fills_its_capabilities(sglang_target) -> None:
 @pytest.mark.parametrize(("check", "family"), [
     ("routing-parity", "mixtral"), ("routing-parity", "qwen3_moe"), ("routing-parity", "gpt_oss"), ("expert-mapping", "any"),
     ("capturer-shape", "qwen3_moe"), ("capturer-shape", "jamba"), ("capturer-shape", "zaya"),
+    ("block-parity", "qwen3_moe"), ("block-parity", "mixtral"), ("functional-call", "olmoe"),
 ])
 def test_what_sglang_gets_right_passes(sglang_target, check: str, family: str) -> None:
     """Softmax top-k in float32 whatever the logits' dtype; the mapping's 3·E slots; the capture buffer with a slot per
-    decoder layer (jamba: dense layers between MoE ones), for zaya too, whose config SGLang replaces with its own."""
+    decoder layer (jamba: dense layers between MoE ones), for zaya too, whose config SGLang replaces with its own; its
+    MoE blocks on the torch-native path."""
     verdict = run_case(CHECKS[check], sglang_target, get_family(family), max_examples=10)
     assert verdict.status == Status.PASS, verdict
 
@@ -84,3 +89,21 @@ def test_sigmoid_bias_in_float32_is_exact(sglang_target) -> None:
     assert ids.tolist() == [[0, 2]] or ids.tolist() == [[2, 0]]
     expected = torch.sigmoid(logits[0, ids[0].long()])
     torch.testing.assert_close(weights[0], 2.5 * expected / expected.sum())
+
+
+@needs_sglang
+def test_a_block_that_ignores_its_configs_renormalisation_is_caught(sglang_target) -> None:
+    """Qwen3-MoE's block built right, then its TopK told to renormalise where the config's norm_topk_prob says not
+    to (as a model ignoring the field would): block-parity sees the output differ."""
+    family = get_family("qwen3_moe")
+    assert not family.spec.routing.renormalize
+
+    def ignoring(spec, seed=0, dtype=torch.float32):
+        block = sglang_target.block.build(spec, seed, dtype)
+        block.block.topk.topk_config.renormalize = True
+        return block
+
+    example = BlockInput(tokens=4, seed=0, scale=1.0)
+    check_block_parity(BlockCap(sglang_target.block.build), family, example)
+    with pytest.raises(PropertyViolation, match="block output"):
+        check_block_parity(BlockCap(ignoring), family, example)

@@ -4,7 +4,8 @@ environment (`environments.toml`: the wheel without its CUDA dependencies, besid
 - routing: `select_experts` with the `TopKConfig` a model builds, on its native path (`routing.py`);
 - expert_mapping: `FusedMoE.make_expert_params_mapping` (no redundant experts in its signature: SGLang maps physical
   to logical experts at dispatch);
-- capturer: `RoutedExpertsCapturer` sized by SGLang's own config resolution from a config directory (`capture.py`).
+- capturer: `RoutedExpertsCapturer` sized by SGLang's own config resolution from a config directory (`capture.py`);
+- block: the MoE block class each SGLang model builds for its MoE layers, built on one CPU rank (`blocks.py`).
 
 SGLang is imported only inside `make_target`; where it does not import, the target is unavailable with the reason.
 """
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from harness.findings import load_known_failures
-from harness.targets.base import ExpertMappingCap, RoutingCap, Target
+from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target
 from harness.targets.loading import TargetUnavailable
 
 INSTALL_HINT = ("`moe-harness run --target sglang` runs it in its own environment (sglang 0.5.23, built on demand; "
@@ -49,17 +50,18 @@ def make_target() -> Target:
         raise TargetUnavailable(f"sglang is not importable here ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
     except Exception as exc:  # noqa: BLE001 - its import probes the platform; any failure means "not here"
         raise TargetUnavailable(f"importing sglang failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
-    from harness.targets.sglang import routing
+    from harness.targets.sglang import blocks, routing
     from harness.tiny_configs import discover_moe_families
 
     return Target(
         name="sglang",
         version=metadata.version("sglang"),
         description="SGLang's MoE code on the CPU: select_experts (native path), FusedMoE's expert params mapping, "
-                    "the routed-experts capturer as its config resolution sizes it",
+                    "the routed-experts capturer as its config resolution sizes it, its MoE blocks",
         routing=RoutingCap(routing.route, tuple(routing.SCORING), group_scores=routing.GROUP_SCORES_OF_SOFTMAX),
         expert_mapping=ExpertMappingCap(new=FusedMoE.make_expert_params_mapping, redundant=False),
         capturer=Capturer(),
+        block=BlockCap(blocks.build, tuple(blocks.BLOCKS), skip=blocks.skip_reason),
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "sglang"),
     )

@@ -2,13 +2,12 @@
 
 SGLang sizes the capture in `RoutedExpertsCapturer.__init__` from `ModelConfig.hf_text_config` (its
 `get_hf_text_config` of the config its loader reads from the directory): `num_experts_per_tok` for the top-k and
-`num_hidden_layers` for the layer axis (it captures at each decoder layer's own index). Here the directory is the
-config transformers writes, the ModelConfig is made from server arguments for one CPU rank
-(`ModelConfig.from_server_args`, after the runtime context is published from them, as a server does at start; the
-config names its model class, as a published checkpoint's does), and
-the capturer is SGLang's. Its host cache is plain CPU memory here: SGLang registers that memory with CUDA
-(`cudaHostRegister`) for every device but npu/musa/xpu, which a CPU-only torch cannot; the registration does not
-shape the buffer.
+`num_hidden_layers` for the layer axis (it captures at each decoder layer's own index). Here the directory holds the
+config transformers writes, naming its model class as a published checkpoint's does; the ModelConfig is made from
+server arguments for one CPU rank (`ModelConfig.from_server_args`, the runtime context holding the same
+arguments), and the capturer is SGLang's. Its host cache is plain CPU memory here: SGLang
+registers that memory with CUDA (`cudaHostRegister`) for every device but npu/musa/xpu, which a CPU-only torch
+cannot; the registration does not shape the buffer.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from harness.targets.sglang.runtime import write_config
 from harness.verdict import CheckSkipped, not_applicable
 
 
@@ -46,31 +46,17 @@ def _cpu_host_allocation() -> Iterator[None]:
 
 
 def model_config(directory: str) -> Any:
-    """SGLang's ModelConfig of a config directory, resolved as a one-rank CPU server resolves it (the runtime context
-    published from the same server arguments)."""
+    """SGLang's ModelConfig of a config directory, resolved from the server arguments a one-rank CPU server is given
+    (installed as the runtime context's, without `publish`'s per-model deployment hooks: their attention-backend and
+    Mamba-cache choices refuse a CPU for some models and do not size the capture)."""
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.runtime_context import get_context
-    from sglang.srt.server_args import ServerArgs
 
-    # chunked_prefill_size: resolved per GPU model when not given; no GPU here, so it is given (it sizes only the
-    # device cache's batch axis, not the buffer judged).
-    args = ServerArgs(model_path=directory, device="cpu", skip_tokenizer_init=True, enable_return_routed_experts=True,
-                      chunked_prefill_size=64)
+    from harness.targets.sglang.runtime import server_args
+
+    args = server_args(directory, enable_return_routed_experts=True)
     get_context().set_server_args(args)
     return ModelConfig.from_server_args(args)
-
-
-def published_architecture(config: Any) -> str:
-    """The model class a published checkpoint of `config`'s family names in its config.json (`architectures`): its
-    causal LM, else its base model, as transformers' Auto classes map the config class; else the class's name spelled
-    as a causal LM."""
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    for auto in (AutoModelForCausalLM, AutoModel):
-        if type(config) in auto._model_mapping:
-            found: Any = auto._model_mapping[type(config)]
-            return (found[0] if isinstance(found, tuple) else found).__name__
-    return type(config).__name__.removesuffix("Config") + "ForCausalLM"
 
 
 def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
@@ -85,9 +71,7 @@ def capture_buffer(config: Any, max_tokens: int) -> torch.Tensor:
         raise CheckSkipped(not_applicable("SGLang resolves a served checkpoint's config by its model_type (its own "
                                           "config classes first); a config without one is no checkpoint it serves"))
     with tempfile.TemporaryDirectory(prefix="moe-harness-sglang-") as directory:
-        # A checkpoint's config.json names its model class; SGLang's config resolution reads it.
-        config.architectures = config.architectures or [published_architecture(config)]
-        config.save_pretrained(directory)
+        write_config(config, directory)
         resolved = model_config(directory)
     with _cpu_host_allocation():
         capturer = RoutedExpertsCapturer(resolved, num_tokens=max_tokens, max_running_requests=1,

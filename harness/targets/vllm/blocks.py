@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.targets.vllm.runtime import building, process_weights, running, seed_parameters
+from harness.targets.seeding import seed_parameters
+from harness.targets.vllm.runtime import building, process_weights, running
 from harness.tiny_configs import tiny_config
 from harness.verdict import harness_limit
 from reference.config import MoESpec

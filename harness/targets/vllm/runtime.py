@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import nn
 
 
@@ -49,20 +48,6 @@ def running() -> Iterator[None]:
     config = vllm_config()
     with set_forward_context(None, config):
         yield
-
-
-def seed_parameters(module: nn.Module, seed: int, scale: float = 0.5) -> None:
-    """Every parameter gets seeded normal values (`per_expert_scale` positive, around 1); buffers keep
-    vLLM's values, since the non-persistent ones are constants such as Gemma4's 1/sqrt(H)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if name.endswith("per_expert_scale"):
-                values = torch.rand(param.shape, generator=gen, dtype=torch.float64) + 0.5
-            else:
-                fan_in = param.shape[-1] if param.dim() > 1 else 1
-                values = torch.randn(param.shape, generator=gen, dtype=torch.float64) * scale / fan_in**0.5
-            param.copy_(values.to(param.dtype))
 
 
 def process_weights(module: nn.Module) -> None:
