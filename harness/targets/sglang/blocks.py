@@ -43,7 +43,7 @@ def _by_sizes(experts_field: str) -> Callable[[Any, Any, int, str], nn.Module]:
     def build(cls: Any, config: Any, layer_id: int, prefix: str) -> nn.Module:
         return cls(num_experts=getattr(config, experts_field), top_k=config.num_experts_per_tok,
                    hidden_size=config.hidden_size, intermediate_size=config.intermediate_size, layer_id=layer_id,
-                   params_dtype=torch.float32, quant_config=None, prefix=prefix)
+                   params_dtype=torch.get_default_dtype(), quant_config=None, prefix=prefix)
 
     return build
 

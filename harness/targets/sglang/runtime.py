@@ -5,8 +5,10 @@ Imports SGLang only inside functions."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -26,8 +28,11 @@ def published_architecture(config: Any) -> str:
 def write_config(config: Any, directory: str) -> None:
     """Save `config` to `directory` as a checkpoint's config.json: naming its model class, which SGLang's config
     resolution reads (`architectures`)."""
-    config.architectures = config.architectures or [published_architecture(config)]
     config.save_pretrained(directory)
+    path = Path(directory) / "config.json"
+    written = json.loads(path.read_text())
+    if not written.get("architectures"):  # named in the file, the drawn config left as it was
+        path.write_text(json.dumps({**written, "architectures": [published_architecture(config)]}, indent=2))
 
 
 def server_args(directory: str, **fields: Any) -> Any:
