@@ -168,3 +168,19 @@ def test_a_declared_mapping_for_another_checkpoint_layout_is_named(checkpoint) -
                         " 'experts.0.gate_proj.', 'experts.0.up_proj.']..., the checkpoint's: "
                         "['model.layers.0.mlp.experts.0.w1.weight', 'model.layers.0.mlp.experts.0.w2.weight', "
                         "'model.layers.0.mlp.experts.0.w3.weight']...)"], problems
+
+
+def test_held_tensors_keeps_packed_slices_and_drops_a_reshaped_view() -> None:
+    """Experts packed into one flat tensor (each parameter a slice of it) are each held; a reshape of a parameter
+    (a Mamba mixer's conv_weights of its conv1d.weight) is that parameter, held once."""
+    from harness.targets.loaded import held_tensors
+
+    model = torch.nn.Module()
+    packed = torch.arange(8.0)
+    model.a = torch.nn.Parameter(packed[:4])
+    model.b = torch.nn.Parameter(packed[4:])
+    model.conv = torch.nn.Parameter(torch.ones(2, 1, 3))
+    model.conv_view = torch.nn.Parameter(model.conv.data.view(2, 3))
+    params, _ = held_tensors(model)
+    assert sorted(params) == ["a", "b", "conv"]
+    assert params["b"].tolist() == [4.0, 5.0, 6.0, 7.0]

@@ -5,6 +5,8 @@ reason."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
 
 import pytest
@@ -40,7 +42,7 @@ def sglang_target():
 
 @needs_sglang
 def test_target_fills_its_capabilities(sglang_target) -> None:
-    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer", "block"]
+    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer", "block", "weight_loader"]
     assert sglang_target.version == "0.5.23"
 
 
@@ -62,6 +64,7 @@ def test_what_sglang_gets_right_passes(sglang_target, check: str, family: str) -
 @pytest.mark.parametrize(("check", "family"), [
     ("routing-parity", "deepseek_v3"), ("routing-parity", "laguna"),
     ("capturer-shape", "aria_text"), ("capturer-shape", "gemma4"), ("capturer-shape", "nemotron_h"),
+    ("load-parity", "llama4_text"), ("load-parity", "hy_v3"), ("load-parity", "nemotron_h"),
 ])
 def test_recorded_defects_are_caught_as_known(sglang_target, check: str, family: str) -> None:
     verdict = run_case(CHECKS[check], sglang_target, get_family(family), max_examples=25)
@@ -107,3 +110,32 @@ def test_a_block_that_ignores_its_configs_renormalisation_is_caught(sglang_targe
     check_block_parity(BlockCap(sglang_target.block.build), family, example)
     with pytest.raises(PropertyViolation, match="block output"):
         check_block_parity(BlockCap(ignoring), family, example)
+
+
+@needs_sglang
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "afmoe"])
+def test_load_parity_passes_where_sglang_loads_every_tensor_in_place(sglang_target, family: str) -> None:
+    """Whole models built by SGLang's loader on one CPU rank (afmoe: its experts, each a slice of one packed tensor)."""
+    verdict = run_case(CHECKS["load-parity"], sglang_target, get_family(family), max_examples=1)
+    assert verdict.status == Status.PASS, verdict
+
+
+@needs_sglang
+def test_load_parity_catches_a_loader_that_swaps_two_experts(sglang_target) -> None:
+    """SGLang's Mixtral loader patched, in the loading process, to hand expert 0's tensors in under expert 1's name
+    and back."""
+    swap = """
+from sglang.srt.models.mixtral import MixtralForCausalLM
+own = MixtralForCausalLM.load_weights
+def swapped(self, weights):
+    return own(self, ((n.replace(".experts.0.", ".experts.@.").replace(".experts.1.", ".experts.0.")
+                       .replace(".experts.@.", ".experts.1."), w) for n, w in weights))
+MixtralForCausalLM.load_weights = swapped
+"""
+    from harness.targets.sglang import loading
+
+    broken = dataclasses.replace(sglang_target, weight_loader=dataclasses.replace(
+        sglang_target.weight_loader, load=functools.partial(loading.load, prelude=swap)))
+    verdict = run_case(CHECKS["load-parity"], broken, get_family("mixtral"), max_examples=1)
+    assert verdict.status == Status.FAIL, verdict
+    assert "row 0 is expert 0 (the engine's expert map) but holds expert 1" in verdict.message, verdict.message

@@ -5,7 +5,9 @@ environment (`environments.toml`: the wheel without its CUDA dependencies, besid
 - expert_mapping: `FusedMoE.make_expert_params_mapping` (no redundant experts in its signature: SGLang maps physical
   to logical experts at dispatch);
 - capturer: `RoutedExpertsCapturer` sized by SGLang's own config resolution from a config directory (`capture.py`);
-- block: the MoE block class each SGLang model builds for its MoE layers, built on one CPU rank (`blocks.py`).
+- block: the MoE block class each SGLang model builds for its MoE layers, built on one CPU rank (`blocks.py`);
+- weight_loader: whole models built by SGLang's loader from a checkpoint directory and loaded by their own
+  `load_weights`, one CPU rank, each in a fork of a server that imported SGLang once (`loading.py`).
 
 SGLang is imported only inside `make_target`; where it does not import, the target is unavailable with the reason.
 """
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from harness.findings import load_known_failures
-from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target
+from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target, WeightLoaderCap
 from harness.targets.loading import TargetUnavailable
 
 INSTALL_HINT = ("`moe-harness run --target sglang` runs it in its own environment (sglang 0.5.23, built on demand; "
@@ -50,18 +52,20 @@ def make_target() -> Target:
         raise TargetUnavailable(f"sglang is not importable here ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
     except Exception as exc:  # noqa: BLE001 - its import probes the platform; any failure means "not here"
         raise TargetUnavailable(f"importing sglang failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
-    from harness.targets.sglang import blocks, routing
+    from harness.targets.sglang import blocks, loading, routing
     from harness.tiny_configs import discover_moe_families
 
     return Target(
         name="sglang",
         version=metadata.version("sglang"),
         description="SGLang's MoE code on the CPU: select_experts (native path), FusedMoE's expert params mapping, "
-                    "the routed-experts capturer as its config resolution sizes it, its MoE blocks",
+                    "the routed-experts capturer as its config resolution sizes it, its MoE blocks, its model loader",
         routing=RoutingCap(routing.route, tuple(routing.SCORING), group_scores=routing.GROUP_SCORES_OF_SOFTMAX),
         expert_mapping=ExpertMappingCap(new=FusedMoE.make_expert_params_mapping, redundant=False),
         capturer=Capturer(),
         block=BlockCap(blocks.build, tuple(blocks.BLOCKS), skip=blocks.skip_reason),
+        weight_loader=WeightLoaderCap(loading.load, loading.SHARDINGS, loading.FUSED_PARTS,
+                                      runs_over=discover_moe_families(), isolated_writer=True),
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "sglang"),
     )

@@ -3,9 +3,9 @@
 Each family's block is the class its SGLang model builds for a decoder layer's MLP, constructed with the arguments the
 model passes, in a process set up as one CPU rank (`runtime.one_rank`). Its router is a `TopK` op, its experts a
 `FusedMoE`, which on a CPU without AMX run SGLang's torch-native path. A block's forward launches nothing else on
-these families; blocks whose forward needs a GPU kernel are listed with the reason. Whole SGLang models cannot be
-built here (their rotary embedding imports vLLM's CUDA ops off CUDA and off SGLang's CPU engine, which needs
-sgl-kernel's AMX build), so the blocks are built by class, the table below.
+these families; blocks whose forward needs a GPU kernel are listed with the reason. The blocks are built by class,
+the table below (whole models build too, for load-parity: `loading.py`; finding the blocks in their module trees, as
+the transformers target does, is not done yet).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from harness.targets.base import CheckpointLoaderCap
+from harness.targets.loaded import checkpoint_keys
 from harness.targets.transformers.families import record
 from harness.verdict import SkipReason, harness_limit, not_applicable
 from reference.checkpoint import BLOCKS, PREFIXES, KeySchema, parse_expert_key
@@ -153,16 +154,6 @@ def _report(info: dict) -> LoadReport:
         unexpected=sorted(n for n in info.get("unexpected_keys", ()) if _EXPERT_LIKE.search(n)))
 
 
-def _checkpoint_keys(directory: Path) -> list[str]:
-    from safetensors import safe_open
-
-    keys: list[str] = []
-    for shard in sorted(directory.glob("*.safetensors")):
-        with safe_open(shard, framework="pt") as f:
-            keys += list(f.keys())
-    return keys
-
-
 def loaded_others(model: torch.nn.Module, info: dict, directory: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's non-expert tensors the model took as they are, under their checkpoint keys: each key
     that is one of the model's names (as spelled, or with the base-model prefix added or stripped) which the
@@ -171,7 +162,7 @@ def loaded_others(model: torch.nn.Module, info: dict, directory: Path) -> dict[s
     dot = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
     skipped = {*info.get("missing_keys", ()), *_mismatched(info)}
     out = {}
-    for key in _checkpoint_keys(directory):
+    for key in checkpoint_keys(directory):
         if parse_expert_key(key) or _EXPERT_LIKE.search(key):
             continue
         names = [key] + ([dot + key, key.removeprefix(dot)] if dot else [])

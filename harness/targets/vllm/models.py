@@ -20,20 +20,16 @@ from typing import Any
 
 import torch
 
+from harness.targets import loaded
 from harness.targets.base import LoadedParams
+from harness.targets.loaded import checkpoint_keys, held_tensors, mamba_a_from_a_log
 from harness.targets.vllm.ranks import POOL, WORLD, serve
 from harness.targets.vllm.runtime import inspection_in_process
 from harness.verdict import CheckSkipped, harness_limit, not_applicable
 
 SHARDINGS = ("single", "tp2", "ep2")
-# vLLM's stacked parameters and the checkpoint modules their rows hold, in its order (w13: w1 then w3; qkv: q, k, v).
-FUSED_PARTS = (
-    ("w13_weight", (("w1", "gate_proj"), ("w3", "up_proj"))),
-    ("w13_bias", (("w1", "gate_proj"), ("w3", "up_proj"))),
-    ("gate_up_proj.weight", (("gate_proj", "w1"), ("up_proj", "w3"))),
-    ("qkv_proj.weight", (("q_proj",), ("k_proj",), ("v_proj",))),
-    ("qkv_proj.bias", (("q_proj",), ("k_proj",), ("v_proj",))),
-)
+# vLLM's stacked parameters: those both engines build, and the stack of its experts' biases.
+FUSED_PARTS = (*loaded.FUSED_PARTS, ("w13_bias", loaded.EXPERTS_GATE_UP))
 
 
 # What vLLM's model code does on purpose to a checkpoint's tensors, by the model class it builds, with its reason.
@@ -81,16 +77,12 @@ def loaded_params(config: Any, rank: int = 0) -> LoadedParams:
                 param.fill_(float("nan"))
         loader.load_weights(model, config.model_config)
         declared = _declared_expert_mapping(model)
-    # A tensor that is a view of one already taken (a Mamba mixer's conv_weights of its conv1d.weight) is that one.
-    storages: set[int] = set()
-    params = {name: p.detach().clone() for name, p in model.named_parameters() if _first_view(p, storages)}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()
-               if b.is_floating_point() and _first_view(b, storages)}
-    keys = _checkpoint_keys(Path(config.model_config.model))
+    params, buffers = held_tensors(model)
+    keys = checkpoint_keys(Path(config.model_config.model))
     cls = type(model).__name__
     reordered = {n: why for n in params for suffix, why in REORDERED.get(cls, ()) if n.endswith(suffix)}
     unused = {k: why for k in keys for part, why in UNUSED.get(cls, ()) if part in k}
-    return LoadedParams(params, _expert_rows(model), rank, buffers, _derived(params, keys), reordered, unused,
+    return LoadedParams(params, _expert_rows(model), rank, buffers, mamba_a_from_a_log(params, keys), reordered, unused,
                         tuple((str(p), str(w), int(e), str(s)) for p, w, e, s in declared))
 
 
@@ -105,37 +97,6 @@ def _declared_expert_mapping(model: torch.nn.Module) -> list[tuple[str, str, int
         if callable(declare) and not isinstance(module, RoutedExperts):
             return list(declare())
     return []
-
-
-def _first_view(tensor: torch.Tensor, storages: set[int]) -> bool:
-    """Whether no tensor seen before shares `tensor`'s storage (recording it)."""
-    storage = tensor.untyped_storage().data_ptr()
-    if storage in storages:
-        return False
-    storages.add(storage)
-    return True
-
-
-def _checkpoint_keys(directory: Path) -> list[str]:
-    from safetensors import safe_open
-
-    keys: list[str] = []
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(path, "pt") as f:
-            keys += list(f.keys())  # noqa: SIM118 - safe_open is no mapping
-    return keys
-
-
-def _derived(params: dict[str, torch.Tensor], keys: list[str]) -> dict[str, str]:
-    """Each Mamba mixer's `A`, which its weight loader computes as -exp of the checkpoint's `A_log` of that layer."""
-    derived = {}
-    for name in params:
-        if name.endswith(".A"):
-            tail = name[name.find("layers."):] + "_log"
-            source = next((k for k in keys if k.endswith(tail)), None)
-            if source is not None:
-                derived[name] = source
-    return derived
 
 
 def _expert_rows(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -19,15 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from safetensors.torch import load_file, save_file
-
 from harness.targets.base import LoadedParams
+from harness.targets.loaded import error_reply, read, write
 from harness.verdict import CheckSkipped
 
 WORLD = 2
@@ -79,7 +77,7 @@ class RankPool:
         errors = [f"rank {i}: {r['error']}" for i, r in enumerate(replies) if "error" in r]
         if errors:
             raise ShardedLoadFailed("; ".join(errors))
-        return tuple(_read(out, rank) for rank in range(WORLD))
+        return tuple(read(out, rank) for rank in range(WORLD))
 
     def _start(self) -> None:
         self.stop()
@@ -136,14 +134,6 @@ class RankPool:
             self.folder = None
 
 
-def _read(out: Path, rank: int) -> LoadedParams:
-    told = json.loads((out / f"rank{rank}.json").read_text())
-    return LoadedParams(load_file(out / f"rank{rank}.safetensors"),
-                        {k: tuple(v) for k, v in told["experts"].items()}, rank,
-                        load_file(out / f"rank{rank}.buffers.safetensors"), told["derived"], told["reordered"],
-                        told["unused"], tuple((p, w, int(e), s) for p, w, e, s in told["expert_mapping"]))
-
-
 def serve(rank: int, rendezvous: Path, requests: IO[str], load: Callable[[Path, str, int], LoadedParams]) -> None:
     """Join the group, then answer load requests until stdin closes: `load(directory, sharding, rank)` is vLLM's
     loading on this rank (its skips replied as skips)."""
@@ -159,17 +149,12 @@ def serve(rank: int, rendezvous: Path, requests: IO[str], load: Callable[[Path, 
         out = Path(request["out"])
         try:
             loaded = load(Path(request["directory"]), request["sharding"], rank)
-            save_file({k: v.contiguous() for k, v in loaded.params.items()}, out / f"rank{rank}.safetensors")
-            save_file({k: v.contiguous() for k, v in loaded.buffers.items()}, out / f"rank{rank}.buffers.safetensors")
-            (out / f"rank{rank}.json").write_text(json.dumps({
-                "experts": {k: list(v) for k, v in loaded.experts.items()}, "derived": loaded.derived,
-                "reordered": loaded.reordered, "unused": loaded.unused, "expert_mapping": loaded.expert_mapping}))
+            write(loaded, out, rank)
             reply = {}
         except CheckSkipped as skipped:
             reply = skipped.to_reply()
         except Exception as exc:  # noqa: BLE001 - vLLM's error is the reply
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            reply = {"error": f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"[:800]}
+            reply = error_reply(exc)
         print(REPLY + json.dumps(reply), flush=True)
 
 
