@@ -115,7 +115,9 @@ def test_a_block_that_ignores_its_configs_renormalisation_is_caught(sglang_targe
 @needs_sglang
 @pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "afmoe"])
 def test_load_parity_passes_where_sglang_loads_every_tensor_in_place(sglang_target, family: str) -> None:
-    """Whole models built by SGLang's loader on one CPU rank (afmoe: its experts, each a slice of one packed tensor)."""
+    """Whole models built by SGLang's loader on one CPU rank, tensor parallel 2 and expert parallel 2 (two forked
+    ranks); afmoe: its experts, each a slice of one packed tensor."""
+    assert sglang_target.weight_loader.shardings == ("single", "tp2", "ep2")
     verdict = run_case(CHECKS["load-parity"], sglang_target, get_family(family), max_examples=1)
     assert verdict.status == Status.PASS, verdict
 
@@ -139,3 +141,27 @@ MixtralForCausalLM.load_weights = swapped
     verdict = run_case(CHECKS["load-parity"], broken, get_family("mixtral"), max_examples=1)
     assert verdict.status == Status.FAIL, verdict
     assert "row 0 is expert 0 (the engine's expert map) but holds expert 1" in verdict.message, verdict.message
+
+
+@needs_sglang
+def test_load_parity_catches_expert_parallel_ranks_loading_each_others_experts(sglang_target) -> None:
+    """SGLang's FusedMoE patched, in the loading processes, to place the other rank's block of experts in each rank's
+    rows under expert parallelism (its expert map says otherwise)."""
+    swap = """
+from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+own = FusedMoE._map_global_expert_id_to_local_expert_id
+def other_ranks(self, expert_id):
+    if self.moe_ep_size == 1:
+        return own(self, expert_id)
+    start = (self.moe_ep_size - 1 - self._expert_storage_rank) * self._num_local_routed
+    return expert_id - start if start <= expert_id < start + self._num_local_routed else -1
+FusedMoE._map_global_expert_id_to_local_expert_id = other_ranks
+"""
+    from harness.targets.sglang import loading
+
+    broken = dataclasses.replace(sglang_target, weight_loader=dataclasses.replace(
+        sglang_target.weight_loader, load=functools.partial(loading.load, prelude=swap)))
+    verdict = run_case(CHECKS["load-parity"], broken, get_family("qwen3_moe"), max_examples=1)
+    assert verdict.status == Status.FAIL, verdict
+    assert "[ep2] rank 0: " in verdict.message and "row 0 is expert 0 (the engine's expert map) but holds expert 4" \
+        in verdict.message, verdict.message

@@ -64,7 +64,7 @@ def make_target() -> Target:
         expert_mapping=ExpertMappingCap(new=FusedMoE.make_expert_params_mapping, redundant=False),
         capturer=Capturer(),
         block=BlockCap(blocks.build, tuple(blocks.BLOCKS), skip=blocks.skip_reason),
-        weight_loader=WeightLoaderCap(loading.load, loading.SHARDINGS, loading.FUSED_PARTS,
+        weight_loader=WeightLoaderCap(loading.load, loading.SHARDINGS, loading.FUSED_PARTS, skip=loading.skip_reason,
                                       runs_over=discover_moe_families(), isolated_writer=True),
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "sglang"),
