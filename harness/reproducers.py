@@ -31,7 +31,7 @@ PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "vllm.config"
            "vllm.model_executor.model_loader.utils", "mlx_lm.utils",
            "torchtitan.experiments.transformers_modeling_backend.state_dict_adapter",
            "sglang.srt.layers.moe.topk", "sglang.srt.server_args", "sglang.srt.configs.model_config",
-           "sglang.srt.state_capturer.routed_experts")
+           "sglang.srt.state_capturer.routed_experts", "sglang.srt.model_loader.loader", "sglang.srt.models.registry")
 
 
 @dataclass(frozen=True)
