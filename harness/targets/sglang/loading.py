@@ -17,6 +17,7 @@ Imports SGLang only inside functions, and only in the forked process.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -88,19 +89,25 @@ class _Forks:
         """Run `code` in a fresh fork: its exit status and the tail of its stderr."""
         if self.server is None:
             self.server = ReproducerServer(sys.executable, Path.cwd(), dict(os.environ), PRELOAD)
-        outcome = self.server.run(code, LOAD_TIMEOUT_S)
+        try:
+            outcome = self.server.run(code, LOAD_TIMEOUT_S)
+        except RuntimeError as exc:  # the server itself ended: the next load starts another
+            self.stop()
+            return -1, str(exc)
         tail = " / ".join(outcome.stderr.strip().splitlines()[-6:])
         if outcome.timed_out:
             return -1, f"no result within {LOAD_TIMEOUT_S} s; last output: {tail}"
         return outcome.returncode, tail
 
     def stop(self) -> None:
+        """End the server (its imports and any fork are gone with it)."""
         if self.server is not None:
-            self.server.close()
-            self.server = None
+            server, self.server = self.server, None
+            server.close()
 
 
 FORKS = _Forks()
+atexit.register(FORKS.stop)
 
 
 def load(directory: Path, sharding: str, prelude: str = "") -> tuple[LoadedParams, ...]:
@@ -237,10 +244,11 @@ def _expert_rows(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _as_limit(exc: Exception) -> dict[str, str] | None:
-    """A skip reply where SGLang cannot build the model here (its kernels, an architecture it does not implement)."""
+    """A skip reply where SGLang cannot build the model here (an accelerator or GPU kernels needed, an architecture it
+    does not implement, a class it serves under another name)."""
     message = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
     if _CPU_LIMITS.search(str(exc)):
-        return CheckSkipped(not_applicable(f"SGLang cannot build this model on a CPU without its kernels "
+        return CheckSkipped(not_applicable(f"SGLang builds this model only with an accelerator or its GPU kernels "
                                            f"({message})")).to_reply()
     if _UNSUPPORTED.search(str(exc)):
         return CheckSkipped(not_applicable(f"SGLang implements no model for this architecture that its Transformers "
