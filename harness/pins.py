@@ -112,6 +112,20 @@ def _load_input(family: str, seed: int) -> Any:
     return LoadInput(seed)
 
 
+def _block_input(family: str, tokens: int, seed: int, scale: float = 1.0) -> Any:
+    """`tokens` hidden states from `seed` (which also seeds the block's weights), times `scale` (block-parity)."""
+    from harness.strategies.block_inputs import BlockInput
+
+    return BlockInput(tokens, seed, scale)
+
+
+def _substitution(family: str, tokens: int, seed: int) -> Any:
+    """A block and its `tokens`-token input built from `seed` (functional-call)."""
+    from harness.strategies.block_inputs import SubstitutionExample
+
+    return SubstitutionExample(tokens, seed)
+
+
 # The builders by the `kind` a [failure.pin] names; each takes the finding's family and the pin's other fields.
 BUILDERS: dict[str, Builder] = {
     "conversion": _conversion,
@@ -125,6 +139,8 @@ BUILDERS: dict[str, Builder] = {
     "config-variant": _config_variant,
     "model-input": _model_input,
     "load-input": _load_input,
+    "block-input": _block_input,
+    "substitution": _substitution,
 }
 
 

@@ -21,7 +21,7 @@ from harness.strategies.block_inputs import BlockInput
 from harness.strategies.routing_inputs import RoutingExample
 from harness.targets import TargetUnavailable, load_target
 from harness.targets.base import BlockCap
-from harness.verdict import PropertyViolation, Status
+from harness.verdict import PropertyViolation, SkipKind, Status, skip_kind
 from reference.config import RoutingKnobs
 
 HAS_SGLANG = importlib.util.find_spec("sglang") is not None
@@ -51,11 +51,15 @@ def test_target_fills_its_capabilities(sglang_target) -> None:
     ("routing-parity", "mixtral"), ("routing-parity", "qwen3_moe"), ("routing-parity", "gpt_oss"), ("expert-mapping", "any"),
     ("capturer-shape", "qwen3_moe"), ("capturer-shape", "jamba"), ("capturer-shape", "zaya"),
     ("block-parity", "qwen3_moe"), ("block-parity", "mixtral"), ("functional-call", "olmoe"),
+    ("block-parity", "glm4_moe"), ("block-parity", "gpt_oss"), ("functional-call", "gpt_oss"),
+    ("block-parity", "granitemoeshared"), ("functional-call", "granitemoeshared"),
 ])
 def test_what_sglang_gets_right_passes(sglang_target, check: str, family: str) -> None:
     """Softmax top-k in float32 whatever the logits' dtype; the mapping's 3·E slots; the capture buffer with a slot per
     decoder layer (jamba: dense layers between MoE ones), for zaya too, whose config SGLang replaces with its own; its
-    MoE blocks on the torch-native path."""
+    MoE blocks, found in the models its loader builds, on the torch-native path: sigmoid routing with a correction
+    bias and a shared expert (glm4_moe), GPT-OSS's clamped SwiGLU on interleaved rows with expert biases, granite's
+    shared MLP on the decoder layer."""
     verdict = run_case(CHECKS[check], sglang_target, get_family(family), max_examples=10)
     assert verdict.status == Status.PASS, verdict
 
@@ -64,11 +68,26 @@ def test_what_sglang_gets_right_passes(sglang_target, check: str, family: str) -
 @pytest.mark.parametrize(("check", "family"), [
     ("routing-parity", "deepseek_v3"), ("routing-parity", "laguna"),
     ("capturer-shape", "aria_text"), ("capturer-shape", "gemma4"), ("capturer-shape", "nemotron_h"),
-    ("load-parity", "llama4_text"), ("load-parity", "hy_v3"), ("load-parity", "nemotron_h"),
+    ("functional-call", "glm4_moe"), ("block-parity", "hy_v3"),
 ])
 def test_recorded_defects_are_caught_as_known(sglang_target, check: str, family: str) -> None:
+    """Entries for every family, and "also" checks, which no pin replays (the pinned ones replay in
+    tests/test_findings.py: load-parity's whole-model loads are judged there once, not again here)."""
     verdict = run_case(CHECKS[check], sglang_target, get_family(family), max_examples=25)
     assert verdict.status == Status.KNOWN, verdict
+
+
+@needs_sglang
+@pytest.mark.parametrize(("family", "kind", "why"), [
+    ("qwen2_moe", SkipKind.NOT_APPLICABLE, "forward launches a GPU kernel"),
+    ("phimoe", SkipKind.NOT_APPLICABLE, "only with an accelerator"),
+    ("gemma4_text", SkipKind.HARNESS_LIMIT, "forward needs more than hidden states"),
+    ("lfm2_moe", SkipKind.NOT_APPLICABLE, "transformers builds no language model"),
+])
+def test_a_block_sglang_cannot_run_here_is_skipped_with_its_kind(sglang_target, family: str, kind: SkipKind,
+                                                                  why: str) -> None:
+    reason = sglang_target.block.skip(family)
+    assert reason is not None and skip_kind(reason) == kind and why in reason, reason
 
 
 @needs_sglang

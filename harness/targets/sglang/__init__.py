@@ -5,7 +5,8 @@ environment (`environments.toml`: the wheel without its CUDA dependencies, besid
 - expert_mapping: `FusedMoE.make_expert_params_mapping` (no redundant experts in its signature: SGLang maps physical
   to logical experts at dispatch);
 - capturer: `RoutedExpertsCapturer` sized by SGLang's own config resolution from a config directory (`capture.py`);
-- block: the MoE block class each SGLang model builds for its MoE layers, built on one CPU rank (`blocks.py`);
+- block: the MoE block each SGLang model builds for its MoE layers, found in the model its loader builds on one CPU
+  rank (`blocks.py`);
 - weight_loader: whole models built by SGLang's loader from a checkpoint directory and loaded by their own
   `load_weights`, one CPU rank, each in a fork of a server that imported SGLang once (`loading.py`).
 
@@ -63,7 +64,7 @@ def make_target() -> Target:
         routing=RoutingCap(routing.route, tuple(routing.SCORING), group_scores=routing.GROUP_SCORES_OF_SOFTMAX),
         expert_mapping=ExpertMappingCap(new=FusedMoE.make_expert_params_mapping, redundant=False),
         capturer=Capturer(),
-        block=BlockCap(blocks.build, tuple(blocks.BLOCKS), skip=blocks.skip_reason),
+        block=BlockCap(blocks.build, skip=blocks.skip_reason),
         weight_loader=WeightLoaderCap(loading.load, loading.SHARDINGS, loading.FUSED_PARTS, skip=loading.skip_reason,
                                       runs_over=discover_moe_families(), isolated_writer=True),
         families=discover_moe_families(),

@@ -21,7 +21,6 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -34,7 +33,8 @@ from harness.reproducers import ReproducerServer
 from harness.targets import loaded
 from harness.targets.base import LoadedParams
 from harness.targets.loaded import checkpoint_keys, error_reply, held_tensors, mamba_a_from_a_log, read, write
-from harness.verdict import CheckSkipped, harness_limit, not_applicable
+from harness.targets.sglang.runtime import build_limit
+from harness.verdict import CheckSkipped, harness_limit
 
 SHARDINGS = ("single", "tp2", "ep2")
 WORLD = 2
@@ -49,18 +49,6 @@ PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "sglang.srt.m
            "harness.targets.sglang.loading")
 # One build and load of a tiny model takes seconds; the first fork waits for nothing more.
 LOAD_TIMEOUT_S = 300
-
-# What SGLang raises where it cannot build a model on this machine: parts that need a GPU or its kernels (some
-# layers look up the accelerator at construction), attention backends only GPUs have.
-_CPU_LIMITS = re.compile(r"Torch not compiled with CUDA|CUDA is not available|Found no NVIDIA driver|sgl_kernel|"
-                         r"0 active drivers|No accelerator \(CUDA|One of the attention backends in .* is required for")
-# Where it implements no model for the architecture and its Transformers backend cannot drive transformers' model.
-_UNSUPPORTED = re.compile(r"has no SGlang implementation and the Transformers implementation is not compatible|"
-                          r"Unsupported TP style '[^']*' for Transformers backend")
-# Where the architecture our checkpoint names (transformers' class name) is not one SGLang serves under that name, so
-# its Transformers backend is handed SGLang's own config class for the model type.
-_NOT_SERVED_AS_NAMED = re.compile(r"Unrecognized configuration class .* for this kind of AutoModel")
-
 
 # Families whose checkpoint as transformers 5.19 writes it is not in the layout SGLang's loader reads, and why.
 WRITTEN_LAYOUT: dict[str, str] = {
@@ -186,7 +174,8 @@ def _load_rank(directory: Path, out: Path, sharding: str, rank: int) -> None:
     except CheckSkipped as skipped:
         reply = skipped.to_reply()
     except Exception as exc:  # noqa: BLE001 - SGLang's error is the reply
-        reply = _as_limit(exc) or error_reply(exc)
+        limit = build_limit(exc)
+        reply = CheckSkipped(limit).to_reply() if limit else error_reply(exc)
     (out / f"reply{rank}.json").write_text(json.dumps(reply))
 
 
@@ -194,31 +183,23 @@ def loaded_params(directory: Path, sharding: str = "single", rank: int = 0) -> L
     """The model of `directory` built by SGLang's loader as rank `rank` under `sharding` (CPU), NaN-filled, then
     loaded by its weights iterator and the model's `load_weights`."""
     from sglang.srt.configs.load_config import LoadConfig
-    from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.distributed import parallel_state
-    from sglang.srt.model_loader.loader import DefaultModelLoader, _get_quantization_config, _initialize_model
-    from sglang.srt.model_loader.utils import set_default_torch_dtype
+    from sglang.srt.model_loader.loader import DefaultModelLoader
     from sglang.srt.runtime_context import SpawnRanks, publish
 
-    from harness.targets.sglang.runtime import server_args
+    from harness.targets.sglang.runtime import build_model, server_args
 
-    # Hybrid (Mamba) models: SGLang resolves the radix cache to snapshot Mamba states ("extra_buffer"), which only GPU
-    # platforms support; a CPU server runs without them, and so without the overlap schedule (no effect on weights).
     world = 1 if sharding == "single" else WORLD
-    args = server_args(str(directory), mamba_radix_cache_strategy="no_buffer", disable_overlap_schedule=True,
-                       tp_size=world, ep_size=world if sharding == "ep2" else 1)
+    args = server_args(str(directory), tp_size=world, ep_size=world if sharding == "ep2" else 1)
     publish(args, role="scheduler", ranks=SpawnRanks(world_rank=rank))  # as the scheduler of that rank does
     parallel_state.init_distributed_environment(world_size=world, rank=rank, local_rank=rank, backend="gloo",
                                                 distributed_init_method=f"file://{directory}/.rendezvous-{sharding}")
     parallel_state.initialize_model_parallel()
-    model_config = ModelConfig.from_server_args(args)
-    load_config = LoadConfig(load_format="safetensors")
-    with set_default_torch_dtype(model_config.dtype), torch.device("cpu"):
-        model = _initialize_model(model_config, load_config, _get_quantization_config(model_config, load_config))
+    model, model_config = build_model(args)
     with torch.no_grad():
         for param in model.parameters():
             param.fill_(float("nan"))
-    loader = DefaultModelLoader(load_config)
+    loader = DefaultModelLoader(LoadConfig(load_format="safetensors"))
     loader.load_weights_only(model, loader._get_all_weights(model_config, model), torch.device("cpu"))
     params, buffers = held_tensors(model)
     return LoadedParams(params, _expert_rows(model), rank, buffers,
@@ -241,21 +222,3 @@ def _expert_rows(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
                 if param.dim() >= 1 and param.shape[0] == len(ids):
                     rows[f"{prefix}.{name}"] = ids
     return rows
-
-
-def _as_limit(exc: Exception) -> dict[str, str] | None:
-    """A skip reply where SGLang cannot build the model here (an accelerator or GPU kernels needed, an architecture it
-    does not implement, a class it serves under another name)."""
-    message = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-    if _CPU_LIMITS.search(str(exc)):
-        return CheckSkipped(not_applicable(f"SGLang builds this model only with an accelerator or its GPU kernels "
-                                           f"({message})")).to_reply()
-    if _UNSUPPORTED.search(str(exc)):
-        return CheckSkipped(not_applicable(f"SGLang implements no model for this architecture that its Transformers "
-                                           f"backend can drive ({message})")).to_reply()
-    if _NOT_SERVED_AS_NAMED.search(str(exc)):
-        return CheckSkipped(harness_limit(f"our checkpoint names transformers' model class, which SGLang does not "
-                                          f"serve under that name (its Transformers backend then fails: {message[:160]})"
-                                          )).to_reply()
-    return None
-
