@@ -8,6 +8,7 @@ real-target failure without the example database; a signature tells its failure 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections import Counter
@@ -35,13 +36,23 @@ def _id(finding: Finding) -> str:
     return f"{finding.check}[{finding.target}-{finding.family}]"
 
 
-def _target(name: str) -> Target:
+@functools.cache
+def _loaded(name: str) -> Target | TargetUnavailable:
+    """The target, loaded once per test process (loading mlx-lm's asks its worker, seconds each time)."""
     try:
         return load_target(name)
     except TargetUnavailable as exc:
-        pytest.skip(f"target {name} is not available here: {exc}")
+        return exc
 
 
+def _target(name: str) -> Target:
+    loaded = _loaded(name)
+    if isinstance(loaded, TargetUnavailable):
+        pytest.skip(f"target {name} is not available here: {loaded}")
+    return loaded
+
+
+@functools.cache
 def _python_of(target: str) -> str:
     """The Python a target's reproducers run in: this one, or its worker's environment's where the harness does not
     run there (mlx-lm: no torch), built by loading the target."""

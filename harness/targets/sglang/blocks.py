@@ -154,10 +154,26 @@ def _reference_names(spec: MoESpec, block: nn.Module, layer_shared: nn.Module | 
     return names
 
 
-@functools.cache
 def _model(family: str) -> nn.Module:
     """`family`'s tiny model as SGLang's loader builds it for the checkpoint transformers writes of it (its config.json:
-    transformers' class saved by transformers' model), in this process (one CPU rank)."""
+    transformers' class saved by transformers' model), in this process (one CPU rank); built once, and a build that
+    raised raises the same again (a second try of a failed build is not the same build: step3p7's went on to
+    allocate tens of GB)."""
+    built = _built(family)
+    if isinstance(built, BaseException):
+        raise built
+    return built
+
+
+@functools.cache
+def _built(family: str) -> nn.Module | BaseException:
+    try:
+        return _build_model(family)
+    except Exception as exc:  # noqa: BLE001 - kept, raised again by _model
+        return exc
+
+
+def _build_model(family: str) -> nn.Module:
     from sglang.srt.runtime_context import SpawnRanks, publish
 
     from harness.targets.sglang.runtime import build_model, one_rank, server_args

@@ -1,7 +1,8 @@
 """Whole SGLang models built and loaded the way its server does, for load-parity.
 
 Each load runs in processes of its own, forked from a server that imported SGLang once (`harness/reproducers.py`):
-SGLang publishes its runtime context once per process, from the server arguments of the model it serves. There (in
+SGLang's runtime context and its process groups are process-wide, set from the server arguments of the model it
+serves, and a rank's gloo group lives as long as its process. There (in
 one fork for "single", in two forks of it for "tp2" and "ep2", one per rank) the checkpoint directory's server
 arguments are published as a scheduler of that rank does, the process joins a gloo group of that many ranks,
 SGLang's `ModelConfig` is read from the directory (float32, CPU), the model class its registry picks is built by
