@@ -223,7 +223,7 @@ def _copy(module: nn.Module) -> nn.Module:
                 continue
             try:
                 copy.deepcopy(value)
-            except TypeError:
+            except Exception:  # noqa: BLE001 - not copyable (pickling refused, a C++ handle): shared
                 memo[id(value)] = value
     return copy.deepcopy(module, memo)
 
