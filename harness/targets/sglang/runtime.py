@@ -19,12 +19,10 @@ from harness.verdict import SkipReason, harness_limit, not_applicable
 CPU_LIMITS = re.compile(r"Torch not compiled with CUDA|CUDA is not available|Found no NVIDIA driver|sgl_kernel|"
                         r"0 active drivers|No accelerator \(CUDA|One of the attention backends in .* is required for")
 # Where it implements no model for the architecture and its Transformers backend cannot drive transformers' model.
-UNSUPPORTED = re.compile(r"has no SGlang implementation and the Transformers implementation is not compatible|"
-                         r"Unsupported TP style '[^']*' for Transformers backend")
+UNSUPPORTED = re.compile(r"has no SGlang implementation and the Transformers implementation is not compatible")
 # Where the architecture our checkpoint names (transformers' class name) is not one SGLang serves under that name, so
-# its Transformers backend is handed SGLang's own config class for the model type, or finds no such class.
-NOT_SERVED_AS_NAMED = re.compile(r"Unrecognized configuration class .* for this kind of AutoModel|"
-                                 r"Cannot find model module")
+# its Transformers backend is handed SGLang's own config class for the model type.
+NOT_SERVED_AS_NAMED = re.compile(r"Unrecognized configuration class .* for this kind of AutoModel")
 
 
 def published_architecture(config: Any) -> str:
