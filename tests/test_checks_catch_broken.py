@@ -137,6 +137,14 @@ def _block_reading_statistic(spec, seed=0, dtype=torch.float32):
     return init_block(_ReadsItsStatistic(spec, dtype), seed)
 
 
+def _block_holding_its_router_twice(spec, seed=0, dtype=torch.float32):
+    """The reference block with its router registered a second time (as vLLM's MoE runner re-holds a block's
+    modules): torch 2.13's functional_call restores such a module once, leaving the new value in it."""
+    block = init_block(MoEBlock(spec, dtype), seed)
+    block.router_again = block.gate
+    return block
+
+
 _AT = "model.layers.0.mlp."
 
 
@@ -303,6 +311,8 @@ BROKEN = {
     "swap-parity/always-renormalises": ("swap-parity", "qwen3_moe", {"swap": SwapCap(_swap_always_renormalises)}),
     "functional-call/inert-buffer-is-read": ("functional-call", "mixtral", {"block": BlockCap(
         _block_reading_statistic, inert={"tokens_seen": "a training statistic, never read"})}),
+    "functional-call/module-registered-twice-keeps-the-new-value": ("functional-call", "mixtral", {
+        "block": BlockCap(_block_holding_its_router_twice)}),
     # Judged at bf16 against the size of the terms: an ignored knob still shows.
     "block-parity/ignores-norm-topk-prob-in-bf16": ("block-parity", "qwen3_moe", {"block": BlockCap(
         lambda spec, seed=0, dtype=torch.float32: init_block(_AlwaysRenormBlock(spec, dtype), seed),

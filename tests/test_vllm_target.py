@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 
 import pytest
+import torch
 
 from harness.checks import CHECKS
 from harness.engine import run_case
@@ -14,7 +15,8 @@ from harness.families import DEFAULT_FAMILIES, get_family
 from harness.selection import plan
 from harness.strategies.configs import SYNTHETIC
 from harness.targets import TargetUnavailable, load_target
-from harness.verdict import Status
+from harness.targets.base import BlockCap
+from harness.verdict import ErrorKind, SkipKind, Status, skip_kind
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed here; run `tox -e vllm`")
@@ -26,6 +28,10 @@ CASES = [
     ("remap-idempotence", "gemma4"),
     ("functional-call", "gemma4"),
     ("block-parity", "gemma4"),
+    # Blocks found in the models vLLM's loader builds: softmax top-k, a shared expert with its gate (qwen2_moe).
+    ("functional-call", "mixtral"),
+    ("block-parity", "mixtral"),
+    ("block-parity", "qwen2_moe"),
     *[("capturer-shape", f) for f in DEFAULT_FAMILIES],
 ]
 
@@ -77,15 +83,38 @@ def test_each_model_class_mapper_chain(vllm_target, family: str) -> None:
 
 
 @needs_vllm
-def test_blocks_of_other_families_are_skipped_with_the_reason(vllm_target) -> None:
-    verdict = run_case(CHECKS["functional-call"], vllm_target, get_family("mixtral"))
-    assert verdict.status == Status.SKIP and "gemma4" in verdict.message
+def test_a_block_vllm_cannot_build_on_a_cpu_is_not_applicable(vllm_target) -> None:
+    reason = vllm_target.block.skip("gpt_oss")
+    assert reason is not None and skip_kind(reason) == SkipKind.NOT_APPLICABLE and "CPU build" in reason, reason
+
+
+@needs_vllm
+def test_functional_call_leaving_its_value_in_a_runner_held_module_is_known(vllm_target) -> None:
+    """The runner holds the block's router again: torch's functional_call leaves the substituted router weight."""
+    verdict = run_case(CHECKS["functional-call"], vllm_target, get_family("qwen3_moe"), max_examples=3)
+    assert verdict.status == Status.KNOWN and "block.experts.gate.weight" in verdict.counterexample["held_as"], verdict
+
+
+@needs_vllm
+def test_block_parity_catches_weight_processing_that_alters_an_expert(vllm_target) -> None:
+    """Mixtral's block built right, then its first expert's packed w13 doubled after vLLM's CPU processing (as a
+    repacking that does not preserve values would): block-parity sees the output differ."""
+    family = get_family("mixtral")
+
+    def altered(spec, seed=0, dtype=torch.float32):
+        block = vllm_target.block.build(spec, seed, dtype)
+        with torch.no_grad():
+            block.block.experts.routed_experts.w13_weight[0] *= 2
+        return block
+
+    verdict = run_case(CHECKS["block-parity"], dataclasses.replace(vllm_target, block=BlockCap(altered)), family,
+                       max_examples=10)
+    assert verdict.status == Status.FAIL and verdict.kind == ErrorKind.PROPERTY_VIOLATION, verdict
 
 
 @needs_vllm
 def test_functional_call_reaches_per_expert_scale(vllm_target) -> None:
     """Seed 000 on the real code: a new per_expert_scale given to functional_call changes vLLM's output."""
-    import torch
     from torch.func import functional_call
 
     spec = get_family("gemma4").spec

@@ -1,5 +1,9 @@
 """functional-call: substituting any parameter or float buffer reaches the output, as a rebuild does; a buffer the
-target declares inert (`BlockCap.inert`: a training statistic the forward never reads) changes nothing at all."""
+target declares inert (`BlockCap.inert`: a training statistic the forward never reads) changes nothing at all; and the
+block holds its own values again once the call returns (torch restores a module reachable under two names only once,
+pytorch/pytorch#164759, so an engine that registers a module twice has its values overwritten by the call).
+A block the call left altered is built again, so that the substitutions after it are judged on a sound block; the
+leak is reported once every substitution has been judged."""
 
 from __future__ import annotations
 
@@ -42,24 +46,48 @@ def check_functional_call(block_cap: BlockCap, family: Family, example: Substitu
     gen = torch.Generator().manual_seed(example.seed)
     x = torch.randn(example.tokens, spec.hidden_size, generator=gen)
     tol = tolerance_for(torch.float32, family.tolerances)
+    leaked: list[str] = []
     with torch.no_grad():
         original = call_target("block(x)", block, x, returns=torch.Tensor)
-        tensors = dict(block.named_parameters()) | dict(block.named_buffers())
         for name in substitutable(block):
+            tensors = dict(block.named_parameters()) | dict(block.named_buffers())
             if name in block_cap.inert:
                 _assert_inert(block, name, _new_value(tensors[name], gen, SCALES[-1]), x, original,
                               block_cap.inert[name])
                 continue
             for scale in SCALES:
                 value = _new_value(tensors[name], gen, scale)
+                held = tensors[name].clone()
                 substituted = call_target(f"functional_call(block, {{{name!r}: new}}, x)",
                                           functional_call, block, {name: value}, (x,))
+                if not torch.equal(_tensor_at(block, name), held):
+                    leaked.append(name)
+                    block = call_target("build block", block_cap.build, spec, example.seed)
                 _assert_like_rebuilt(block_cap, spec, example.seed, name, value, x, substituted, original, tol)
                 if not torch.equal(substituted, original):
                     break
             else:
                 raise PropertyViolation(f"parameter {name!r} changes nothing in the output "
                                         f"(new values at scales {', '.join(map(str, SCALES))})", parameter=name)
+    if leaked:
+        held_as = _names_of(block, leaked[0])
+        raise PropertyViolation(f"functional_call left the new value of {leaked[0]!r} in the block after it returned "
+                                f"(the block holds that tensor as {', '.join(held_as)}; {len(leaked)} tensor(s) left "
+                                "altered)", parameter=leaked[0], held_as=", ".join(held_as),
+                                left_altered=", ".join(leaked))
+
+
+def _tensor_at(block: torch.nn.Module, name: str) -> torch.Tensor:
+    owner, _, leaf = name.rpartition(".")
+    tensor: torch.Tensor = getattr(block.get_submodule(owner), leaf)
+    return tensor
+
+
+def _names_of(block: torch.nn.Module, name: str) -> list[str]:
+    """Every name the block holds that tensor under (a module registered twice gives it several)."""
+    target = _tensor_at(block, name)
+    return [n for n, t in [*block.named_parameters(remove_duplicate=False), *block.named_buffers(remove_duplicate=False)]
+            if t is target]
 
 
 def _assert_inert(block: torch.nn.Module, name: str, value: torch.Tensor, x: torch.Tensor, original: torch.Tensor,

@@ -88,6 +88,8 @@ class BlockCap:
     # Float buffers that by design never reach the output (a training statistic), each with why: functional-call
     # holds them to changing nothing instead of to changing the output.
     inert: dict[str, str] = field(default_factory=dict)
+    # The families its cases run over where the run names the target or the check (None: the target's own).
+    runs_over: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
   model class of `mappers.CHAINS` for its family);
 - expert_mapping: `fused_moe_make_expert_params_mapping` (new) against `RoutedExperts.make_expert_params_mapping`;
 - capturer: vLLM's own config resolution for the routed-experts capture buffer;
-- block: vLLM's Gemma4 router + MoERunner + dense MLP built on the CPU (functional-call, block-parity);
+- block: the MoE block of every family's model as vLLM's loader builds it on the CPU (Gemma4: its router + MoERunner +
+  dense MLP, assembled as its decoder layer combines them) (functional-call, block-parity);
 - weight_loader: every MoE architecture of vLLM's registry with a transformers config here, built as vLLM serves it
   and loaded by its own `load_weights`, on one rank and sharded over two processes (load-parity; `models.py`).
 
@@ -125,15 +126,15 @@ def make_target(name: str = "vllm") -> Target:
         name=name,
         version=vllm.__version__,
         description=f"vLLM's own MoE code on this machine ({routing_kernel_name()}, mappers, expert params "
-                    "mapping, capture-shape resolution, Gemma4 MoE modules)",
+                    "mapping, capture-shape resolution, the MoE blocks of the models its loader builds)",
         routing=RoutingCap(gemma4_route, ("gemma4",)),
         remap=replace(gemma4_remap, for_family=mappers.remap_cap, skip=mappers.skip_reason,
                       runs_over=(*mappers.CHAINS, *mappers.UNSPELLABLE, *mappers.UNIMPORTABLE)),
         expert_mapping=ExpertMappingCap(new=_bind_model(fused_moe_make_expert_params_mapping),
                                         old=_bind_model(RoutedExperts.make_expert_params_mapping)),
         capturer=Capturer(runs_over=discover_moe_families()),
-        block=BlockCap(blocks.build, blocks.BLOCK_FAMILIES,
-                       skip=blocks.skip_reason if no_ops is None else lambda _: not_applicable(no_ops)),
+        block=BlockCap(blocks.build, skip=blocks.skip_reason if no_ops is None else lambda _: not_applicable(no_ops),
+                       runs_over=discover_moe_families()),
         weight_loader=WeightLoaderCap(models.load, models.SHARDINGS, models.FUSED_PARTS,
                                       runs_over=discover_moe_families(), isolated_writer=True),
         known_failures=load_known_failures(__file__, "vllm"),

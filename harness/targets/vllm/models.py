@@ -61,17 +61,26 @@ def engine_config(directory: Path, sharding: str) -> Any:
                       device_config=DeviceConfig("cpu"), parallel_config=parallel)
 
 
+def create_model(config: Any) -> torch.nn.Module:
+    """The model of `config` as vLLM's loader creates it on the CPU, before any weight is loaded (its tensors as
+    allocated)."""
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    with set_current_vllm_config(config), set_default_torch_dtype(config.model_config.dtype), torch.device("cpu"):
+        return DefaultModelLoader(config.load_config).create_model(vllm_config=config, model_config=config.model_config)
+
+
 def loaded_params(config: Any, rank: int = 0) -> LoadedParams:
     """The model of `config` built by vLLM's loader, NaN-filled, then loaded by its `load_weights` (this process's
     distributed state set up for the config's parallel sizes)."""
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
-    from vllm.utils.torch_utils import set_default_torch_dtype
 
     loader = DefaultModelLoader(config.load_config)
+    model = create_model(config)
     with set_current_vllm_config(config):
-        with set_default_torch_dtype(config.model_config.dtype), torch.device("cpu"):
-            model = loader.create_model(vllm_config=config, model_config=config.model_config)
         with torch.no_grad():
             for param in model.parameters():
                 param.fill_(float("nan"))

@@ -41,12 +41,18 @@ def building() -> Iterator[Any]:
 
 
 @contextmanager
-def running() -> Iterator[None]:
-    """Inside: vLLM layers can run forward (no attention metadata; MoE runners need the context)."""
-    from vllm.forward_context import set_forward_context
+def running(config: Any = None, moe_layers: dict[str, nn.Module] | None = None) -> Iterator[None]:
+    """Inside: vLLM layers built under `config` (default: the process's) can run forward (no attention metadata; MoE
+    runners need the context). A MoE runner finds the layer it runs by its name in the context (`moe_layers` adds or
+    replaces those: a copy of a built layer is found under the name of the layer it copies), not by position."""
+    from vllm.config import set_current_vllm_config
+    from vllm.forward_context import get_forward_context, set_forward_context
 
-    config = vllm_config()
-    with set_forward_context(None, config):
+    config = config if config is not None else vllm_config()
+    with set_current_vllm_config(config), set_forward_context(None, config):
+        context = get_forward_context()
+        context.no_compile_layers = {**context.no_compile_layers, **(moe_layers or {})}
+        context.all_moe_layers = None
         yield
 
 
