@@ -12,8 +12,9 @@ Gemma4, whose router and dense MLP sit on the decoder layer (its MoE is no modul
 vLLM's modules as Gemma4DecoderLayer combines them, without its norms.
 
 Where vLLM cannot build the model on this machine the block is not applicable; where the build fails otherwise it is
-vLLM's error, reported by the check; where the block holds what the reference does not model, or its forward needs
-more than hidden states, it is a harness limit, each with the reason.
+vLLM's error, reported by the check (a tensor the reference holds that the block lacks too); where the block holds
+what the reference does not model, its forward needs more than hidden states, or it is transformers' block in vLLM's
+Transformers backend that does not run on its own, it is a harness limit, each with the reason.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from harness.targets.found_blocks import (
     tensors,
 )
 from harness.targets.seeding import seed_parameters
-from harness.targets.vllm.runtime import building, process_weights, running
+from harness.targets.vllm.runtime import building, process_weights, running, vllm_config
 from harness.tiny_configs import tiny_config
 from harness.verdict import CheckSkipped, harness_limit
 from reference.config import MoESpec
@@ -134,7 +135,6 @@ def _model(family: str) -> tuple[nn.Module, Any]:
     VllmConfig (one CPU rank, float32); what vLLM cannot build on a CPU raises CheckSkipped (`limits_as_skips`)."""
     from harness.targets.transformers.writer import WRITER
     from harness.targets.vllm.models import create_model, engine_config, limits_as_skips
-    from harness.targets.vllm.runtime import vllm_config
 
     vllm_config()  # the process's one-rank group, which every model built here shares
     directory = Path(tempfile.mkdtemp(prefix="moe-harness-vllm-block-"))
