@@ -89,15 +89,17 @@ def _config_variant(family: str, field: str, value: Any = None) -> Any:
     return VariantExample(((declared, value),))
 
 
-def _routing(family: str, variant: str, top_k: int, renormalize: bool, logits: list[list[float]]) -> Any:
-    """Fixed fp32 `logits` routed by `variant` (no bias, no per-expert scale)."""
+def _routing(family: str, variant: str, top_k: int, renormalize: bool, logits: list[list[float]],
+             bias: list[float] | None = None, scaling_factor: float = 1.0) -> Any:
+    """Fixed fp32 `logits` routed by `variant`, with the selection `bias` and routed `scaling_factor` given (no
+    per-expert scale)."""
     import torch
 
     from harness.strategies.routing_inputs import RoutingExample
     from reference.config import RoutingKnobs
 
-    knobs = RoutingKnobs(variant, top_k=top_k, renormalize=renormalize)
-    return RoutingExample(torch.tensor(logits), knobs, None, None, "normal", 0)
+    knobs = RoutingKnobs(variant, top_k=top_k, renormalize=renormalize, scaling_factor=scaling_factor)
+    return RoutingExample(torch.tensor(logits), knobs, None if bias is None else torch.tensor(bias), None, "normal", 0)
 
 
 def _model_input(family: str, tokens: int, seed: int, form: str) -> Any:

@@ -72,6 +72,13 @@ def test_routing_examples_are_valid(ex) -> None:
         assert (torch.isfinite(ex.logits.float()).sum(-1) >= ex.knobs.top_k).all()
 
 
+@settings(max_examples=50, deadline=None)
+@given(routing_examples(("softmax_topk", "sigmoid_topk_on_logits"), renormalize=(False,)))
+def test_routing_examples_keep_the_renormalize_values_asked_for(ex) -> None:
+    """A routing function without a renormalize knob is drawn the value it computes only."""
+    assert ex.knobs.renormalize is False
+
+
 # ---- the strategies moved out of the check modules: what they draw, and what they shrink to -------------
 
 

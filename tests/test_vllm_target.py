@@ -24,6 +24,7 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed here
 # What runs on the CPU, by check: the families each runs over, and what every case must end as.
 CASES = [
     ("routing-parity", "gemma4"),
+    ("routing-parity", "llama4_text"),  # Llama 4's own routing function, handed to vLLM's router
     ("expert-mapping", "any"),
     ("remap-idempotence", "gemma4"),
     ("functional-call", "gemma4"),
@@ -34,6 +35,20 @@ CASES = [
     ("block-parity", "qwen2_moe"),
     *[("capturer-shape", f) for f in DEFAULT_FAMILIES],
 ]
+
+
+def test_each_family_is_routed_by_its_models_routing_function() -> None:
+    """The router's own paths serve a family unless its vLLM model hands the router a function (no vLLM needed:
+    the capability names what it will call)."""
+    from harness.targets.vllm import routing
+
+    cap = routing.capability(runs_over=("mixtral", "llama4_text", "cohere2_moe", "gemma4"))
+    assert cap.of("mixtral") is cap and "grouped" in cap.variants and cap.group_scores == ("max",)
+    llama4 = cap.of("llama4_text")
+    assert llama4.variants == ("sigmoid_topk_on_logits",) and llama4.renormalize == (False,)
+    assert llama4.fn.__qualname__ == "Llama4MoE.custom_routing_function"
+    assert cap.of("cohere2_moe").variants == ("sigmoid_topk_on_logits", "topk_softmax")
+    assert cap.of("gemma4").variants == ("gemma4",)
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: the target loads")
@@ -80,6 +95,18 @@ def test_each_model_class_mapper_chain(vllm_target, family: str) -> None:
         assert vllm_target.remap.of(family).fn.__doc__ == f"vLLM's {vllm_mappers.CHAINS[family].describe()} key mapping"
     else:
         assert verdict.status == Status.SKIP and verdict.message == vllm_mappers.skip_reason(family), verdict
+
+
+@needs_vllm
+def test_cohere2_moes_sigmoid_routing_function_passes(vllm_target) -> None:
+    """Cohere2-MoE's `token_choice_with_bias`, handed to the router for a sigmoid selection, computes the
+    sigmoid_topk_on_logits variant (run on llama4_text's cases, the variant's family vLLM serves)."""
+    from harness.targets.vllm import routing
+
+    cohere2 = routing.capability(runs_over=()).of("cohere2_moe")
+    target = dataclasses.replace(vllm_target, routing=dataclasses.replace(cohere2, for_family=None))
+    verdict = run_case(CHECKS["routing-parity"], target, get_family("llama4_text"), max_examples=5)
+    assert verdict.status == Status.PASS, verdict
 
 
 @needs_vllm

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hypothesis
 import torch
+from hypothesis import strategies as st
 
 from harness.assertions import assert_close, assert_valid_routing
 from harness.checks.base import Check, call_target
@@ -37,7 +38,7 @@ def check_routing(routing: RoutingCap, family: Family, ex: RoutingExample, tol: 
     logits = ex.logits.detach().cpu().double().clone()
     bias = ex.bias.detach().cpu().double().clone() if ex.bias is not None else None
     scale = ex.per_expert_scale.detach().cpu().double().clone() if ex.per_expert_scale is not None else None
-    weights, ids = call_target("routing(logits, knobs)", routing.fn, ex.logits, ex.knobs,
+    weights, ids = call_target("routing(logits, knobs)", routing.of(family.name).fn, ex.logits, ex.knobs,
                                bias=ex.bias, per_expert_scale=ex.per_expert_scale, returns=(torch.Tensor, torch.Tensor))
     t, e = logits.shape
     k = ex.knobs.top_k
@@ -54,14 +55,22 @@ def check_routing(routing: RoutingCap, family: Family, ex: RoutingExample, tol: 
 
 def _excludes(routing: RoutingCap, family: Family, target_name: str) -> str | None:
     variant = family.spec.routing.variant
-    return None if variant in routing.variants else not_applicable(f"{target_name} does not implement {variant} routing")
+    serving = routing.of(family.name)
+    return None if variant in serving.variants else not_applicable(
+        f"{target_name} does not implement {variant} routing" + ("" if serving is routing else f" for {family.name}"))
+
+
+def _draws(routing: RoutingCap, family: Family) -> st.SearchStrategy[RoutingExample]:
+    serving = routing.of(family.name)
+    return routing_examples((family.spec.routing.variant,), group_scores=serving.group_scores,
+                            renormalize=serving.renormalize)
 
 
 ROUTING_PARITY: Check[RoutingCap] = Check(
     name="routing-parity",
     capability="routing",
     summary="ids int32 and weights float32 [T,K]; a valid top-K (tie-aware); weights match the reference",
-    draws=lambda routing, family: routing_examples((family.spec.routing.variant,), group_scores=routing.group_scores),
+    draws=_draws,
     holds=check_routing,
     describe=lambda ex: ex.describe(),
     excludes=_excludes,

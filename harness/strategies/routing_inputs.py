@@ -59,10 +59,11 @@ def _logits(tokens: int, experts: int, top_k: int, style: str, seed: int, dtype:
 @st.composite
 def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIANTS,
                      max_tokens: int = 32, max_experts: int = 64,
-                     group_scores: tuple[str, ...] = GROUP_SCORES) -> RoutingExample:
+                     group_scores: tuple[str, ...] = GROUP_SCORES,
+                     renormalize: tuple[bool, ...] = (False, True)) -> RoutingExample:
     """A routing example of one of `variants`: E in 1..max_experts (any, not only powers of two), K in 1..E
     (K = E included), grouped cases with n_group dividing E (grouped_softmax's groups scored as one of
-    `group_scores`); E, K and the token count weighted toward their
+    `group_scores`), the renormalize knob one of `renormalize`; E, K and the token count weighted toward their
     bounds and released models' values (see `sizes`). Shrinks toward one token, one expert, fp32."""
     name = draw(st.sampled_from(variants))
     rule = variant(name)
@@ -79,7 +80,7 @@ def routing_examples(draw: st.DrawFn, variants: tuple[str, ...] = ROUTING_VARIAN
         k_max = topk_group * (experts // n_group)
     top_k = draw(sizes(1, k_max, REAL_TOP_KS))
     if rule.renormalizes:
-        kw["renormalize"] = draw(st.booleans())
+        kw["renormalize"] = draw(st.sampled_from(renormalize))
     if rule.scaled:
         kw["scaling_factor"] = draw(st.sampled_from((1.0, 2.5)))
     knobs = RoutingKnobs(variant=name, top_k=top_k, **kw)  # type: ignore[arg-type]

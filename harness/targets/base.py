@@ -20,11 +20,23 @@ RoutingFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 @dataclass(frozen=True)
 class RoutingCap:
     """fn(logits [T,E], knobs, *, bias, per_expert_scale) -> (weights [T,K], ids [T,K]) for `variants`;
-    `group_scores`: how it may score a group where a variant lets the model choose (grouped_softmax)."""
+    `group_scores`: how it may score a group where a variant lets the model choose (grouped_softmax);
+    `renormalize`: the values its renormalize knob takes where a variant reads one (a function without that knob
+    gives the one it computes). An engine whose models hand their own routing functions to its routers gives
+    `for_family(family)`, the RoutingCap serving that family's model (this one then serves the others), and the
+    families it has (`runs_over`, applied where the run names the target or check)."""
 
     fn: RoutingFn
     variants: tuple[str, ...]
     group_scores: tuple[str, ...] = GROUP_SCORES
+    renormalize: tuple[bool, ...] = (False, True)
+    for_family: Callable[[str], RoutingCap | None] | None = None
+    runs_over: tuple[str, ...] | None = None
+
+    def of(self, family: str) -> RoutingCap:
+        """The routing that serves `family`'s model."""
+        own = self.for_family(family) if self.for_family is not None else None
+        return own if own is not None else self
 
 
 @dataclass(frozen=True)

