@@ -16,6 +16,8 @@ from harness.families import Family, get_family
 from harness.targets.base import (
     BlockCap,
     ConverterCap,
+    DifferentialCap,
+    DifferentialRun,
     ExpertMappingCap,
     FusedMoECap,
     ModelLoaderCap,
@@ -277,6 +279,19 @@ def _norm_shift_reapplied(model) -> None:
             param.add_(1.0)
 
 
+def _differential_engine_swapping_experts(family: str, seed: int, x: torch.Tensor) -> DifferentialRun:
+    """A checkpoint (the reference block's tensors) that transformers' side loads right and the engine's loads with
+    experts 0 and 1 swapped."""
+    spec = get_family(family).spec
+    written = build_block(spec, seed).state_dict()
+    right, swapped = MoEBlock(spec), MoEBlock(spec)
+    right.load_state_dict(written)
+    swapped.load_state_dict({n: t[[1, 0, *range(2, t.shape[0])]] if n.startswith("experts.") else t
+                             for n, t in written.items()})
+    with torch.no_grad():
+        return DifferentialRun(swapped(x), right(x), None, written)
+
+
 BROKEN = {
     "config-spelling/json-loses-top-k": ("config-spelling", "qwen3_moe",
                                          {"config_spelling": _transformers_cap("config_spelling",
@@ -327,6 +342,8 @@ BROKEN = {
         _stack_experts_out_of_order)}),
     "load-parity/up-stacked-before-gate": ("load-parity", "mixtral", {"weight_loader": _weights_loaded_with(
         _stack_up_before_gate)}),
+    "differential/engine-loads-two-experts-swapped": ("differential", "mixtral", {"differential": DifferentialCap(
+        _differential_engine_swapping_experts)}),
     # The router's weights never written: what a key the loader does not route leaves.
     "load-parity/parameter-left-unloaded": ("load-parity", "qwen3_moe", {"weight_loader": _weights_loaded_with(
         lambda params: [t.fill_(float("nan")) for n, t in params.items() if n.endswith("mlp.gate.weight")])}),

@@ -66,7 +66,8 @@ def vllm_target():
 
 @needs_vllm
 def test_target_fills_its_capabilities(vllm_target) -> None:
-    assert vllm_target.capabilities() == ["routing", "remap", "expert_mapping", "capturer", "block", "weight_loader"]
+    assert vllm_target.capabilities() == ["routing", "remap", "expert_mapping", "capturer", "block", "weight_loader",
+                                          "differential"]
     assert vllm_target.version == "0.32.0"
 
 
@@ -150,6 +151,33 @@ def test_functional_call_reaches_per_expert_scale(vllm_target) -> None:
     with torch.no_grad():
         scale = block.router.per_expert_scale * 3 + 1
         assert not torch.equal(functional_call(block, {"router.per_expert_scale": scale}, (x,)), block(x))
+
+
+@needs_vllm
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_differential_passes_where_both_loaders_compute_the_checkpoints_block(vllm_target, family: str) -> None:
+    verdict = run_case(CHECKS["differential"], vllm_target, get_family(family), max_examples=1)
+    assert verdict.status == Status.PASS, verdict
+
+
+@needs_vllm
+def test_differential_catches_a_loader_that_swaps_two_experts(vllm_target, monkeypatch) -> None:
+    """Mixtral's `load_weights` patched to swap experts 0 and 1 of its first MoE layer after loading: the block vLLM
+    loaded differs from the reference the checkpoint means, transformers' does not, and the failure says so."""
+    from vllm.model_executor.models.mixtral import MixtralForCausalLM
+
+    loads = MixtralForCausalLM.load_weights
+
+    def swapped(self, weights):
+        loaded = loads(self, weights)
+        with torch.no_grad():
+            for param in self.model.layers[0].block_sparse_moe.experts.routed_experts.parameters():
+                param[[0, 1]] = param[[1, 0]].clone()
+        return loaded
+
+    monkeypatch.setattr(MixtralForCausalLM, "load_weights", swapped)
+    verdict = run_case(CHECKS["differential"], vllm_target, get_family("mixtral"), max_examples=5)
+    assert verdict.status == Status.FAIL and verdict.counterexample["side"] == "engine", verdict
 
 
 def _load_parity(target, family: str, *shardings: str):

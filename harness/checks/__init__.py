@@ -10,6 +10,7 @@ from harness.checks.config_accepted import CONFIG_ACCEPTED
 from harness.checks.config_spelling import CONFIG_SPELLING
 from harness.checks.conversion_remap import CONVERSION_REMAP
 from harness.checks.converter_roundtrip import CONVERTER_ROUNDTRIP
+from harness.checks.differential import DIFFERENTIAL
 from harness.checks.expert_mapping import EXPERT_MAPPING
 from harness.checks.functional_call import FUNCTIONAL_CALL
 from harness.checks.load_parity import LOAD_PARITY
@@ -25,4 +26,4 @@ CHECKS: dict[str, Check] = {c.name: c for c in (ROUTING_PARITY, REMAP, EXPERT_MA
                                                 MOE_OUTPUT_PARITY, CHECKPOINT_ROUNDTRIP, BLOCK_PARITY,
                                                 CONVERSION_REMAP, CONFIG_SPELLING, ROUTER_KNOBS, CONFIG_ACCEPTED,
                                                 SWAP_PARITY, CONVERTER_ROUNDTRIP, MODEL_PARITY,
-                                                LOAD_PARITY)}
+                                                LOAD_PARITY, DIFFERENTIAL)}

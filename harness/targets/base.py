@@ -105,6 +105,31 @@ class BlockCap:
 
 
 @dataclass(frozen=True)
+class DifferentialRun:
+    """One checkpoint through two loaders: the engine's block output, transformers' (None where transformers raised:
+    `transformers_error` says what), and what the checkpoint means: the tensors of the block of the model it was
+    written from, under the reference's names."""
+
+    engine: torch.Tensor
+    transformers: torch.Tensor | None
+    transformers_error: str | None
+    written: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DifferentialCap:
+    """run(family, seed, x [T, H]) -> DifferentialRun: the family's checkpoint written (by transformers, from `seed`),
+    loaded by the engine's own loader and by transformers' `from_pretrained`, the first MoE block of each model run on
+    x; `skip(family)` why a family has no block in the engine's model, or None; `runs_over` its families (where the
+    run names the target or check)."""
+
+    run: Callable[[str, int, torch.Tensor], DifferentialRun]
+    skip: Callable[[str], str | None] | None = None
+    runs_over: tuple[str, ...] | None = None
+    example_caps: tuple[tuple[str, int], ...] = (("dev", 2), ("ci", 3))
+
+
+@dataclass(frozen=True)
 class SwapCap:
     """swap(block, config) -> the engine's own MoE module built in place of a transformers MoE block, holding the
     block's weights as the engine converts them: x [T, H] -> [T, H]. `block` is a transformers target block
@@ -422,6 +447,7 @@ class Target:
     converter: ConverterCap | None = None
     model_loader: ModelLoaderCap | None = None
     weight_loader: WeightLoaderCap | None = None
+    differential: DifferentialCap | None = None
     # How it was loaded (a registered name or package.module:object), set by `load_target`: what a reproducer
     # and a stored record name, since the `name` alone does not load a user's adapter.
     spec: str = ""
@@ -448,5 +474,5 @@ class Target:
 # Every optional field of Target that a check may ask for; a new capability is a field plus its name here.
 CAPABILITIES = ("routing", "remap", "expert_mapping", "capturer", "block", "padded_runner", "fused_moe",
                 "checkpoint_loader", "conversion", "config_spelling", "router_knobs", "config_variants", "swap",
-                "converter", "model_loader", "weight_loader")
+                "converter", "model_loader", "weight_loader", "differential")
 

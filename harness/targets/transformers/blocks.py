@@ -246,17 +246,23 @@ def _router_weight(router_name: str, router: nn.Module, spec: MoESpec) -> str:
     return f"{router_name}.{hits[0]}"
 
 
-def _block_path(family: str) -> str:
-    """The path of the first MoE block: the parent of the first experts module holding a 3-D first projection
-    (FIRST_PROJ_NAMES); UnmappedBlock, saying whether the tiny config has any MoE layer, when there is none."""
-    model = tiny_model(family)
+def _moe_path(model: nn.Module) -> str | None:
+    """The path of the first MoE block in `model`: the parent of the first experts module holding a 3-D first
+    projection (FIRST_PROJ_NAMES); None when there is none."""
     experts_path = next((n for n, m in model.named_modules() if n.endswith("experts") and any(
         isinstance(t := getattr(m, name, None), torch.Tensor) and t.dim() == 3 for name in FIRST_PROJ_NAMES)), None)
+    return None if experts_path is None else experts_path.rsplit(".", 1)[0]
+
+
+def _block_path(family: str) -> str:
+    """The path of the first MoE block of the family's tiny model (`_moe_path`); UnmappedBlock, saying whether the
+    tiny config has any MoE layer, when there is none."""
+    experts_path = _moe_path(tiny_model(family))
     if experts_path is None:
         no_layer = not tiny_spec(family).moe_layers
         raise UnmappedBlock(f"{family}: no experts module with a fused gate_up_proj or a non-gated up_proj"
                             + ("; its tiny config leaves no MoE layer (every layer is dense)" if no_layer else ""))
-    return experts_path.rsplit(".", 1)[0]
+    return experts_path
 
 
 def find_block(family: str) -> nn.Module:
@@ -290,15 +296,35 @@ def real_block(family: str, spec: MoESpec) -> RealMoEBlock:
 
     UnmappedBlock when no family record describes the block's code, or its record says it is not modelled.
     """
-    block_class = type(find_block(family))
+    _modelled(family, type(find_block(family)))
+    layer_shared = find_layer_shared(family)
+    return RealMoEBlock(family, spec, copy.deepcopy(find_block(family)),
+                        None if layer_shared is None else copy.deepcopy(layer_shared))
+
+
+def _modelled(family: str, block_class: type) -> None:
+    """UnmappedBlock when no family record describes `block_class`'s code, or its record says it is not modelled."""
     facts = describing(block_class)
     if facts is None:
         raise UnmappedBlock(f"{family}: {undescribed(block_class)}")
     if facts.unmodelled:
         raise UnmappedBlock(f"{family}: {facts.unmodelled}")
-    layer_shared = find_layer_shared(family)
-    return RealMoEBlock(family, spec, copy.deepcopy(find_block(family)),
-                        None if layer_shared is None else copy.deepcopy(layer_shared))
+
+
+def block_in(family: str, model: nn.Module) -> RealMoEBlock:
+    """The first MoE block (and the shared MLP beside it) of `model`, a model of the family's tiny config other than
+    `tiny_model`'s (the one a checkpoint was written from, or one `from_pretrained` loaded): its own modules, not
+    copies. UnmappedBlock as `real_block`."""
+    path = _moe_path(model)
+    if path is None:
+        raise UnmappedBlock(f"{family}: {type(model).__name__} holds no experts module with a 3-D first projection")
+    block = model.get_submodule(path)
+    _modelled(family, type(block))
+    layer_shared = None
+    if find_layer_shared(family) is not None:
+        found = _child(model.get_submodule(path.rsplit(".", 1)[0]), LAYER_SHARED_NAMES)
+        layer_shared = None if found is None else found[1]
+    return RealMoEBlock(family, tiny_spec(family), block, layer_shared)
 
 
 @functools.cache

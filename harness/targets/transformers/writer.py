@@ -29,13 +29,15 @@ class Writer:
     def __init__(self) -> None:
         self.process: subprocess.Popen[str] | None = None
 
-    def write(self, family: str, seed: int, directory: Path) -> None:
-        """`write_checkpoint(family, seed, directory)` in the writer process; its skip raised here."""
+    def write(self, family: str, seed: int, directory: Path, run_block: bool = False) -> str | None:
+        """`write_checkpoint(family, seed, directory)` in the writer process; its skip raised here. `run_block`:
+        `differential.write_and_run` instead, whose error (transformers' own) it returns."""
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"family": family, "seed": seed, "directory": str(directory)}) + "\n")
+        request = {"family": family, "seed": seed, "directory": str(directory), "run_block": run_block}
+        self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         tail: list[str] = []
         for line in self.process.stdout:
@@ -45,7 +47,7 @@ class Writer:
                     raise CheckSkipped.from_reply(reply)
                 if "error" in reply:
                     raise WriterFailed(reply["error"])
-                return
+                return reply.get("transformers_error")
             tail = [*tail[-5:], line.rstrip()]
         raise WriterFailed(f"the checkpoint writer exited {self.process.wait()}: {' / '.join(tail)}")
 
@@ -58,13 +60,18 @@ class Writer:
 
 
 def _serve(requests: IO[str]) -> None:
+    from harness.targets.transformers.differential import write_and_run
     from harness.targets.transformers.written import write_checkpoint
 
     for line in requests:
         request = json.loads(line)
+        family, seed, directory = request["family"], request["seed"], Path(request["directory"])
         try:
-            write_checkpoint(request["family"], request["seed"], Path(request["directory"]))
             reply: dict[str, str] = {}
+            if not request.get("run_block"):
+                write_checkpoint(family, seed, directory)
+            elif (error := write_and_run(family, seed, directory)) is not None:
+                reply["transformers_error"] = error
         except CheckSkipped as skipped:
             reply = skipped.to_reply()
         except Exception as exc:  # noqa: BLE001 - the parent reports it

@@ -11,7 +11,10 @@
 - block: the MoE block of every family's model as vLLM's loader builds it on the CPU (Gemma4: its router + MoERunner +
   dense MLP, assembled as its decoder layer combines them) (functional-call, block-parity);
 - weight_loader: every MoE architecture of vLLM's registry with a transformers config here, built as vLLM serves it
-  and loaded by its own `load_weights`, on one rank and sharded over two processes (load-parity; `models.py`).
+  and loaded by its own `load_weights`, on one rank and sharded over two processes (load-parity; `models.py`);
+- differential: the checkpoint transformers writes, loaded by vLLM's loader and by transformers' `from_pretrained`,
+  each model's first MoE block run on the same input and held to the reference block the checkpoint means
+  (`differential.py`).
 
 vLLM is imported only inside `make_target`; where it does not import, the target is unavailable with
 the reason and every run goes on without it. Where vLLM's compiled CPU ops do not load (the CUDA wheel on a
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 
 from harness.findings import load_known_failures
-from harness.targets.base import BlockCap, ExpertMappingCap, Target, WeightLoaderCap
+from harness.targets.base import BlockCap, DifferentialCap, ExpertMappingCap, Target, WeightLoaderCap
 from harness.targets.loading import TargetUnavailable
 from harness.verdict import not_applicable
 
@@ -93,7 +96,7 @@ def make_target(name: str = "vllm") -> Target:
                                 "type): a build for another device; set VLLM_TARGET_DEVICE=cpu in its environment")
     from vllm.model_executor.layers.fused_moe import RoutedExperts, fused_moe_make_expert_params_mapping
 
-    from harness.targets.vllm import blocks, mappers, models, routing
+    from harness.targets.vllm import blocks, differential, mappers, models, routing
     from harness.tiny_configs import discover_moe_families
 
     gemma4_remap = mappers.remap_cap("gemma4")
@@ -114,5 +117,7 @@ def make_target(name: str = "vllm") -> Target:
                        runs_over=discover_moe_families()),
         weight_loader=WeightLoaderCap(models.load, models.SHARDINGS, models.FUSED_PARTS,
                                       runs_over=discover_moe_families(), isolated_writer=True),
+        differential=DifferentialCap(differential.run, skip=blocks.skip_reason if no_ops is None else
+                                     lambda _: not_applicable(no_ops), runs_over=discover_moe_families()),
         known_failures=load_known_failures(__file__, "vllm"),
     )

@@ -1,0 +1,59 @@
+"""vLLM's side of the differential (`harness/checks/differential.py`): the checkpoint transformers writes for the
+family (in the writer's process, which also runs transformers' side), served as vLLM serves it (`models.engine_config`,
+one CPU rank), its model created and loaded by vLLM's own loader (`DefaultModelLoader.load_weights`), and the first MoE
+block of that model (as `blocks.find` finds it) run on the input after vLLM's weight processing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from harness.families import tiny_spec
+from harness.targets.base import DifferentialRun
+from harness.targets.found_blocks import find_block
+from harness.targets.transformers.differential import INPUT, RESULT
+
+
+def run(family: str, seed: int, x: torch.Tensor) -> DifferentialRun:
+    """The checkpoint of `family` written from `seed`, loaded by vLLM and by transformers, each block run on x."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.targets.transformers.writer import WRITER
+
+    root = Path(tempfile.mkdtemp(prefix="moe-harness-vllm-differential-"))
+    try:
+        save_file({"x": x.contiguous()}, root / INPUT)
+        error = WRITER.write(family, seed, root / "checkpoint", run_block=True)
+        result = load_file(root / RESULT)
+        engine = _loaded_block_output(family, root / "checkpoint", x)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    written = {name.removeprefix("written."): t for name, t in result.items() if name.startswith("written.")}
+    return DifferentialRun(engine, result.get("output"), error, written)
+
+
+def _loaded_block_output(family: str, directory: Path, x: torch.Tensor) -> torch.Tensor:
+    """vLLM's model of `directory` loaded by its loader; its first MoE block's output on x."""
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    from harness.targets.vllm.blocks import EXPERT_NAMES, VllmFoundMoE
+    from harness.targets.vllm.models import create_model, engine_config, limits_as_skips
+    from harness.targets.vllm.runtime import process_weights, vllm_config
+
+    vllm_config()  # the process's one-rank group, which every model built here shares
+    with limits_as_skips():
+        config = engine_config(directory, "single")
+        model = create_model(config)
+    with set_current_vllm_config(config), torch.no_grad():
+        DefaultModelLoader(config.load_config).load_weights(model, config.model_config)
+    found = find_block(tiny_spec(family), model, lambda experts: isinstance(experts, MoERunner), EXPERT_NAMES)
+    block = VllmFoundMoE(found, found.block, found.layer_shared, found.layer_norm, config)
+    process_weights(block)
+    with torch.no_grad():
+        return block.eval()(x)
