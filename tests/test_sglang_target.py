@@ -42,7 +42,8 @@ def sglang_target():
 
 @needs_sglang
 def test_target_fills_its_capabilities(sglang_target) -> None:
-    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer", "block", "weight_loader"]
+    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer", "block", "weight_loader",
+                                            "differential"]
     assert sglang_target.version == "0.5.23"
 
 
@@ -139,6 +140,32 @@ def test_load_parity_passes_where_sglang_loads_every_tensor_in_place(sglang_targ
     assert sglang_target.weight_loader.shardings == ("single", "tp2", "ep2")
     verdict = run_case(CHECKS["load-parity"], sglang_target, get_family(family), max_examples=1)
     assert verdict.status == Status.PASS, verdict
+
+
+@needs_sglang
+@pytest.mark.parametrize("family", ["glm4_moe", "gpt_oss"])
+def test_differential_passes_where_both_loaders_compute_the_checkpoints_block(sglang_target, family: str) -> None:
+    """The checkpoint transformers writes, loaded by SGLang's loader and by transformers': sigmoid routing with a
+    correction bias and a shared expert; GPT-OSS's interleaved clamped SwiGLU with expert biases."""
+    verdict = run_case(CHECKS["differential"], sglang_target, get_family(family), max_examples=1)
+    assert verdict.status == Status.PASS, verdict
+
+
+@needs_sglang
+def test_differential_catches_a_loader_that_swaps_two_experts(sglang_target, monkeypatch) -> None:
+    """SGLang's Mixtral loader patched to hand expert 0's tensors in under expert 1's name and back: its block differs
+    from the reference the checkpoint means; transformers' does not."""
+    from sglang.srt.models.mixtral import MixtralForCausalLM
+
+    own = MixtralForCausalLM.load_weights
+
+    def swapped(self, weights):
+        return own(self, ((n.replace(".experts.0.", ".experts.@.").replace(".experts.1.", ".experts.0.")
+                           .replace(".experts.@.", ".experts.1."), w) for n, w in weights))
+
+    monkeypatch.setattr(MixtralForCausalLM, "load_weights", swapped)
+    verdict = run_case(CHECKS["differential"], sglang_target, get_family("mixtral"), max_examples=5)
+    assert verdict.status == Status.FAIL and verdict.counterexample["side"] == "engine", verdict
 
 
 @needs_sglang

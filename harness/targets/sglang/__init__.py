@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from harness.findings import load_known_failures
-from harness.targets.base import BlockCap, ExpertMappingCap, RoutingCap, Target, WeightLoaderCap
+from harness.targets.base import (
+    BlockCap,
+    DifferentialCap,
+    ExpertMappingCap,
+    RoutingCap,
+    Target,
+    WeightLoaderCap,
+)
 from harness.targets.loading import TargetUnavailable
 
 INSTALL_HINT = ("`moe-harness run --target sglang` runs it in its own environment (sglang 0.5.23, built on demand; "
@@ -53,7 +60,7 @@ def make_target() -> Target:
         raise TargetUnavailable(f"sglang is not importable here ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
     except Exception as exc:  # noqa: BLE001 - its import probes the platform; any failure means "not here"
         raise TargetUnavailable(f"importing sglang failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
-    from harness.targets.sglang import blocks, loading, routing
+    from harness.targets.sglang import blocks, differential, loading, routing
     from harness.tiny_configs import discover_moe_families
 
     return Target(
@@ -67,6 +74,7 @@ def make_target() -> Target:
         block=BlockCap(blocks.build, skip=blocks.skip_reason),
         weight_loader=WeightLoaderCap(loading.load, loading.SHARDINGS, loading.FUSED_PARTS, skip=loading.skip_reason,
                                       runs_over=discover_moe_families(), isolated_writer=True),
+        differential=DifferentialCap(differential.run, skip=differential.skip_reason, runs_over=discover_moe_families()),
         families=discover_moe_families(),
         known_failures=load_known_failures(__file__, "sglang"),
     )

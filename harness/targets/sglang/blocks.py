@@ -68,9 +68,14 @@ def find(family: str) -> FoundBlock:
     """`family`'s first MoE block in the model SGLang builds, with its reference names."""
     from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
 
-    found = find_block(tiny_spec(family), _model(family), lambda experts: isinstance(experts, FusedMoE), EXPERT_NAMES)
-    # SGLang's torch-native experts compute GPT-OSS's clamped SwiGLU (a silu runner given an alpha) on interleaved
-    # gate/up rows, as GPT-OSS checkpoints hold them; every other activation on gates-first rows.
+    return interleaved_rows(find_block(tiny_spec(family), _model(family), lambda experts: isinstance(experts, FusedMoE),
+                                       EXPERT_NAMES))
+
+
+def interleaved_rows(found: FoundBlock) -> FoundBlock:
+    """`found` with its experts' gate/up row order as SGLang's runner reads it: its torch-native experts compute
+    GPT-OSS's clamped SwiGLU (a silu runner given an alpha) on interleaved gate/up rows, as GPT-OSS checkpoints hold
+    them; every other activation on gates-first rows."""
     experts: Any = found.block.experts
     runner = experts.moe_runner_config
     return replace(found, interleaved=runner.activation == "silu" and runner.gemm1_alpha is not None)

@@ -6,8 +6,6 @@ block of that model (as `blocks.find` finds it) run on the input after vLLM's we
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,25 +13,12 @@ import torch
 from harness.families import tiny_spec
 from harness.targets.base import DifferentialRun
 from harness.targets.found_blocks import find_block
-from harness.targets.transformers.differential import INPUT, RESULT
+from harness.targets.transformers.differential import beside_the_writer
 
 
 def run(family: str, seed: int, x: torch.Tensor) -> DifferentialRun:
     """The checkpoint of `family` written from `seed`, loaded by vLLM and by transformers, each block run on x."""
-    from safetensors.torch import load_file, save_file
-
-    from harness.targets.transformers.writer import WRITER
-
-    root = Path(tempfile.mkdtemp(prefix="moe-harness-vllm-differential-"))
-    try:
-        save_file({"x": x.contiguous()}, root / INPUT)
-        error = WRITER.write(family, seed, root / "checkpoint", run_block=True)
-        result = load_file(root / RESULT)
-        engine = _loaded_block_output(family, root / "checkpoint", x)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    written = {name.removeprefix("written."): t for name, t in result.items() if name.startswith("written.")}
-    return DifferentialRun(engine, result.get("output"), error, written)
+    return beside_the_writer(family, seed, x, lambda directory: _loaded_block_output(family, directory, x))
 
 
 def _loaded_block_output(family: str, directory: Path, x: torch.Tensor) -> torch.Tensor:
