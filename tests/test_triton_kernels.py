@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -203,20 +204,45 @@ def _moe_inputs(tokens: int, experts: int, k: int, hidden: int, width: int, dtyp
     return tuple(t.to(DEVICE) for t in (x.to(dtype), weights, ids, gate_up.to(dtype), down.to(dtype)))
 
 
-def assert_moe_matches_reference(inputs: tuple[torch.Tensor, ...], activation: str) -> None:
+def _biases(experts: int, hidden: int, width: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {"gate_up_bias": torch.randn(experts, 2 * width, generator=gen).to(dtype).to(DEVICE),
+            "down_bias": torch.randn(experts, hidden, generator=gen).to(dtype).to(DEVICE)}
+
+
+def assert_moe_matches_reference(inputs: tuple[torch.Tensor, ...], activation: str, **keywords: Any) -> None:
     x, weights, ids, gate_up, down = inputs
-    out = experts_forward(x, weights, ids, gate_up, down, activation)
+    out = experts_forward(x, weights, ids, gate_up, down, activation, **keywords)
     assert out.dtype == x.dtype and out.shape == x.shape and out.device == x.device
-    want = torch_experts_forward(x.double(), weights.double(), ids, gate_up.double(), down.double(), activation)
-    terms = term_magnitude(x, weights, ids, gate_up, down)
+    wide = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in keywords.items()}
+    want = torch_experts_forward(x.double(), weights.double(), ids, gate_up.double(), down.double(), activation,
+                                 **wide)
+    bounds = {k: v for k, v in keywords.items() if k in ("gate_up_bias", "down_bias", "weight_on_input")}
+    terms = term_magnitude(x, weights, ids, gate_up, down, activation=activation, **bounds)
     assert_close_to_terms(out.cpu(), want.cpu(), terms.cpu(), tolerance_for(x.dtype), f"{activation} output")
 
 
 @pytest.mark.parametrize("dtype", MOE_DTYPES, ids=str)
-@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh", "swiglu_oai", "swiglu_clamp"])
 def test_fused_moe_matches_reference(activation: str, dtype: torch.dtype) -> None:
     # H and I are no multiple of the tile depth, E = 6 with K = 3 leaves experts without tokens.
     assert_moe_matches_reference(_moe_inputs(37, 6, 3, 40, 24, dtype), activation)
+
+
+@pytest.mark.parametrize("dtype", MOE_DTYPES, ids=str)
+def test_fused_moe_computes_gpt_oss_experts(dtype: torch.dtype) -> None:
+    """GPT-OSS's experts: expert biases, the clamped SwiGLU with its alpha and limit; the inputs scaled so that
+    some projections pass the limit (the clamps act)."""
+    x, weights, ids, gate_up, down = _moe_inputs(21, 6, 2, 40, 24, dtype)
+    assert_moe_matches_reference((x * 6, weights, ids, gate_up, down), "swiglu_oai", glu_alpha=1.702, glu_limit=7.0,
+                                 **_biases(6, 40, 24, dtype))
+    assert (x.double() * 6 @ gate_up[0].double().T).abs().max() > 7  # the clamps were reached
+
+
+@pytest.mark.parametrize("dtype", MOE_DTYPES, ids=str)
+def test_fused_moe_computes_llama4_experts(dtype: torch.dtype) -> None:
+    """Llama 4's experts: each pick's routing weight applied to its input, not its output."""
+    assert_moe_matches_reference(_moe_inputs(21, 6, 2, 40, 24, dtype), "silu", weight_on_input=True)
 
 
 @pytest.mark.parametrize("tokens", [1, 40])
@@ -268,6 +294,8 @@ BAD_MOE = {
                      down=torch.zeros(3, 4, 3, dtype=torch.float64)), "share one dtype"),
     "ids-shape": (dict(ids=torch.zeros(3, 2, dtype=torch.int32)), r"must both be \[T=2, K\]"),
     "activation": (dict(activation="relu"), "activation 'relu'"),
+    "one-bias": (dict(gate_up_bias=torch.zeros(3, 6)), "give both expert biases"),
+    "bias-shape": (dict(gate_up_bias=torch.zeros(3, 4), down_bias=torch.zeros(3, 4)), "must be \\[3, 6\\] and"),
     "wrong-device": (dict(x=torch.zeros(2, 4, device="meta")), "tensors; got a tensor"),
 }
 
@@ -280,8 +308,9 @@ def test_bad_moe_inputs_rejected_before_launch(case: str) -> None:
     args.update(given)
     tensors = [t if t.device.type == "meta" else t.to(DEVICE)
                for t in (args["x"], args["weights"], args["ids"], args["gate_up"], args["down"])]
+    biases = {k: args[k].to(DEVICE) for k in ("gate_up_bias", "down_bias") if k in args}
     with pytest.raises(ValueError, match=match):
-        experts_forward(*tensors, args["activation"])
+        experts_forward(*tensors, args["activation"], **biases)
 
 
 def _target_with(**caps: object):
@@ -297,6 +326,8 @@ BROKEN_KERNELS = {
         experts_forward_with_bug("gelu_erf_for_tanh"), (torch.float32,))}),
     "fused_moe/ignores_routing_weight": ("moe-output-parity", "mixtral", {"fused_moe": FusedMoECap(
         experts_forward_with_bug("ignores_routing_weight"), (torch.float32, torch.float16))}),
+    "fused_moe/ignores_down_bias": ("moe-output-parity", "gpt_oss", {"fused_moe": FusedMoECap(
+        experts_forward_with_bug("ignores_down_bias"), (torch.float32,), ("swiglu_oai",), ("expert_bias",))}),
 }
 
 

@@ -60,3 +60,12 @@ def problem_inputs(family: Family, p: MoEProblem) -> tuple[torch.Tensor, ...]:
     scale = torch.rand(p.experts, generator=gen) + 0.5
     weights, ids = route(logits.float(), family.spec.routing, bias=bias, per_expert_scale=scale)
     return x.to(p.dtype), weights, ids, gate_up.to(p.dtype), down.to(p.dtype)
+
+
+def problem_biases(family: Family, p: MoEProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    """The experts' biases (gate_up_bias [E, 2I], down_bias [E, H]) in p.dtype for a family whose experts have them,
+    from p.seed's second stream (problem_inputs' tensors stay what they are)."""
+    gen = torch.Generator().manual_seed(p.seed + 2**17)
+    gate_up_bias = torch.randn(p.experts, 2 * p.width, generator=gen, dtype=torch.float64)
+    down_bias = torch.randn(p.experts, p.hidden, generator=gen, dtype=torch.float64) * 0.1
+    return gate_up_bias.to(p.dtype), down_bias.to(p.dtype)

@@ -180,12 +180,16 @@ class ConverterCap:
 
 @dataclass(frozen=True)
 class FusedMoECap:
-    """fn(x [T,H], weights [T,K], ids [T,K], gate_up_proj [E,2I,H], down_proj [E,H,I], activation) -> [T,H],
-    the positional signature of `reference.moe.experts_forward`, for the `dtypes` and `activations` given."""
+    """fn(x [T,H], weights [T,K], ids [T,K], gate_up_proj [E,2I,H], down_proj [E,H,I], activation, **keywords) ->
+    [T,H], the signature of `reference.moe.experts_forward`, for the `dtypes` and `activations` given. `facts`: the
+    block facts it computes through that function's keywords, "expert_bias" (gate_up_bias [E,2I], down_bias [E,H])
+    and "weight_on_input" (the routing weight applied to each pick's input); a clamped SwiGLU activation
+    (swiglu_oai, swiglu_clamp) is handed glu_alpha and glu_limit."""
 
     fn: Callable[..., torch.Tensor]
     dtypes: tuple[torch.dtype, ...]
     activations: tuple[str, ...] = ("silu", "gelu", "gelu_tanh")
+    facts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

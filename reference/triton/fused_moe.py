@@ -2,7 +2,9 @@
 
 out[t] = Σ_k weights[t, k] · down[ids[t, k]] @ (act(gate[ids[t, k]] @ x[t]) * (up[ids[t, k]] @ x[t]))
 with gate_up_proj [E, 2I, H] (gate rows first) and down_proj [E, H, I], for float32, bfloat16 and
-float16 (activations silu, gelu (erf), gelu_tanh). Steps:
+float16 (activations silu, gelu (erf), gelu_tanh, and the clamped SwiGLUs swiglu_oai (GPT-OSS) and swiglu_clamp);
+with the expert biases gate_up_bias [E, 2I] and down_bias [E, H] where given (GPT-OSS), and the routing weight
+applied to each pick's input instead of its output with `weight_on_input` (Llama 4). Steps:
 1. `align_pairs` (torch ops, no host sync): the T·K (token, pick) pairs sorted by expert, each expert's run
    padded to a multiple of BLOCK_M rows, so every BLOCK_M block of rows belongs to one expert;
 2. `_gate_up_kernel`: per block, both projections of the gathered token rows in one pass over H, the
@@ -26,10 +28,10 @@ from reference.triton import INTERPRETED, check_device, launch_context
 from reference.triton.core_ops import sigmoid
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh")  # as reference.moe.ACTIVATION_FNS computes them
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "swiglu_oai", "swiglu_clamp")  # as reference.moe.glu computes them
 
 # Deliberately broken variants, for tests that show the checks catch a kernel bug. Never use them.
-BUGS = ("gelu_erf_for_tanh", "ignores_routing_weight")
+BUGS = ("gelu_erf_for_tanh", "ignores_routing_weight", "ignores_down_bias")
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,20 @@ def default_config(pairs: int, num_experts: int) -> MoEConfig:
 
 
 @triton.jit
-def _activation(g, ACT: tl.constexpr, BUG: tl.constexpr):
+def _glu(g, u, alpha, limit, ACT: tl.constexpr, BUG: tl.constexpr):
+    """The gated product of the gate and up projections g, u (fp32), as reference.moe.glu computes it."""
     if ACT == "silu":
-        return g * sigmoid(g)
+        return g * sigmoid(g) * u
     elif ACT == "gelu" or (ACT == "gelu_tanh" and BUG == "gelu_erf_for_tanh"):
-        return 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
-    else:  # gelu_tanh: 0.5·g·(1 + tanh(u)) == g·sigmoid(2u), u = sqrt(2/pi)·(g + 0.044715·g³)
-        return g * sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g))
+        return 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476)) * u
+    elif ACT == "gelu_tanh":  # 0.5·g·(1 + tanh(v)) == g·sigmoid(2v), v = sqrt(2/pi)·(g + 0.044715·g³)
+        return g * sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * u
+    elif ACT == "swiglu_oai":  # gate clamped above, up on both sides; (up + 1) · gate · sigmoid(alpha · gate)
+        g = tl.minimum(g, limit)
+        return (tl.minimum(tl.maximum(u, -limit), limit) + 1.0) * g * sigmoid(alpha * g)
+    else:  # swiglu_clamp: the same clamps, then silu(gate) · up
+        g = tl.minimum(g, limit)
+        return g * sigmoid(g) * tl.minimum(tl.maximum(u, -limit), limit)
 
 
 @triton.jit
@@ -89,14 +98,17 @@ def _tile_of(pid, m_blocks, n_blocks, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _gate_up_kernel(
-    x_ptr, w_ptr, h_ptr, pairs_ptr, block_expert_ptr,
+    x_ptr, w_ptr, h_ptr, pairs_ptr, block_expert_ptr, bias_ptr, weights_ptr,
     M_BLOCKS, P, TOP_K,
-    stride_xt, stride_xh, stride_we, stride_wn, stride_wh,
+    stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be,
+    alpha, limit,
     HIDDEN: tl.constexpr, WIDTH: tl.constexpr,
     ACT: tl.constexpr, BUG: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WEIGHT_ON_INPUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """h[row] = act(x[tok] @ gate[e]ᵀ) * (x[tok] @ up[e]ᵀ) for the BLOCK_M sorted rows of one expert."""
+    """h[row] = act(x[tok] @ gate[e]ᵀ + b_gate[e]) * (x[tok] @ up[e]ᵀ + b_up[e]) for the BLOCK_M sorted rows of one
+    expert; with WEIGHT_ON_INPUT, x[tok] is first multiplied by the pick's routing weight (in x's dtype)."""
     pid_m, pid_n = _tile_of(tl.program_id(0), M_BLOCKS, (WIDTH + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:  # past the last real block (the grid is sized without a host sync)
@@ -113,6 +125,8 @@ def _gate_up_kernel(
     u_ptrs = g_ptrs + WIDTH * stride_wn
     acc_g = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
     acc_u = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    if WEIGHT_ON_INPUT:  # the pick's weight rounded to x's dtype, as the reference scales x[token]
+        pick_weight = tl.load(weights_ptr + pair, mask=row_ok, other=0.0).to(x_ptr.dtype.element_ty)
     for k0 in range(0, HIDDEN, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
@@ -123,26 +137,34 @@ def _gate_up_kernel(
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             g = tl.load(g_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             u = tl.load(u_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if WEIGHT_ON_INPUT:
+            a = (a * pick_weight[:, None]).to(x_ptr.dtype.element_ty)
         acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
         acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_xh
         g_ptrs += BLOCK_K * stride_wh
         u_ptrs += BLOCK_K * stride_wh
-    h = _activation(acc_g, ACT, BUG) * acc_u
+    if HAS_BIAS:
+        b_ptrs = bias_ptr + expert.to(tl.int64) * stride_be + cols
+        acc_g += tl.load(b_ptrs, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        acc_u += tl.load(b_ptrs + WIDTH, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    h = _glu(acc_g, acc_u, alpha, limit, ACT, BUG)
     h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * WIDTH + cols[None, :]
     tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
 def _down_kernel(
-    h_ptr, w_ptr, y_ptr, weights_ptr, pairs_ptr, block_expert_ptr,
+    h_ptr, w_ptr, y_ptr, weights_ptr, pairs_ptr, block_expert_ptr, bias_ptr,
     M_BLOCKS, P,
-    stride_we, stride_wn, stride_wi,
+    stride_we, stride_wn, stride_wi, stride_be,
     HIDDEN: tl.constexpr, WIDTH: tl.constexpr,
     BUG: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WEIGHT_ON_INPUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """y[pair] = weight[pair] · h[row] @ down[e]ᵀ for the BLOCK_M sorted rows of one expert."""
+    """y[pair] = weight[pair] · (h[row] @ down[e]ᵀ + b_down[e]) for the BLOCK_M sorted rows of one expert (without
+    the weight where WEIGHT_ON_INPUT applied it to the input)."""
     pid_m, pid_n = _tile_of(tl.program_id(0), M_BLOCKS, (HIDDEN + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -167,7 +189,9 @@ def _down_kernel(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_wi
-    if BUG != "ignores_routing_weight":
+    if HAS_BIAS and BUG != "ignores_down_bias":
+        acc += tl.load(bias_ptr + expert.to(tl.int64) * stride_be + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if BUG != "ignores_routing_weight" and not WEIGHT_ON_INPUT:
         acc = acc * tl.load(weights_ptr + pair, mask=row_ok, other=0.0)[:, None]
     y_ptrs = y_ptr + pair.to(tl.int64)[:, None] * HIDDEN + cols[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -201,7 +225,8 @@ def align_pairs(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torc
 
 
 def _validate(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Tensor,
-              down_proj: torch.Tensor, activation: str) -> None:
+              down_proj: torch.Tensor, activation: str, gate_up_bias: torch.Tensor | None,
+              down_bias: torch.Tensor | None) -> None:
     if x.dim() != 2 or gate_up_proj.dim() != 3 or down_proj.dim() != 3:
         raise ValueError(f"expected x [T, H], gate_up_proj [E, 2I, H], down_proj [E, H, I]; got "
                          f"{tuple(x.shape)}, {tuple(gate_up_proj.shape)}, {tuple(down_proj.shape)}")
@@ -219,7 +244,14 @@ def _validate(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up
                          f"{x.dtype}, {gate_up_proj.dtype}, {down_proj.dtype}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
-    check_device(x, weights, ids, gate_up_proj, down_proj)
+    if (gate_up_bias is None) != (down_bias is None):
+        raise ValueError("give both expert biases (gate_up_bias [E, 2I] and down_bias [E, H]) or neither")
+    biases = () if gate_up_bias is None or down_bias is None else (gate_up_bias, down_bias)
+    if biases and (tuple(biases[0].shape) != (experts, two_width) or tuple(biases[1].shape) != (experts, hidden)
+                   or any(b.dtype != x.dtype or b.stride(-1) != 1 for b in biases)):
+        raise ValueError(f"gate_up_bias {tuple(biases[0].shape)} and down_bias {tuple(biases[1].shape)} must be "
+                         f"[{experts}, {two_width}] and [{experts}, {hidden}] in {x.dtype}, each row contiguous")
+    check_device(x, weights, ids, gate_up_proj, down_proj, *biases)
 
 
 def launch_experts(
@@ -230,11 +262,16 @@ def launch_experts(
     down_proj: torch.Tensor,
     activation: str,
     *,
+    gate_up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None,
+    weight_on_input: bool = False,
+    glu_alpha: float = 1.702,
+    glu_limit: float = 7.0,
     config: MoEConfig | None = None,
     bug: str = "",
 ) -> torch.Tensor:
     """`experts_forward` with its launch configuration exposed, for tuning and the benchmark."""
-    _validate(x, weights, ids, gate_up_proj, down_proj, activation)
+    _validate(x, weights, ids, gate_up_proj, down_proj, activation, gate_up_bias, down_bias)
     if bug and bug not in BUGS:
         raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
     tokens, hidden = x.shape
@@ -250,20 +287,28 @@ def launch_experts(
     y = torch.empty(pairs, hidden, dtype=x.dtype, device=x.device)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 only ever applies to fp32 operands
     gu, dn = cfg.gate_up, cfg.down
+    flat_weights = weights.reshape(-1).to(torch.float32).contiguous()
+    has_bias = gate_up_bias is not None and down_bias is not None
+    # Without biases the kernels never read their pointers: any tensor of the launch stands in.
+    gu_bias = gate_up_bias if gate_up_bias is not None else gate_up_proj
+    dn_bias = down_bias if down_bias is not None else down_proj
     with launch_context():
         _gate_up_kernel[(block_expert.numel() * triton.cdiv(width, gu.block_n),)](
-            x, gate_up_proj, h, rows, block_expert,
+            x, gate_up_proj, h, rows, block_expert, gu_bias, flat_weights,
             block_expert.numel(), pairs, top_k,
             x.stride(0), x.stride(1), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2),
+            gu_bias.stride(0), float(glu_alpha), float(glu_limit),
             HIDDEN=hidden, WIDTH=width, ACT=activation, BUG=bug, PRECISION=precision, EVEN_K=hidden % gu.block_k == 0,
+            HAS_BIAS=has_bias, WEIGHT_ON_INPUT=weight_on_input,
             BLOCK_M=cfg.block_m, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, GROUP_M=cfg.group_m,
             num_warps=gu.num_warps, num_stages=gu.num_stages,
         )
         _down_kernel[(block_expert.numel() * triton.cdiv(hidden, dn.block_n),)](
-            h, down_proj, y, weights.reshape(-1).to(torch.float32).contiguous(), rows, block_expert,
+            h, down_proj, y, flat_weights, rows, block_expert, dn_bias,
             block_expert.numel(), pairs,
-            down_proj.stride(0), down_proj.stride(1), down_proj.stride(2),
+            down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), dn_bias.stride(0),
             HIDDEN=hidden, WIDTH=width, BUG=bug, PRECISION=precision, EVEN_K=width % dn.block_k == 0,
+            HAS_BIAS=has_bias, WEIGHT_ON_INPUT=weight_on_input,
             BLOCK_M=cfg.block_m, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, GROUP_M=cfg.group_m,
             num_warps=dn.num_warps, num_stages=dn.num_stages,
         )
@@ -277,13 +322,23 @@ def experts_forward(
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
     activation: str,
+    *,
+    gate_up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None,
+    weight_on_input: bool = False,
+    glu_alpha: float = 1.702,
+    glu_limit: float = 7.0,
 ) -> torch.Tensor:
-    """Σ over the K picks of weight · down(act(gate x) · up x), [T, H] in x's dtype; see the module doc.
+    """Σ over the K picks of weight · down(act(gate x) · up x), [T, H] in x's dtype, with the keywords of
+    `reference.moe.experts_forward` it computes (expert biases, the weight on the input, the SwiGLU clamps); see the
+    module doc.
 
     ids must lie in 0..E-1 (not checked: that would wait on the device). Raises ValueError before any
     launch on mismatched shapes, dtypes, an unknown activation or tensors on the wrong device.
     """
-    return launch_experts(x, weights, ids, gate_up_proj, down_proj, activation)
+    return launch_experts(x, weights, ids, gate_up_proj, down_proj, activation, gate_up_bias=gate_up_bias,
+                          down_bias=down_bias, weight_on_input=weight_on_input, glu_alpha=glu_alpha,
+                          glu_limit=glu_limit)
 
 
 def experts_forward_with_bug(bug: str) -> Callable[..., torch.Tensor]:

@@ -50,6 +50,7 @@ def make_target() -> Target:
         version=f"triton {triton.__version__}",
         description=f"moe-harness's Triton routing and fused-MoE kernels ({mode})",
         routing=RoutingCap(on_device(route, KERNEL_DEVICE), KERNEL_VARIANTS),
-        fused_moe=FusedMoECap(on_device(experts_forward, KERNEL_DEVICE), moe_dtypes, ACTIVATIONS),
+        fused_moe=FusedMoECap(on_device(experts_forward, KERNEL_DEVICE), moe_dtypes, ACTIVATIONS,
+                              facts=("expert_bias", "weight_on_input")),
         known_failures=load_known_failures(__file__, "reference-triton"),
     )
