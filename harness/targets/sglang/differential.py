@@ -14,7 +14,7 @@ import torch
 from harness.families import tiny_spec
 from harness.targets.base import DifferentialRun
 from harness.targets.found_blocks import FoundMoE, find_block
-from harness.targets.transformers.differential import beside_the_writer
+from harness.targets.transformers.writer import beside_the_writer
 
 
 def skip_reason(family: str) -> str | None:

@@ -5,14 +5,10 @@ transformers' own block as `from_pretrained` loads it, run on the input the engi
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from harness.targets.base import DifferentialRun
 from harness.verdict import CheckSkipped, harness_limit
 
 # Beside the checkpoint directory, not in it: an engine's loader reads every safetensors file there as weights.
@@ -57,23 +53,3 @@ def write_and_run(family: str, seed: int, directory: Path) -> str | None:
     save_file(result, directory.parent / RESULT)
     return error
 
-
-def beside_the_writer(family: str, seed: int, x: torch.Tensor,
-                      engine: Callable[[Path], torch.Tensor]) -> DifferentialRun:
-    """The DifferentialRun of an engine whose import changes transformers' classes in its process: transformers' side
-    in the checkpoint writer's process (`write_and_run`), then `engine(directory)`, the engine's block output on x
-    from the checkpoint directory it wrote."""
-    from safetensors.torch import load_file, save_file
-
-    from harness.targets.transformers.writer import WRITER
-
-    root = Path(tempfile.mkdtemp(prefix=f"moe-harness-differential-{family}-"))
-    try:
-        save_file({"x": x.contiguous()}, root / INPUT)
-        error = WRITER.write(family, seed, root / "checkpoint", run_block=True)
-        result = load_file(root / RESULT)
-        output = engine(root / "checkpoint")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    written = {name.removeprefix("written."): t for name, t in result.items() if name.startswith("written.")}
-    return DifferentialRun(output, result.get("output"), error, written)

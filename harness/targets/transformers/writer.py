@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import atexit
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import torch
+
+from harness.targets.base import DifferentialRun
 from harness.verdict import CheckSkipped
 
 REPLY = "REPLY "
@@ -81,6 +87,28 @@ def _serve(requests: IO[str]) -> None:
 
 WRITER = Writer()
 atexit.register(WRITER.stop)
+
+
+def beside_the_writer(family: str, seed: int, x: torch.Tensor,
+                      engine: Callable[[Path], torch.Tensor]) -> DifferentialRun:
+    """The DifferentialRun of an engine whose import changes transformers' classes in its process: transformers' side
+    in the checkpoint writer's process (`write_and_run`), then `engine(directory)`, the engine's block output on x
+    from the checkpoint directory it wrote."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.targets.transformers.differential import INPUT, RESULT
+
+    root = Path(tempfile.mkdtemp(prefix=f"moe-harness-differential-{family}-"))
+    try:
+        save_file({"x": x.contiguous()}, root / INPUT)
+        error = WRITER.write(family, seed, root / "checkpoint", run_block=True)
+        result = load_file(root / RESULT)
+        output = engine(root / "checkpoint")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    written = {name.removeprefix("written."): t for name, t in result.items() if name.startswith("written.")}
+    return DifferentialRun(output, result.get("output"), error, written)
+
 
 if __name__ == "__main__":
     _serve(sys.stdin)

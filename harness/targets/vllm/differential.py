@@ -13,7 +13,7 @@ import torch
 from harness.families import tiny_spec
 from harness.targets.base import DifferentialRun
 from harness.targets.found_blocks import find_block
-from harness.targets.transformers.differential import beside_the_writer
+from harness.targets.transformers.writer import beside_the_writer
 
 
 def run(family: str, seed: int, x: torch.Tensor) -> DifferentialRun:
