@@ -126,6 +126,24 @@ def test_declared_derived_reordered_and_unused_tensors_pass_and_nothing_else(che
                   reordered=declared["reordered"]) == []
 
 
+def test_a_rank_holding_zeros_on_purpose_passes_where_another_rank_holds_the_slice(checkpoint) -> None:
+    """Two ranks: rank 1 holds the router as zeros, declared (a bias added once across ranks, say); any nonzero
+    element there is named, and so is a zeroed tensor no rank holds."""
+    prints, written = checkpoint
+    experts = {n: tuple(range(E)) for n in _faithful(written) if n.endswith(("w13", "w2"))}
+    gate = "model.layers.0.mlp.gate.weight"
+    rank0 = LoadedParams(_faithful(written), experts)
+    zeros = {**_faithful(written), gate: torch.zeros(E, H)}
+    # rank 1 holds the other tensors too: the same elements on two ranks are "loaded twice" only within one rank
+    rank1 = LoadedParams(zeros, experts, rank=1, zeroed={gate: "added once, on rank 0"})
+    assert judge(prints, (rank0, rank1), PARTS) == []
+    stray = LoadedParams({**zeros, gate: torch.ones(E, H)}, experts, rank=1, zeroed={gate: "added once, on rank 0"})
+    assert f"rank 1: {gate} should hold zeros on this rank (added once, on rank 0) but holds 8 nonzero elements" in \
+        judge(prints, (rank0, stray), PARTS)
+    alone = LoadedParams(zeros, experts, zeroed={gate: "added once, on rank 0"})
+    assert any(p.startswith(f"{gate}: 8 of 8 elements loaded into no parameter") for p in judge(prints, (alone,), PARTS))
+
+
 def _mapping(gate: str = "w1", up: str = "w3", down: str = "w2", ids: tuple[int, ...] = tuple(range(E)),
              shards: tuple[str, str] = ("w1", "w3")) -> tuple[tuple[str, str, int, str], ...]:
     """An expert params mapping as vLLM declares one: expert `e`'s checkpoint names point at the expert `ids[e]`."""

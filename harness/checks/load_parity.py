@@ -14,7 +14,8 @@ what each parameter holds:
 - where the engine declares an expert params mapping, each per-expert key is where the mapping says
   (`harness/checks/expert_mapping_agreement.py`).
 What the engine does on purpose it declares per rank, each with the reason its code gives (`LoadedParams.derived`,
-`reordered`, `unused`): only those tensors are judged less strictly. A failure names the parameter, the checkpoint key
+`reordered`, `unused`, `zeroed`: a rank holding zeros where another holds the slice, which must then be all zeros):
+only those tensors are judged less strictly. A failure names the parameter, the checkpoint key
 it holds or should hold and what it holds instead.
 """
 
@@ -87,6 +88,11 @@ def judge(prints: Fingerprints, ranks: tuple[LoadedParams, ...],
         for name, tensor in sorted(held.items()):
             if name in loaded.derived:
                 problems += [tag + line for line in _derived(name, tensor, loaded.derived[name], prints, count)]
+                continue
+            if name in loaded.zeroed:  # its slice is loaded on another rank: held there, judged there
+                if tensor.count_nonzero():
+                    problems.append(f"{tag}{name} should hold zeros on this rank ({loaded.zeroed[name]}) but holds "
+                                    f"{int(tensor.count_nonzero())} nonzero elements")
                 continue
             whole, key, index = prints.locate(tensor)
             if name in loaded.experts and name in loaded.params:

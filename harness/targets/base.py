@@ -238,7 +238,8 @@ class LoadedParams:
     in one: a routing correction bias, say). What the engine does on purpose, each with its reason from the engine's
     code: `derived`, a parameter computed elementwise from a checkpoint key (name -> key); `reordered`, a parameter
     whose rows are a permutation of its slice (name -> why); `unused`, a checkpoint key its model never reads and does
-    not load (key -> why). `expert_mapping`: the expert params mapping the engine declares for the model, if it does
+    not load (key -> why); `zeroed`, a parameter this rank holds zeros in instead of its slice (name -> why: a bias
+    another rank adds once for all, say). `expert_mapping`: the expert params mapping the engine declares for the model, if it does
     ((parameter name, checkpoint weight name, expert id, shard id) entries; vLLM's `get_expert_mapping()`)."""
 
     params: dict[str, torch.Tensor]
@@ -249,6 +250,7 @@ class LoadedParams:
     reordered: dict[str, str] = field(default_factory=dict)
     unused: dict[str, str] = field(default_factory=dict)
     expert_mapping: tuple[tuple[str, str, int, str], ...] = ()
+    zeroed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

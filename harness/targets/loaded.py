@@ -73,7 +73,8 @@ def write(loaded: LoadedParams, out: Path, rank: int) -> None:
     save_file({k: v.contiguous() for k, v in loaded.buffers.items()}, out / f"rank{rank}.buffers.safetensors")
     (out / f"rank{rank}.json").write_text(json.dumps({
         "experts": {k: list(v) for k, v in loaded.experts.items()}, "derived": loaded.derived,
-        "reordered": loaded.reordered, "unused": loaded.unused, "expert_mapping": loaded.expert_mapping}))
+        "reordered": loaded.reordered, "unused": loaded.unused, "expert_mapping": loaded.expert_mapping,
+        "zeroed": loaded.zeroed}))
 
 
 def read(out: Path, rank: int) -> LoadedParams:
@@ -82,7 +83,8 @@ def read(out: Path, rank: int) -> LoadedParams:
     return LoadedParams(load_file(out / f"rank{rank}.safetensors"),
                         {k: tuple(v) for k, v in told["experts"].items()}, rank,
                         load_file(out / f"rank{rank}.buffers.safetensors"), told["derived"], told["reordered"],
-                        told["unused"], tuple((p, w, int(e), s) for p, w, e, s in told["expert_mapping"]))
+                        told["unused"], tuple((p, w, int(e), s) for p, w, e, s in told["expert_mapping"]),
+                        told["zeroed"])
 
 
 def error_reply(exc: BaseException) -> dict[str, str]:

@@ -51,6 +51,12 @@ PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "sglang.srt.m
 # One build and load of a tiny model takes seconds; the first fork waits for nothing more.
 LOAD_TIMEOUT_S = 300
 
+# What SGLang's model code loads as zeros on purpose on tensor-parallel ranks other than 0, by model class.
+ZEROED = {
+    "GptOssForCausalLM": (("experts.w2_weight_bias", "gpt_oss.py loads the down-projection bias on MoE tensor-parallel "
+                                                     "rank 0 only, zeros elsewhere: it is added once, after the "
+                                                     "all-reduce"),),
+}
 # Families whose checkpoint as transformers 5.19 writes it is not in the layout SGLang's loader reads, and why.
 WRITTEN_LAYOUT: dict[str, str] = {
     "qwen3_vl_moe": "transformers 5.19 saves Qwen3-VL-MoE's fused experts in its in-memory layout (gate_up_proj "
@@ -204,7 +210,17 @@ def loaded_params(directory: Path, sharding: str = "single", rank: int = 0) -> L
     loader.load_weights_only(model, loader._get_all_weights(model_config, model), torch.device("cpu"))
     params, buffers = held_tensors(model)
     return LoadedParams(params, _expert_rows(model), rank, buffers,
-                        mamba_a_from_a_log(params, checkpoint_keys(directory)))
+                        mamba_a_from_a_log(params, checkpoint_keys(directory)), zeroed=_zeroed(model, params))
+
+
+def _zeroed(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The parameters SGLang's model code loads as zeros on this rank on purpose (ZEROED), with its reason."""
+    zeroed: dict[str, str] = {}
+    for suffix, why in ZEROED.get(type(model).__name__, ()):
+        for name in params:
+            if name.endswith(suffix) and getattr(model.get_submodule(name.rsplit(".", 1)[0]), "moe_tp_rank", 0) != 0:
+                zeroed[name] = why
+    return zeroed
 
 
 def _expert_rows(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
