@@ -42,7 +42,7 @@ def sglang_target():
 
 @needs_sglang
 def test_target_fills_its_capabilities(sglang_target) -> None:
-    assert sglang_target.capabilities() == ["routing", "expert_mapping", "capturer", "block", "weight_loader",
+    assert sglang_target.capabilities() == ["routing", "remap", "expert_mapping", "capturer", "block", "weight_loader",
                                             "differential"]
     assert sglang_target.version == "0.5.23"
 
@@ -54,6 +54,7 @@ def test_target_fills_its_capabilities(sglang_target) -> None:
     ("block-parity", "qwen3_moe"), ("block-parity", "mixtral"), ("functional-call", "olmoe"),
     ("block-parity", "glm4_moe"), ("block-parity", "gpt_oss"), ("functional-call", "gpt_oss"),
     ("block-parity", "granitemoeshared"), ("functional-call", "granitemoeshared"),
+    ("remap-idempotence", "granitemoe"), ("remap-idempotence", "granitemoeshared"),
 ])
 def test_what_sglang_gets_right_passes(sglang_target, check: str, family: str) -> None:
     """Softmax top-k in float32 whatever the logits' dtype; the mapping's 3·E slots; the capture buffer with a slot per
@@ -89,6 +90,14 @@ def test_a_block_sglang_cannot_run_here_is_skipped_with_its_kind(sglang_target, 
                                                                   why: str) -> None:
     reason = sglang_target.block.skip(family)
     assert reason is not None and skip_kind(reason) == kind and why in reason, reason
+
+
+@needs_sglang
+def test_a_model_that_maps_no_checkpoint_key_has_no_remap(sglang_target) -> None:
+    """The granite models apply SGLang's mapper to their keys; Qwen3-MoE's loader renames keys itself."""
+    assert sglang_target.remap.of("granitemoe").fn.__doc__.endswith("GraniteMoeForCausalLM.hf_to_sglang_mapper")
+    verdict = run_case(CHECKS["remap-idempotence"], sglang_target, get_family("qwen3_moe"), max_examples=1)
+    assert verdict.status == Status.SKIP and verdict.skip_kind == SkipKind.NOT_APPLICABLE, verdict
 
 
 @needs_sglang

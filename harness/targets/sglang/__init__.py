@@ -2,6 +2,8 @@
 environment (`environments.toml`: the wheel without its CUDA dependencies, beside torch 2.13.0+cpu).
 
 - routing: `select_experts` with the `TopKConfig` a model builds, on its native path (`routing.py`);
+- remap: the `hf_to_sglang_mapper` of the models that apply it to checkpoint keys (the granite MoE models;
+  `mappers.py`);
 - expert_mapping: `FusedMoE.make_expert_params_mapping` (no redundant experts in its signature: SGLang maps physical
   to logical experts at dispatch);
 - capturer: `RoutedExpertsCapturer` sized by SGLang's own config resolution from a config directory (`capture.py`);
@@ -9,6 +11,8 @@ environment (`environments.toml`: the wheel without its CUDA dependencies, besid
   rank (`blocks.py`);
 - weight_loader: whole models built by SGLang's loader from a checkpoint directory and loaded by their own
   `load_weights`, one CPU rank, each in a fork of a server that imported SGLang once (`loading.py`).
+- differential: the checkpoint transformers writes, loaded by SGLang's loader and by transformers', each first MoE
+  block held to the reference (`differential.py`).
 
 SGLang is imported only inside `make_target`; where it does not import, the target is unavailable with the reason.
 """
@@ -16,7 +20,7 @@ SGLang is imported only inside `make_target`; where it does not import, the targ
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
 
@@ -60,7 +64,7 @@ def make_target() -> Target:
         raise TargetUnavailable(f"sglang is not importable here ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
     except Exception as exc:  # noqa: BLE001 - its import probes the platform; any failure means "not here"
         raise TargetUnavailable(f"importing sglang failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
-    from harness.targets.sglang import blocks, differential, loading, routing
+    from harness.targets.sglang import blocks, differential, loading, mappers, routing
     from harness.tiny_configs import discover_moe_families
 
     return Target(
@@ -69,6 +73,8 @@ def make_target() -> Target:
         description="SGLang's MoE code on the CPU: select_experts (native path), FusedMoE's expert params mapping, "
                     "the routed-experts capturer as its config resolution sizes it, its MoE blocks, its model loader",
         routing=RoutingCap(routing.route, tuple(routing.SCORING), group_scores=routing.GROUP_SCORES_OF_SOFTMAX),
+        remap=replace(mappers.remap_cap("granitemoe"), for_family=mappers.remap_cap, skip=mappers.skip_reason,
+                      runs_over=discover_moe_families()),
         expert_mapping=ExpertMappingCap(new=FusedMoE.make_expert_params_mapping, redundant=False),
         capturer=Capturer(),
         block=BlockCap(blocks.build, skip=blocks.skip_reason),
