@@ -28,8 +28,7 @@ def check_block_parity(block_cap: BlockCap, family: Family, example: BlockInput)
     state = call_target("block.reference_state()", block.reference_state)
     ref = MoEBlock(spec)
     call_target("loading the block's exported tensors into the reference block", ref.load_state_dict, state)
-    gen = torch.Generator().manual_seed(example.seed)
-    x = torch.randn(example.tokens, spec.hidden_size, generator=gen) * example.scale
+    x = example.hidden_states(spec.hidden_size)
     with torch.no_grad():
         got = call_target("block(x)", block, x, returns=torch.Tensor)
         logits = call_target("block.router_logits(x)", block.router_logits, x, returns=torch.Tensor)
@@ -57,6 +56,6 @@ BLOCK_PARITY: Check[BlockCap] = Check(
     summary="the block's output == the reference block loaded with its exported weights, on its router logits",
     draws=lambda block_cap, family: block_inputs(),
     holds=check_block_parity,
-    describe=lambda example: {"tokens": example.tokens, "seed": example.seed, "input_scale": example.scale},
+    describe=BlockInput.describe,
     excludes=builds_only_for,
 )

@@ -25,8 +25,7 @@ from reference.moe import MoEBlock
 
 def check_differential(cap: DifferentialCap, family: Family, example: BlockInput) -> None:
     spec = family.spec
-    gen = torch.Generator().manual_seed(example.seed)
-    x = torch.randn(example.tokens, spec.hidden_size, generator=gen) * example.scale
+    x = example.hidden_states(spec.hidden_size)
     run = call_target("the checkpoint loaded by the engine and by transformers, each block run on x", cap.run,
                       family.name, example.seed, x, returns=DifferentialRun)
     ref = MoEBlock(spec)
@@ -60,5 +59,5 @@ DIFFERENTIAL: Check[DifferentialCap] = Check(
     summary="one checkpoint loaded by the engine and by transformers: both MoE blocks == the reference block it means",
     draws=lambda cap, family: block_inputs(),
     holds=check_differential,
-    describe=lambda example: {"tokens": example.tokens, "seed": example.seed, "input_scale": example.scale},
+    describe=BlockInput.describe,
 )

@@ -33,8 +33,7 @@ def check_swap_parity(cap: SwapCap, family: Family, example: BlockInput) -> None
     block = build(family.spec, example.seed)
     config = text_config(family.name)
     swapped = call_target("swap(block, config)", cap.swap, block, config, returns=torch.nn.Module)
-    gen = torch.Generator().manual_seed(example.seed)
-    x = torch.randn(example.tokens, family.spec.hidden_size, generator=gen) * example.scale
+    x = example.hidden_states(family.spec.hidden_size)
     ref = MoEBlock(family.spec)
     ref.load_state_dict(block.reference_state())
     with torch.no_grad():
@@ -87,6 +86,6 @@ SWAP_PARITY: Check[SwapCap] = Check(
     summary="the engine's MoE swapped in for a transformers block == that block, on the same weights",
     draws=lambda cap, family: block_inputs(),
     holds=check_swap_parity,
-    describe=lambda example: {"tokens": example.tokens, "seed": example.seed, "input_scale": example.scale},
+    describe=BlockInput.describe,
     excludes=excluded,
 )

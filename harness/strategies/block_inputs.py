@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from hypothesis import strategies as st
 
 INPUT_SCALES = (0.5, 1.0, 4.0)
@@ -16,6 +17,14 @@ class BlockInput:
     tokens: int
     seed: int
     scale: float
+
+    def hidden_states(self, hidden_size: int) -> torch.Tensor:
+        """x [tokens, hidden_size] in float32: standard normal from `seed`, times `scale`."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randn(self.tokens, hidden_size, generator=gen) * self.scale
+
+    def describe(self) -> dict[str, object]:
+        return {"tokens": self.tokens, "seed": self.seed, "input_scale": self.scale}
 
 
 def block_inputs() -> st.SearchStrategy[BlockInput]:

@@ -66,16 +66,17 @@ def _model(family: str) -> nn.Module:
 @functools.cache
 def find(family: str) -> FoundBlock:
     """`family`'s first MoE block in the model SGLang builds, with its reference names."""
+    return find_in(family, _model(family))
+
+
+def find_in(family: str, model: nn.Module) -> FoundBlock:
+    """The first MoE block of `model`, an SGLang model of `family`'s config, with its reference names and its experts'
+    gate/up row order as SGLang's runner reads it: its torch-native experts compute GPT-OSS's clamped SwiGLU (a silu
+    runner given an alpha) on interleaved gate/up rows, as GPT-OSS checkpoints hold them; every other activation on
+    gates-first rows."""
     from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
 
-    return interleaved_rows(find_block(tiny_spec(family), _model(family), lambda experts: isinstance(experts, FusedMoE),
-                                       EXPERT_NAMES))
-
-
-def interleaved_rows(found: FoundBlock) -> FoundBlock:
-    """`found` with its experts' gate/up row order as SGLang's runner reads it: its torch-native experts compute
-    GPT-OSS's clamped SwiGLU (a silu runner given an alpha) on interleaved gate/up rows, as GPT-OSS checkpoints hold
-    them; every other activation on gates-first rows."""
+    found = find_block(tiny_spec(family), model, lambda experts: isinstance(experts, FusedMoE), EXPERT_NAMES)
     experts: Any = found.block.experts
     runner = experts.moe_runner_config
     return replace(found, interleaved=runner.activation == "silu" and runner.gemm1_alpha is not None)

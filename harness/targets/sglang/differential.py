@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from harness.families import tiny_spec
 from harness.targets.base import DifferentialRun
-from harness.targets.found_blocks import FoundMoE, find_block
+from harness.targets.found_blocks import FoundMoE
 from harness.targets.transformers.writer import beside_the_writer
 
 
@@ -33,11 +32,10 @@ def run(family: str, seed: int, x: torch.Tensor) -> DifferentialRun:
 def _loaded_block_output(family: str, directory: Path, x: torch.Tensor) -> torch.Tensor:
     """SGLang's model of `directory` built and loaded by its loader in this process; its first MoE block's output."""
     from sglang.srt.configs.load_config import LoadConfig
-    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
     from sglang.srt.model_loader.loader import DefaultModelLoader
     from sglang.srt.runtime_context import SpawnRanks, publish
 
-    from harness.targets.sglang.blocks import EXPERT_NAMES, interleaved_rows
+    from harness.targets.sglang.blocks import find_in
     from harness.targets.sglang.runtime import build_model, one_rank, server_args
 
     one_rank("qwen3_moe")
@@ -47,8 +45,7 @@ def _loaded_block_output(family: str, directory: Path, x: torch.Tensor) -> torch
     loader = DefaultModelLoader(LoadConfig(load_format="safetensors"))
     with torch.no_grad():
         loader.load_weights_only(model, loader._get_all_weights(model_config, model), torch.device("cpu"))
-    found = interleaved_rows(find_block(tiny_spec(family), model, lambda experts: isinstance(experts, FusedMoE),
-                                        EXPERT_NAMES))
+    found = find_in(family, model)
     block = FoundMoE(found, found.block, found.layer_shared, found.layer_norm)
     with torch.no_grad():
         return block.eval()(x)

@@ -148,10 +148,14 @@ def _model(family: str) -> tuple[nn.Module, Any]:
 @functools.cache
 def find(family: str) -> FoundBlock:
     """`family`'s first MoE block in the model vLLM builds, with its reference names."""
+    return find_in(family, _model(family)[0])
+
+
+def find_in(family: str, model: nn.Module) -> FoundBlock:
+    """The first MoE block of `model`, a vLLM model of `family`'s config, with its reference names."""
     from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
-    return find_block(tiny_spec(family), _model(family)[0], lambda experts: isinstance(experts, MoERunner),
-                      EXPERT_NAMES)
+    return find_block(tiny_spec(family), model, lambda experts: isinstance(experts, MoERunner), EXPERT_NAMES)
 
 
 @functools.cache

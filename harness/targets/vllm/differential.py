@@ -10,9 +10,7 @@ from pathlib import Path
 
 import torch
 
-from harness.families import tiny_spec
 from harness.targets.base import DifferentialRun
-from harness.targets.found_blocks import find_block
 from harness.targets.transformers.writer import beside_the_writer
 
 
@@ -24,10 +22,9 @@ def run(family: str, seed: int, x: torch.Tensor) -> DifferentialRun:
 def _loaded_block_output(family: str, directory: Path, x: torch.Tensor) -> torch.Tensor:
     """vLLM's model of `directory` loaded by its loader; its first MoE block's output on x."""
     from vllm.config import set_current_vllm_config
-    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-    from harness.targets.vllm.blocks import EXPERT_NAMES, VllmFoundMoE
+    from harness.targets.vllm.blocks import VllmFoundMoE, find_in
     from harness.targets.vllm.models import create_model, engine_config, limits_as_skips
     from harness.targets.vllm.runtime import process_weights, vllm_config
 
@@ -37,7 +34,7 @@ def _loaded_block_output(family: str, directory: Path, x: torch.Tensor) -> torch
         model = create_model(config)
     with set_current_vllm_config(config), torch.no_grad():
         DefaultModelLoader(config.load_config).load_weights(model, config.model_config)
-    found = find_block(tiny_spec(family), model, lambda experts: isinstance(experts, MoERunner), EXPERT_NAMES)
+    found = find_in(family, model)
     block = VllmFoundMoE(found, found.block, found.layer_shared, found.layer_norm, config)
     process_weights(block)
     with torch.no_grad():

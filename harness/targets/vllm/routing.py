@@ -68,15 +68,14 @@ def router(knobs: Any, experts: int, bias: torch.Tensor | None, custom: Any = No
     from vllm.model_executor.layers.fused_moe.router.router_factory import create_fused_moe_router
 
     record = variant(knobs.variant)
-    # A model with a grouped router builds it grouped whatever its config holds (DeepseekV2MoE, its copies): a
-    # config without groups hands it none.
-    grouped = record.grouped and custom is None
     renormalize = knobs.variant in ALWAYS_RENORMALIZED or (record.renormalizes and bool(knobs.renormalize))
     return create_fused_moe_router(
         top_k=knobs.top_k,
         global_num_experts=experts,
         renormalize=renormalize,
-        use_grouped_topk=grouped,
+        # A model with a grouped router builds it grouped whatever its config holds (DeepseekV2MoE, its copies): a
+        # config without groups hands it none.
+        use_grouped_topk=record.grouped,
         num_expert_group=knobs.n_group,
         topk_group=knobs.topk_group,
         scoring_func="softmax" if custom is not None else SCORING[knobs.variant],
