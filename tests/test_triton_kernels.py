@@ -33,7 +33,8 @@ from reference.config import RoutingKnobs
 from reference.moe import experts_forward as torch_experts_forward
 from reference.routing import RoutingInputError, selection_scores, weights_for
 from reference.routing import route as torch_route
-from reference.triton.fused_moe import align_pairs, experts_forward, experts_forward_with_bug
+from reference.triton.align import align_pairs
+from reference.triton.fused_moe import experts_forward, experts_forward_with_bug
 from reference.triton.routing import RouteLaunch, launch_route, route, route_with_bug
 
 DEVICE = rt.KERNEL_DEVICE
@@ -269,22 +270,38 @@ def test_fused_moe_matches_reference_at_model_shapes(shape: tuple, dtype: torch.
     assert_moe_matches_reference(_moe_inputs(tokens, experts, k, hidden, width, dtype), activation)
 
 
-def test_align_pairs_groups_each_pair_once_by_expert() -> None:
-    ids = torch.tensor([[3, 0], [3, 1], [0, 3], [3, 2], [1, 3]], dtype=torch.int32, device=DEVICE)
-    rows, block_expert = align_pairs(ids, num_experts=5, block_m=2)
-    rows, block_expert = rows.cpu(), block_expert.cpu()
-    flat = ids.cpu().reshape(-1)
-    real = rows[rows < flat.numel()]
-    assert sorted(real.tolist()) == list(range(flat.numel()))  # every pair exactly once
-    for b, expert in enumerate(block_expert.tolist()):
-        block = rows[2 * b: 2 * b + 2]
-        pairs = block[block < flat.numel()]
-        if expert < 0:
-            assert pairs.numel() == 0
-        else:
-            assert pairs.numel() > 0 and (flat[pairs.long()] == expert).all()
-    # expert 3 has 5 pairs -> 3 blocks; experts 0, 1 -> 1 each; 2 -> 1; 4 -> none
-    assert sorted(e for e in block_expert.tolist() if e >= 0) == [0, 1, 2, 3, 3, 3]
+def _alignment_by_hand(ids: torch.Tensor, experts: int, block_m: int) -> tuple[list[int], list[int]]:
+    """The rows and block experts `align_pairs` must give, expert by expert, pairs in flat order."""
+    flat = ids.reshape(-1).tolist()
+    rows: list[int] = []
+    block_expert: list[int] = []
+    for e in range(experts):
+        mine = [p for p, f in enumerate(flat) if f == e]
+        blocks = -(-len(mine) // block_m)
+        rows += mine + [len(flat)] * (blocks * block_m - len(mine))
+        block_expert += [e] * blocks
+    return rows, block_expert
+
+
+# (tokens, experts, K, block_m): one chunk (counted in place), several chunks, E not a power of two,
+# one hot expert (all pairs in few blocks), more experts than pairs.
+ALIGN_CASES = [(5, 5, 2, 2), (300, 128, 8, 16), (97, 24, 3, 64), (64, 8, 2, 16), (3, 160, 6, 16)]
+
+
+@pytest.mark.parametrize("case", ALIGN_CASES, ids=lambda c: "T{}E{}K{}M{}".format(*c))
+def test_align_pairs_groups_pairs_by_expert_in_flat_order(case: tuple[int, int, int, int]) -> None:
+    tokens, experts, k, block_m = case
+    gen = torch.Generator().manual_seed(tokens)
+    logits = torch.randn(tokens, experts, generator=gen)
+    if tokens == 64:
+        logits[:, :k] += 100
+    ids = logits.topk(k, dim=-1).indices.to(torch.int32)
+    rows, block_expert = align_pairs(ids.to(DEVICE), num_experts=experts, block_m=block_m)
+    want_rows, want_experts = _alignment_by_hand(ids, experts, block_m)
+    bound = block_expert.numel()
+    assert bound >= len(want_experts) and rows.numel() == bound * block_m
+    assert rows.cpu()[: len(want_rows)].tolist() == want_rows
+    assert block_expert.cpu().tolist() == want_experts + [-1] * (bound - len(want_experts))
 
 
 BAD_MOE = {

@@ -5,8 +5,9 @@ with gate_up_proj [E, 2I, H] (gate rows first) and down_proj [E, H, I], for floa
 float16 (activations silu, gelu (erf), gelu_tanh, and the clamped SwiGLUs swiglu_oai (GPT-OSS) and swiglu_clamp);
 with the expert biases gate_up_bias [E, 2I] and down_bias [E, H] where given (GPT-OSS), and the routing weight
 applied to each pick's input instead of its output with `weight_on_input` (Llama 4). Steps:
-1. `align_pairs` (torch ops, no host sync): the T·K (token, pick) pairs sorted by expert, each expert's run
-   padded to a multiple of BLOCK_M rows, so every BLOCK_M block of rows belongs to one expert;
+1. `align_pairs` (`reference/triton/align.py`, one or two launches, no host sync): the T·K (token, pick) pairs
+   grouped by expert, each expert's run padded to a multiple of BLOCK_M rows, so every BLOCK_M block of rows
+   belongs to one expert;
 2. `_gate_up_kernel`: per block, both projections of the gathered token rows in one pass over H, the
    activation in fp32 and the product h written once, in the input dtype (as the reference rounds it);
 3. `_down_kernel`: h @ down[e]ᵀ times the pick's routing weight, written to the pair's row;
@@ -25,6 +26,7 @@ import triton
 import triton.language as tl
 
 from reference.triton import INTERPRETED, check_device, launch_context
+from reference.triton.align import align_pairs
 from reference.triton.core_ops import sigmoid
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -99,10 +101,9 @@ def _tile_of(pid, m_blocks, n_blocks, GROUP_M: tl.constexpr):
 @triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, h_ptr, pairs_ptr, block_expert_ptr, bias_ptr, weights_ptr,
-    M_BLOCKS, P, TOP_K,
+    M_BLOCKS, P, TOP_K, HIDDEN, WIDTH,
     stride_xt, stride_xh, stride_we, stride_wn, stride_wh, stride_be,
     alpha, limit,
-    HIDDEN: tl.constexpr, WIDTH: tl.constexpr,
     ACT: tl.constexpr, BUG: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, WEIGHT_ON_INPUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -156,9 +157,8 @@ def _gate_up_kernel(
 @triton.jit
 def _down_kernel(
     h_ptr, w_ptr, y_ptr, weights_ptr, pairs_ptr, block_expert_ptr, bias_ptr,
-    M_BLOCKS, P,
+    M_BLOCKS, P, HIDDEN, WIDTH,
     stride_we, stride_wn, stride_wi, stride_be,
-    HIDDEN: tl.constexpr, WIDTH: tl.constexpr,
     BUG: tl.constexpr, PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, WEIGHT_ON_INPUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -195,33 +195,6 @@ def _down_kernel(
         acc = acc * tl.load(weights_ptr + pair, mask=row_ok, other=0.0)[:, None]
     y_ptrs = y_ptr + pair.to(tl.int64)[:, None] * HIDDEN + cols[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-
-
-def align_pairs(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (token, pick) pairs of `ids` [T, K] grouped by expert, each expert's run padded to block_m rows.
-
-    Returns (rows int32 [B·block_m]: the flat pair index t·K + k of each row, or T·K for padding;
-    block_expert int32 [B]: the expert of each block, -1 past the last). B is an upper bound on the
-    blocks needed, so nothing waits on the device. Within an expert, pairs keep their flat order.
-    """
-    flat = ids.reshape(-1).to(torch.int64)
-    pairs = flat.numel()
-    device = ids.device
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
-    blocks = (counts + block_m - 1) // block_m
-    block_end = blocks.cumsum(0)
-    padded_start = (block_end - blocks) * block_m
-    start = counts.cumsum(0) - counts
-    order = torch.argsort(flat, stable=True)
-    expert_of = flat[order]
-    position = torch.arange(pairs, device=device) - start[expert_of] + padded_start[expert_of]
-    # Each expert needs ceil(count / block_m) blocks: at most P blocks, and at most (P + E(block_m-1)) / block_m.
-    bound = max(1, min(pairs, (pairs + num_experts * (block_m - 1)) // block_m))
-    rows = torch.full((bound * block_m,), pairs, dtype=torch.int32, device=device)
-    rows[position] = order.to(torch.int32)
-    block_expert = torch.searchsorted(block_end, torch.arange(bound, device=device), right=True)
-    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
-    return rows, block_expert
 
 
 def _validate(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Tensor,
@@ -295,19 +268,19 @@ def launch_experts(
     with launch_context():
         _gate_up_kernel[(block_expert.numel() * triton.cdiv(width, gu.block_n),)](
             x, gate_up_proj, h, rows, block_expert, gu_bias, flat_weights,
-            block_expert.numel(), pairs, top_k,
+            block_expert.numel(), pairs, top_k, hidden, width,
             x.stride(0), x.stride(1), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2),
             gu_bias.stride(0), float(glu_alpha), float(glu_limit),
-            HIDDEN=hidden, WIDTH=width, ACT=activation, BUG=bug, PRECISION=precision, EVEN_K=hidden % gu.block_k == 0,
+            ACT=activation, BUG=bug, PRECISION=precision, EVEN_K=hidden % gu.block_k == 0,
             HAS_BIAS=has_bias, WEIGHT_ON_INPUT=weight_on_input,
             BLOCK_M=cfg.block_m, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, GROUP_M=cfg.group_m,
             num_warps=gu.num_warps, num_stages=gu.num_stages,
         )
         _down_kernel[(block_expert.numel() * triton.cdiv(hidden, dn.block_n),)](
             h, down_proj, y, flat_weights, rows, block_expert, dn_bias,
-            block_expert.numel(), pairs,
+            block_expert.numel(), pairs, hidden, width,
             down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), dn_bias.stride(0),
-            HIDDEN=hidden, WIDTH=width, BUG=bug, PRECISION=precision, EVEN_K=width % dn.block_k == 0,
+            BUG=bug, PRECISION=precision, EVEN_K=width % dn.block_k == 0,
             HAS_BIAS=has_bias, WEIGHT_ON_INPUT=weight_on_input,
             BLOCK_M=cfg.block_m, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, GROUP_M=cfg.group_m,
             num_warps=dn.num_warps, num_stages=dn.num_stages,

@@ -70,11 +70,11 @@ def _packed_keys(s, lanes, lane_ok, FULL_E: tl.constexpr, BLOCK_E: tl.constexpr)
 
 
 @triton.jit
-def _exact_top_k(s, lanes, lane_ok, cols, K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+def _exact_top_k(s, lanes, lane_ok, cols, K, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
     """ids [BLOCK_T, BLOCK_K] of the top K of `s` by exact value, lower lane first among ties."""
     free = tl.broadcast_to(lane_ok[None, :], s.shape)
     ids = tl.full([BLOCK_T, BLOCK_K], 0, tl.int32)
-    for r in tl.static_range(K):
+    for r in range(K):
         best = max_along(tl.where(free, s, float("-inf")), 1)
         # A free lane equal to the best; -inf lanes still count when nothing better is left.
         hit = free & (s == best[:, None])
@@ -85,15 +85,27 @@ def _exact_top_k(s, lanes, lane_ok, cols, K: tl.constexpr, BLOCK_T: tl.constexpr
 
 
 @triton.jit
-def _group_mask(s, lanes, lane_ok, group_size, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr):
-    """`s` with every expert outside the TOPK_GROUP best groups set to -inf (DeepSeek-V3 noaux_tc).
+def _next_below(keys, prev):
+    """The largest of each row's `keys` below `prev` (a row's keys are unique: its next pick).
+
+    Below `prev` means prev - 1 - key is a small unsigned number; every other key wraps around to a
+    larger one, so one subtraction and one unsigned min per score do the work of a compare, a select
+    and a max (the selection is bound by the integer pipe's issue rate: bench/README.md)."""
+    limit = prev - 1
+    gap = (limit[:, None] - keys).to(tl.uint32, bitcast=True)
+    return limit - min_along(gap, 1).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _group_mask(s, lanes, lane_ok, group_size, n_group, topk_group):
+    """`s` with every expert outside the topk_group best groups set to -inf (DeepSeek-V3 noaux_tc).
 
     A group scores the sum of its two best scores (its one score when it has one expert); among equal
     group scores the lower group wins, as in the reference.
     """
     group = lanes // group_size
     gscore = tl.full(s.shape, 0.0, tl.float32)
-    for g in tl.static_range(N_GROUP):
+    for g in range(n_group):
         member = lane_ok & (group == g)
         v = tl.where(member[None, :], s, float("-inf"))
         top1 = max_along(v, 1)
@@ -103,7 +115,7 @@ def _group_mask(s, lanes, lane_ok, group_size, N_GROUP: tl.constexpr, TOPK_GROUP
         gscore = tl.where((group == g)[None, :], score[:, None], gscore)
     free = tl.broadcast_to(lane_ok[None, :], s.shape)
     keep = tl.full(s.shape, 0, tl.int1)
-    for _ in tl.static_range(TOPK_GROUP):
+    for _ in range(topk_group):
         best = max_along(tl.where(free, gscore, float("-inf")), 1)
         chosen = min_along(tl.where(free & (gscore == best[:, None]), group[None, :], 2**30), 1)
         hit = group[None, :] == chosen[:, None]
@@ -126,9 +138,8 @@ def _load_tile(logits_ptr, tile, T, E, stride_t, stride_e,
 @triton.jit
 def _route_tile(
     logits, tile, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr,
-    T, E, stride_t, stride_e, scaling_factor, group_size,
-    FULL_E: tl.constexpr, VARIANT: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr,
-    N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, KEYS_EXACT: tl.constexpr, BUG: tl.constexpr,
+    T, E, K, stride_t, stride_e, scaling_factor, group_size, n_group, topk_group,
+    FULL_E: tl.constexpr, VARIANT: tl.constexpr, RENORM: tl.constexpr, KEYS_EXACT: tl.constexpr, BUG: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Route one tile whose logits are loaded: select, weight, store."""
@@ -146,28 +157,29 @@ def _route_tile(
         bias = tl.load(bias_ptr + lanes, mask=lane_ok, other=0.0)
         s = sigmoid(logits) + bias[None, :]
         if VARIANT == GROUPED:
-            s = _group_mask(s, lanes, lane_ok, group_size, N_GROUP, TOPK_GROUP)
+            s = _group_mask(s, lanes, lane_ok, group_size, n_group, topk_group)
     else:
         s = logits
 
-    free = _packed_keys(s, lanes, lane_ok, FULL_E, BLOCK_E)
-    picks = tl.full([BLOCK_T, BLOCK_K], 0, tl.int32)
+    keys = _packed_keys(s, lanes, lane_ok, FULL_E, BLOCK_E)
+    best = max_along(keys, 1)
+    picks = tl.where(cols[None, :] == 0, best[:, None], 0)
     merged = tl.full([BLOCK_T], 0, tl.int1)  # two picks whose scores the packing merged
-    previous = tl.full([BLOCK_T], INT32_MIN, tl.int32)  # no real key has INT32_MIN's high bits
-    for r in tl.static_range(K):
-        best = max_along(free, 1)
-        picks = tl.where(cols[None, :] == r, best[:, None], picks)
-        free = tl.where(free == best[:, None], INT32_MIN, free)
-        merged = merged | ((best & (-BLOCK_E)) == (previous & (-BLOCK_E)))
-        previous = best
+    # Unrolled over the K bucket (each round's column is then known when compiling), run up to K.
+    for r in tl.static_range(1, BLOCK_K):
+        if r < K:
+            previous = best
+            best = _next_below(keys, previous)
+            picks = tl.where(cols[None, :] == r, best[:, None], picks)
+            merged = merged | ((best & (-BLOCK_E)) == (previous & (-BLOCK_E)))
     ids = (BLOCK_E - 1) - (picks & (BLOCK_E - 1))
     if not KEYS_EXACT:
-        # The packing can misorder only scores it merged: picks sharing their high bits, or an unpicked
-        # lane sharing the K-th pick's. Every unpicked key is below the K-th pick's, so the latter holds
-        # exactly when the best unpicked key reaches the K-th pick's with its low bits cleared. Either
-        # way the program's rows are redone exactly (about 2% of programs on random fp32 scores at
-        # E = 128; always on exact ties, which is harmless).
-        straddle = max_along(free, 1) >= (best & (-BLOCK_E))
+        # The packing can misorder only scores it merged: picks sharing their high bits, or the best
+        # unpicked key sharing the K-th pick's (none is left below it when K == E: the search then wraps
+        # to a key above). Either way the program's rows are redone exactly (about 2% of programs on
+        # random fp32 scores at E = 128; always on exact ties, which is harmless).
+        after = _next_below(keys, best)
+        straddle = (after < best) & ((after & (-BLOCK_E)) == (best & (-BLOCK_E)))
         if max_along((straddle | merged).to(tl.int32), 0) > 0:
             ids = _exact_top_k(s, lanes, lane_ok, cols, K, BLOCK_T, BLOCK_K)
 
@@ -207,15 +219,14 @@ def _route_tile(
 @triton.jit
 def _route_kernel(
     logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr,
-    T, E, stride_t, stride_e, scaling_factor, group_size,
-    FULL_E: tl.constexpr, VARIANT: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr,
-    N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, KEYS_EXACT: tl.constexpr, BUG: tl.constexpr,
+    T, E, K, stride_t, stride_e, scaling_factor, group_size, n_group, topk_group,
+    FULL_E: tl.constexpr, VARIANT: tl.constexpr, RENORM: tl.constexpr, KEYS_EXACT: tl.constexpr, BUG: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tile = tl.program_id(0)
     logits = _load_tile(logits_ptr, tile, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E)
-    _route_tile(logits, tile, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr, T, E, stride_t, stride_e,
-                scaling_factor, group_size, FULL_E, VARIANT, K, RENORM, N_GROUP, TOPK_GROUP, KEYS_EXACT, BUG,
+    _route_tile(logits, tile, logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr, T, E, K, stride_t, stride_e,
+                scaling_factor, group_size, n_group, topk_group, FULL_E, VARIANT, RENORM, KEYS_EXACT, BUG,
                 BLOCK_T, BLOCK_E, BLOCK_K)
 
 
@@ -260,20 +271,30 @@ class RouteLaunch:
     num_warps: int
 
 
-def default_launch(experts: int, element_size: int) -> RouteLaunch:
-    """The launch for E experts of `element_size`-byte logits, from the sweep in bench/README.md.
+# Programs a small T is spread over at least (where one token per program allows): at T = 16,384 on an
+# H200, 2 tokens per program took 11 µs, the 8 that suit T >= 262,144 took 20 (bench/README.md).
+SMALL_T_PROGRAMS = 8192
+
+
+def default_launch(experts: int, element_size: int, tokens: int = 2**20) -> RouteLaunch:
+    """The launch for T tokens of E experts of `element_size`-byte logits, from the sweeps in bench/README.md.
 
     With 16-byte loads one warp covers 32·16/element_size lanes of a row; a row that fills it gets one
     warp per program (wider rows would be spread over warps, and every selection round would reduce
-    through shared memory), a narrower one two. About 32 scores per thread measured best (8 tokens per
-    program at E = 128, 4 at E = 256, 16 at E = 64 with two warps); a persistent grid prefetching its
-    next tile, also tried, ran 5-15% slower.
+    through shared memory), a narrower one two. About 32 scores per thread measured best at large T
+    (8 tokens per program at E = 128, 4 at E = 256, 16 at E = 64 with two warps); a small T takes fewer
+    tokens per program, so that at least SMALL_T_PROGRAMS programs spread it over the GPU (one of 1, 2,
+    4, ...: a bounded set of compiled launches). A persistent grid prefetching its next tile, also
+    tried, ran 5-15% slower.
     """
     block_e = max(16, triton.next_power_of_2(experts))
     if INTERPRETED:
         # The interpreter runs a program as numpy calls: few, large programs are fastest.
         return RouteLaunch(64, 4)
-    return RouteLaunch(max(1, 1024 // block_e), 1 if block_e >= 32 * 16 // element_size else 2)
+    block_t = max(1, 1024 // block_e)
+    while block_t > 1 and tokens < block_t * SMALL_T_PROGRAMS:
+        block_t //= 2
+    return RouteLaunch(block_t, 1 if block_e >= 32 * 16 // element_size else 2)
 
 
 def launch_route(
@@ -301,7 +322,7 @@ def launch_route(
     if tokens == 0:
         return weights, ids
     block_e = max(16, triton.next_power_of_2(experts))
-    launch = launch or default_launch(experts, logits.element_size())
+    launch = launch or default_launch(experts, logits.element_size(), tokens)
     # Scores that are 16-bit logits have their low 13 mantissa bits zero: packing loses nothing.
     keys_exact = logits.element_size() == 2 and not needs_bias and block_e <= 2**13
     dummy = weights  # an unused pointer argument still needs a tensor
@@ -309,10 +330,11 @@ def launch_route(
         _route_kernel[(triton.cdiv(tokens, launch.block_t),)](
             logits, bias_f if bias_f is not None else dummy, scale_f if scale_f is not None else dummy,
             weights, ids,
-            tokens, experts, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
+            tokens, experts, k, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
             experts // knobs.n_group if knobs.variant == "grouped" and knobs.n_group else 1,
-            FULL_E=experts == block_e, VARIANT=VARIANT_CODE[knobs.variant], K=k, RENORM=bool(knobs.renormalize),
-            N_GROUP=knobs.n_group or 1, TOPK_GROUP=knobs.topk_group or 1, KEYS_EXACT=keys_exact, BUG=bug,
+            knobs.n_group or 1, knobs.topk_group or 1,
+            FULL_E=experts == block_e, VARIANT=VARIANT_CODE[knobs.variant], RENORM=bool(knobs.renormalize),
+            KEYS_EXACT=keys_exact, BUG=bug,
             BLOCK_T=launch.block_t, BLOCK_E=block_e, BLOCK_K=max(2, triton.next_power_of_2(k)),
             num_warps=launch.num_warps,
         )
