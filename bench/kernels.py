@@ -51,9 +51,9 @@ MODELS = {  # E, K, H, I, activation
 }
 # Routing launches tried per (E, K) at T = 2^20 with --sweep: (tokens per program, warps).
 ROUTING_SWEEP = {
-    (128, 8): ((16, 4), (8, 2), (8, 1)),
-    (64, 2): ((32, 4), (16, 2)),
-    (256, 8): ((8, 1), (4, 1), (16, 4)),
+    (128, 8): ((8, 1), (4, 1), (2, 1), (8, 2)),
+    (64, 2): ((16, 2), (32, 4), (8, 1)),
+    (256, 8): ((4, 1), (2, 1), (1, 1)),
 }
 # Fused-MoE configurations tried with --sweep at the prefill sizes (the 128-row tile won every prefill
 # size in the first sweep, recorded in bench/README.md; these vary the default's row grouping (8), its

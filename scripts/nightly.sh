@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU nightly: the gpu and nightly profiles over every visible GPU, one pytest-xdist worker per GPU.
+# GPU nightly: the gpu and nightly profiles over every visible GPU, pytest-xdist workers pinned to each GPU.
 #
 #   bash scripts/nightly.sh [REPORT_DIR]          (default REPORT_DIR: out/nightly)
 #
@@ -22,7 +22,9 @@
 # of the vllm step, default .venv-vllm/bin/python when present; without one, the vllm target runs in its own
 # environment when `moe-harness env build vllm` has built it, and is skipped saying so otherwise); NIGHTLY_WORKERS_PER_GPU (xdist workers
 # given each GPU in the nightly step, default 1: most nightly cases are CPU-bound, so on a many-core
-# machine several workers can share one GPU; the gpu step keeps one worker per GPU).
+# machine several workers can share one GPU); NIGHTLY_GPU_WORKERS_PER_GPU (workers given each GPU in the
+# gpu step, default 4 or the cores per GPU if fewer: that step's time is mostly Triton compiling kernels
+# on the CPU, which several workers do side by side).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -64,6 +66,10 @@ devices=("${devices[@]:0:$count}")
 
 per_gpu=${NIGHTLY_WORKERS_PER_GPU:-1}
 [ "$per_gpu" -ge 1 ] 2>/dev/null || { echo "nightly: NIGHTLY_WORKERS_PER_GPU must be a whole number >= 1"; exit 2; }
+cores_per_gpu=$(( count > 0 ? $(nproc) / count : 1 ))
+[ "$cores_per_gpu" -lt 1 ] && cores_per_gpu=1
+gpu_per_gpu=${NIGHTLY_GPU_WORKERS_PER_GPU:-$(( cores_per_gpu < 4 ? cores_per_gpu : 4 ))}
+[ "$gpu_per_gpu" -ge 1 ] 2>/dev/null || { echo "nightly: NIGHTLY_GPU_WORKERS_PER_GPU must be a whole number >= 1"; exit 2; }
 # Each worker's torch would otherwise start one thread per core: many workers then oversubscribe the
 # CPU and every CPU-side case slows down many times over.
 threads=$(( $(nproc) / (count > 0 ? count * per_gpu : 1) ))
@@ -74,10 +80,10 @@ if [ "$count" -gt 0 ]; then
     dist=(--dist load)
     nightly_dist=(--dist load)
     for dev in "${devices[@]}"; do
-        dist+=(--tx "popen//env:CUDA_VISIBLE_DEVICES=$dev")
+        dist+=(--tx "$gpu_per_gpu*popen//env:CUDA_VISIBLE_DEVICES=$dev")
         nightly_dist+=(--tx "$per_gpu*popen//env:CUDA_VISIBLE_DEVICES=$dev//env:OMP_NUM_THREADS=$threads")
     done
-    echo "nightly: $count GPU(s); gpu step: one xdist worker per GPU, nightly step: $per_gpu per GPU" \
+    echo "nightly: $count GPU(s); xdist workers per GPU: gpu step $gpu_per_gpu, nightly step $per_gpu" \
          "($threads CPU threads each); CUDA_VISIBLE_DEVICES=${devices[*]}"
 else
     echo "nightly: no GPU visible; skipping the gpu step, running the nightly profile in one CPU process"

@@ -380,7 +380,12 @@ def test_kernels_run_interpreted_when_triton_was_imported_first() -> None:
     env["CUDA_VISIBLE_DEVICES"] = ""  # as on a machine without a GPU
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    probe = [sys.executable, "-c", "import reference.triton as rt; print(rt.INTERPRETER_BUG)"]
+    bug = subprocess.run(probe, env=env, cwd=root, capture_output=True, text=True, timeout=300).stdout.strip()
+    if bug:  # an interpreter that cannot run them says so before launching (seen: Triton 3.6 with numpy 2.5)
+        assert done.returncode != 0 and "triton-lang/triton#9171" in done.stderr, done.stderr[-2000:]
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_target_describes_where_its_kernels_run() -> None:

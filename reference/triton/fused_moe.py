@@ -57,17 +57,23 @@ class MoEConfig:
     group_m: int = 8
 
 
+# The tiles by the average rows per expert: small blocks for decode, 128-row wgmma tiles for prefill, with the
+# 256-column down tiles that measured best on all three bench shapes on an H200 (bench/README.md).
+INTERPRETED_CONFIG = MoEConfig(16, GemmTile(32, 32, 4, 1), GemmTile(32, 32, 4, 1))
+DECODE_CONFIG = MoEConfig(16, GemmTile(64, 128, 4, 4), GemmTile(64, 128, 4, 4))
+MIDDLE_CONFIG = MoEConfig(64, GemmTile(64, 64, 4, 4), GemmTile(128, 64, 4, 4))
+PREFILL_CONFIG = MoEConfig(128, GemmTile(128, 64, 8, 3), GemmTile(256, 64, 8, 3))
+
+
 def default_config(pairs: int, num_experts: int) -> MoEConfig:
     """Tiles by the average rows per expert: small blocks for decode, 128-row wgmma tiles for prefill."""
     if INTERPRETED:
         # The interpreter runs each program as numpy calls: few, small tiles keep CI fast.
-        return MoEConfig(16, GemmTile(32, 32, 4, 1), GemmTile(32, 32, 4, 1))
+        return INTERPRETED_CONFIG
     rows = pairs / num_experts
     if rows <= 16:
-        return MoEConfig(16, GemmTile(64, 128, 4, 4), GemmTile(64, 128, 4, 4))
-    if rows <= 128:
-        return MoEConfig(64, GemmTile(64, 64, 4, 4), GemmTile(128, 64, 4, 4))
-    return MoEConfig(128, GemmTile(128, 64, 8, 3), GemmTile(128, 64, 8, 4))
+        return DECODE_CONFIG
+    return MIDDLE_CONFIG if rows <= 128 else PREFILL_CONFIG
 
 
 @triton.jit
@@ -260,7 +266,9 @@ def launch_experts(
     y = torch.empty(pairs, hidden, dtype=x.dtype, device=x.device)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 only ever applies to fp32 operands
     gu, dn = cfg.gate_up, cfg.down
-    flat_weights = weights.reshape(-1).to(torch.float32).contiguous()
+    flat_weights = weights.reshape(-1)
+    if flat_weights.dtype != torch.float32:
+        flat_weights = flat_weights.float()
     has_bias = gate_up_bias is not None and down_bias is not None
     # Without biases the kernels never read their pointers: any tensor of the launch stands in.
     gu_bias = gate_up_bias if gate_up_bias is not None else gate_up_proj
@@ -285,7 +293,7 @@ def launch_experts(
             BLOCK_M=cfg.block_m, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, GROUP_M=cfg.group_m,
             num_warps=dn.num_warps, num_stages=dn.num_stages,
         )
-    return y.view(tokens, top_k, hidden).sum(1)
+    return y if top_k == 1 else y.view(tokens, top_k, hidden).sum(1)
 
 
 def experts_forward(

@@ -25,6 +25,7 @@ result is always exact. Scores that are 16-bit logits have those bits zero alrea
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,16 +37,9 @@ from reference.config import RoutingKnobs
 from reference.routing import RoutingInputError, validate_routing_inputs
 from reference.triton import INTERPRETED, check_device, launch_context
 from reference.triton.core_ops import max_along, min_along, sigmoid, sum_along
-from reference.variants import ROUTING_VARIANTS
 
-# Kernel-side variant codes: a variant's index in ROUTING_VARIANTS.
-VARIANT_CODE = {name: i for i, name in enumerate(ROUTING_VARIANTS)}
-SOFTMAX_TOPK = tl.constexpr(VARIANT_CODE["softmax_topk"])
-GEMMA4 = tl.constexpr(VARIANT_CODE["gemma4"])
-TOPK_SOFTMAX = tl.constexpr(VARIANT_CODE["topk_softmax"])
-SIGMOID_BIAS = tl.constexpr(VARIANT_CODE["sigmoid_bias"])
-GROUPED = tl.constexpr(VARIANT_CODE["grouped"])
-SIGMOID_TOPK_ON_LOGITS = tl.constexpr(VARIANT_CODE["sigmoid_topk_on_logits"])
+# The kernels name the variant by its string (a constexpr): a module-level constant would be checked for
+# change on every launch by Triton, a cost on the launch path.
 # The variants the kernel has code for; `route` refuses the rest rather than mis-route them.
 KERNEL_VARIANTS = ("softmax_topk", "gemma4", "topk_softmax", "sigmoid_bias", "grouped", "sigmoid_topk_on_logits")
 
@@ -54,18 +48,17 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # Deliberately broken variants, for tests that show the checks catch a kernel bug. Never route with them.
 BUGS = ("skip_renorm", "weights_from_biased_score")
 
-INT32_MIN = tl.constexpr(-(2**31))
 
 
 @triton.jit
 def _packed_keys(s, lanes, lane_ok, FULL_E: tl.constexpr, BLOCK_E: tl.constexpr):
     """int32 keys ordered like the fp32 scores `s`, low bits (BLOCK_E - 1 - lane): unique per lane."""
-    s = tl.where(s == 0.0, 0.0, s)  # -0.0 and 0.0 are equal scores; give them one key
+    s = s + 0.0  # -0.0 and 0.0 are equal scores; give them one key (-0.0 + 0.0 is 0.0)
     bits = s.to(tl.int32, bitcast=True)
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip magnitude bits
     keys = (ordered & (-BLOCK_E)) | (BLOCK_E - 1 - lanes)[None, :]
     if not FULL_E:
-        keys = tl.where(lane_ok[None, :], keys, INT32_MIN)  # padded lanes lose to every real one, -inf too
+        keys = tl.where(lane_ok[None, :], keys, -(2**31))  # padded lanes lose to every real one, -inf too
     return keys
 
 
@@ -125,6 +118,20 @@ def _group_mask(s, lanes, lane_ok, group_size, n_group, topk_group):
 
 
 @triton.jit
+def _selection_scores(logits, bias_ptr, lanes, lane_ok, group_size, n_group, topk_group, VARIANT: tl.constexpr):
+    """The float32 score each variant selects on. Softmax is monotone, so softmax_topk selects on the logits
+    themselves; the bias steers selection only. (Triton has no `in`, hence the two comparisons.)"""
+    if VARIANT == "sigmoid_bias" or VARIANT == "grouped":  # noqa: SIM109
+        bias = tl.load(bias_ptr + lanes, mask=lane_ok, other=0.0)
+        s = sigmoid(logits) + bias[None, :]
+        if VARIANT == "grouped":
+            s = _group_mask(s, lanes, lane_ok, group_size, n_group, topk_group)
+    else:
+        s = logits
+    return s
+
+
+@triton.jit
 def _load_tile(logits_ptr, tile, T, E, stride_t, stride_e,
                FULL_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     """The logits of tokens [tile·BLOCK_T, +BLOCK_T) in their own dtype; padded lanes read -inf.
@@ -151,17 +158,8 @@ def _route_tile(
     row_base = logits_ptr + tl.minimum(rows, T - 1).to(tl.int64) * stride_t
     logits = logits.to(tl.float32)
 
-    # The selection score; softmax is monotone, so softmax_topk selects on the logits themselves.
-    # The bias steers selection only. (Triton has no `in`, hence the two comparisons.)
-    if VARIANT == SIGMOID_BIAS or VARIANT == GROUPED:  # noqa: SIM109
-        bias = tl.load(bias_ptr + lanes, mask=lane_ok, other=0.0)
-        s = sigmoid(logits) + bias[None, :]
-        if VARIANT == GROUPED:
-            s = _group_mask(s, lanes, lane_ok, group_size, n_group, topk_group)
-    else:
-        s = logits
-
-    keys = _packed_keys(s, lanes, lane_ok, FULL_E, BLOCK_E)
+    keys = _packed_keys(_selection_scores(logits, bias_ptr, lanes, lane_ok, group_size, n_group, topk_group, VARIANT),
+                        lanes, lane_ok, FULL_E, BLOCK_E)
     best = max_along(keys, 1)
     picks = tl.where(cols[None, :] == 0, best[:, None], 0)
     merged = tl.full([BLOCK_T], 0, tl.int1)  # two picks whose scores the packing merged
@@ -181,12 +179,16 @@ def _route_tile(
         after = _next_below(keys, best)
         straddle = (after < best) & ((after & (-BLOCK_E)) == (best & (-BLOCK_E)))
         if max_along((straddle | merged).to(tl.int32), 0) > 0:
+            # The scores again from the tile (in cache): keeping them live through the rounds would cost
+            # registers, and so occupancy, in every program for the few that come here.
+            again = _load_tile(logits_ptr, tile, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E).to(tl.float32)
+            s = _selection_scores(again, bias_ptr, lanes, lane_ok, group_size, n_group, topk_group, VARIANT)
             ids = _exact_top_k(s, lanes, lane_ok, cols, K, BLOCK_T, BLOCK_K)
 
     # Weights from the exact logits of the picked experts (re-read; the tile is in cache).
     col_ok = tl.broadcast_to((cols < K)[None, :], [BLOCK_T, BLOCK_K])
     picked = tl.load(row_base[:, None] + ids * stride_e, mask=col_ok, other=float("-inf")).to(tl.float32)
-    if VARIANT == SOFTMAX_TOPK:
+    if VARIANT == "softmax_topk":
         top = max_along(picked, 1)[:, None]  # the first pick: the row's max logit
         e = tl.exp(picked - top)
         if RENORM and BUG != "skip_renorm":
@@ -194,12 +196,12 @@ def _route_tile(
             w = e / sum_along(e, 1)[:, None]
         else:
             w = e / sum_along(tl.exp(logits - top), 1)[:, None]
-    elif VARIANT == GEMMA4 or VARIANT == TOPK_SOFTMAX:  # noqa: SIM109 - softmax over the K picked
+    elif VARIANT == "gemma4" or VARIANT == "topk_softmax":  # noqa: SIM109 - softmax over the K picked
         e = tl.exp(picked - max_along(picked, 1)[:, None])
         w = e / sum_along(e, 1)[:, None]
-        if VARIANT == GEMMA4:  # scaled after the softmax
+        if VARIANT == "gemma4":  # scaled after the softmax
             w = w * tl.load(scale_ptr + ids, mask=col_ok, other=0.0)
-    elif VARIANT == SIGMOID_TOPK_ON_LOGITS:
+    elif VARIANT == "sigmoid_topk_on_logits":
         w = tl.where(col_ok, sigmoid(picked), 0.0)
         if RENORM and BUG != "skip_renorm":
             w = w / sum_along(w, 1)[:, None]
@@ -237,6 +239,8 @@ def _vector(name: str, value: torch.Tensor | None, num_experts: int, logits: tor
     if value.dim() != 1 or value.shape[0] != num_experts or not value.is_floating_point():
         raise RoutingInputError(f"{name} must be a float vector [num_experts={num_experts}], "
                                 f"got {value.dtype} of shape {tuple(value.shape)}")
+    if value.dtype == torch.float32 and value.device == logits.device and value.is_contiguous():
+        return value  # the common case, without `to`'s cost on the launch path
     return value.to(logits.device, torch.float32).contiguous()
 
 
@@ -272,26 +276,28 @@ class RouteLaunch:
 
 
 # Programs a small T is spread over at least (where one token per program allows): at T = 16,384 on an
-# H200, 2 tokens per program took 11 µs, the 8 that suit T >= 262,144 took 20 (bench/README.md).
+# H200, 2 tokens per program ran the kernel in 12 µs, 8 in 20 (bench/README.md).
 SMALL_T_PROGRAMS = 8192
 
 
+@functools.lru_cache(maxsize=1024)  # called on every launch: the small-T launches are few
 def default_launch(experts: int, element_size: int, tokens: int = 2**20) -> RouteLaunch:
     """The launch for T tokens of E experts of `element_size`-byte logits, from the sweeps in bench/README.md.
 
     With 16-byte loads one warp covers 32·16/element_size lanes of a row; a row that fills it gets one
     warp per program (wider rows would be spread over warps, and every selection round would reduce
-    through shared memory), a narrower one two. About 32 scores per thread measured best at large T
-    (8 tokens per program at E = 128, 4 at E = 256, 16 at E = 64 with two warps); a small T takes fewer
-    tokens per program, so that at least SMALL_T_PROGRAMS programs spread it over the GPU (one of 1, 2,
-    4, ...: a bounded set of compiled launches). A persistent grid prefetching its next tile, also
+    through shared memory), a narrower one two. About 16 scores per thread measured best at large T on
+    an H200 (4 tokens per program at E = 128, 2 at E = 256): the selection is bound by issuing integer
+    instructions, and fewer registers per thread keep more warps resident to issue them. A small T takes
+    fewer tokens per program, so that at least SMALL_T_PROGRAMS programs spread it over the GPU (one of
+    1, 2, 4, ...: a bounded set of compiled launches). A persistent grid prefetching its next tile, also
     tried, ran 5-15% slower.
     """
     block_e = max(16, triton.next_power_of_2(experts))
     if INTERPRETED:
         # The interpreter runs a program as numpy calls: few, large programs are fastest.
         return RouteLaunch(64, 4)
-    block_t = max(1, 1024 // block_e)
+    block_t = max(1, 512 // block_e)
     while block_t > 1 and tokens < block_t * SMALL_T_PROGRAMS:
         block_t //= 2
     return RouteLaunch(block_t, 1 if block_e >= 32 * 16 // element_size else 2)
@@ -333,7 +339,7 @@ def launch_route(
             tokens, experts, k, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
             experts // knobs.n_group if knobs.variant == "grouped" and knobs.n_group else 1,
             knobs.n_group or 1, knobs.topk_group or 1,
-            FULL_E=experts == block_e, VARIANT=VARIANT_CODE[knobs.variant], RENORM=bool(knobs.renormalize),
+            FULL_E=experts == block_e, VARIANT=knobs.variant, RENORM=bool(knobs.renormalize),
             KEYS_EXACT=keys_exact, BUG=bug,
             BLOCK_T=launch.block_t, BLOCK_E=block_e, BLOCK_K=max(2, triton.next_power_of_2(k)),
             num_warps=launch.num_warps,
