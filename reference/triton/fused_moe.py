@@ -58,18 +58,23 @@ class MoEConfig:
 
 
 # The tiles by the average rows per expert: small blocks for decode, 128-row wgmma tiles for prefill, with the
-# 256-column down tiles that measured best on all three bench shapes on an H200 (bench/README.md).
+# 256-column down tiles that measured best on all three bench shapes on an H200 (bench/README.md). float32
+# products are IEEE (no tensor cores): for parity, not speed, so one small tile that compiles in about a
+# second (the prefill tiles took 20 s per kernel pair in float32, most of the GPU test step).
 INTERPRETED_CONFIG = MoEConfig(16, GemmTile(32, 32, 4, 1), GemmTile(32, 32, 4, 1))
+FLOAT32_CONFIG = MoEConfig(32, GemmTile(64, 32, 4, 2), GemmTile(64, 32, 4, 2))
 DECODE_CONFIG = MoEConfig(16, GemmTile(64, 128, 4, 4), GemmTile(64, 128, 4, 4))
 MIDDLE_CONFIG = MoEConfig(64, GemmTile(64, 64, 4, 4), GemmTile(128, 64, 4, 4))
 PREFILL_CONFIG = MoEConfig(128, GemmTile(128, 64, 8, 3), GemmTile(256, 64, 8, 3))
 
 
-def default_config(pairs: int, num_experts: int) -> MoEConfig:
-    """Tiles by the average rows per expert: small blocks for decode, 128-row wgmma tiles for prefill."""
+def default_config(pairs: int, num_experts: int, dtype: torch.dtype = torch.bfloat16) -> MoEConfig:
+    """Tiles by the average rows per expert and the dtype (see the constants above)."""
     if INTERPRETED:
         # The interpreter runs each program as numpy calls: few, small tiles keep CI fast.
         return INTERPRETED_CONFIG
+    if dtype == torch.float32:
+        return FLOAT32_CONFIG
     rows = pairs / num_experts
     if rows <= 16:
         return DECODE_CONFIG
@@ -260,7 +265,7 @@ def launch_experts(
     pairs = tokens * top_k
     if pairs == 0:
         return torch.zeros_like(x)
-    cfg = config or default_config(pairs, experts)
+    cfg = config or default_config(pairs, experts, x.dtype)
     rows, block_expert = align_pairs(ids, experts, cfg.block_m)
     h = torch.empty(rows.numel(), width, dtype=x.dtype, device=x.device)
     y = torch.empty(pairs, hidden, dtype=x.dtype, device=x.device)

@@ -78,15 +78,14 @@ def _exact_top_k(s, lanes, lane_ok, cols, K, BLOCK_T: tl.constexpr, BLOCK_K: tl.
 
 
 @triton.jit
-def _next_below(keys, prev):
-    """The largest of each row's `keys` below `prev` (a row's keys are unique: its next pick).
+def _gap_below(keys, limit):
+    """Per row, how far below `limit` its largest key at or under `limit` lies (limit - that key).
 
-    Below `prev` means prev - 1 - key is a small unsigned number; every other key wraps around to a
-    larger one, so one subtraction and one unsigned min per score do the work of a compare, a select
-    and a max (the selection is bound by the integer pipe's issue rate: bench/README.md)."""
-    limit = prev - 1
-    gap = (limit[:, None] - keys).to(tl.uint32, bitcast=True)
-    return limit - min_along(gap, 1).to(tl.int32, bitcast=True)
+    At or under `limit` means limit - key is a small unsigned number; a larger key wraps around to a
+    larger one (keys are int32, so any key under the limit still wins), so one subtraction and one
+    unsigned min per score do the work of a compare, a select and a max: the selection is bound by
+    issuing integer instructions (bench/README.md)."""
+    return min_along((limit[:, None] - keys).to(tl.uint32, bitcast=True), 1).to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -160,25 +159,26 @@ def _route_tile(
 
     keys = _packed_keys(_selection_scores(logits, bias_ptr, lanes, lane_ok, group_size, n_group, topk_group, VARIANT),
                         lanes, lane_ok, FULL_E, BLOCK_E)
-    best = max_along(keys, 1)
-    picks = tl.where(cols[None, :] == 0, best[:, None], 0)
-    merged = tl.full([BLOCK_T], 0, tl.int1)  # two picks whose scores the packing merged
-    # Unrolled over the K bucket (each round's column is then known when compiling), run up to K.
+    # Each round picks the largest key under the last pick (a row's keys are unique), tracked as `limit`,
+    # the last pick minus one. Unrolled over the K bucket (each round's column is then known when
+    # compiling), run up to K.
+    limit = max_along(keys, 1) - 1
+    picks = tl.where(cols[None, :] == 0, limit[:, None], 0)
+    closest = tl.full([BLOCK_T], 2**30, tl.int32)  # the smallest gap between consecutive picks, minus one
     for r in tl.static_range(1, BLOCK_K):
         if r < K:
-            previous = best
-            best = _next_below(keys, previous)
-            picks = tl.where(cols[None, :] == r, best[:, None], picks)
-            merged = merged | ((best & (-BLOCK_E)) == (previous & (-BLOCK_E)))
-    ids = (BLOCK_E - 1) - (picks & (BLOCK_E - 1))
+            gap = _gap_below(keys, limit)
+            limit = limit - gap - 1
+            picks = tl.where(cols[None, :] == r, limit[:, None], picks)
+            closest = tl.minimum(closest, gap)
+    ids = (BLOCK_E - 1) - ((picks + 1) & (BLOCK_E - 1))
     if not KEYS_EXACT:
-        # The packing can misorder only scores it merged: picks sharing their high bits, or the best
-        # unpicked key sharing the K-th pick's (none is left below it when K == E: the search then wraps
-        # to a key above). Either way the program's rows are redone exactly (about 2% of programs on
-        # random fp32 scores at E = 128; always on exact ties, which is harmless).
-        after = _next_below(keys, best)
-        straddle = (after < best) & ((after & (-BLOCK_E)) == (best & (-BLOCK_E)))
-        if max_along((straddle | merged).to(tl.int32), 0) > 0:
+        # The packing can misorder only scores it merged, whose keys then lie under BLOCK_E apart: two
+        # picks, or the K-th pick and the best unpicked key (when K == E none is left: the gap then wraps
+        # to a key above, millions away). Such a program's rows are redone exactly (about 2% of programs
+        # on random fp32 scores at E = 128; always on exact ties, which is harmless).
+        closest = tl.minimum(closest, _gap_below(keys, limit))
+        if max_along((closest < BLOCK_E - 1).to(tl.int32), 0) > 0:
             # The scores again from the tile (in cache): keeping them live through the rounds would cost
             # registers, and so occupancy, in every program for the few that come here.
             again = _load_tile(logits_ptr, tile, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E).to(tl.float32)
