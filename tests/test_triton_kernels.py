@@ -194,15 +194,16 @@ def test_bad_routing_inputs_rejected_before_launch(case: str) -> None:
 
 def _moe_inputs(tokens: int, experts: int, k: int, hidden: int, width: int, dtype: torch.dtype,
                 hot: bool = False, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(tokens, hidden, generator=gen)
-    gate_up = torch.randn(experts, 2 * width, hidden, generator=gen) / hidden**0.5
-    down = torch.randn(experts, hidden, width, generator=gen) / width**0.5
-    logits = torch.randn(tokens, experts, generator=gen)
+    # Drawn where the kernels run: the model shapes' experts are ~750M numbers, seconds to draw on a CPU.
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=gen, device=DEVICE)
+    gate_up = torch.randn(experts, 2 * width, hidden, generator=gen, device=DEVICE) / hidden**0.5
+    down = torch.randn(experts, hidden, width, generator=gen, device=DEVICE) / width**0.5
+    logits = torch.randn(tokens, experts, generator=gen, device=DEVICE)
     if hot:
         logits[:, :k] += 100  # every token on the same experts: several blocks of one expert
     weights, ids = torch_route(logits, RoutingKnobs("softmax_topk", k, renormalize=True))
-    return tuple(t.to(DEVICE) for t in (x.to(dtype), weights, ids, gate_up.to(dtype), down.to(dtype)))
+    return x.to(dtype), weights, ids, gate_up.to(dtype), down.to(dtype)
 
 
 def _biases(experts: int, hidden: int, width: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
