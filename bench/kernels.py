@@ -1,18 +1,19 @@
 """Kernel benchmark (a script, not a test): the Triton routing and fused MoE against torch, on a GPU.
 
-    python -m bench.kernels --out kernels.json [--sweep]
+    python -m bench.kernels --out kernels.json [--sweep]       (or --host-profile: where the launch path's time goes)
 
 Routing: gemma4 routing (top K on the logits, softmax over the K, per-expert scale) of fp32 logits,
 T in {1024, 16384, 262144, 1048576}, (E, K) in {(128, 8), (64, 2), (256, 8)}. Time is the median of
 `triton.testing.do_bench` (which flushes L2 before every run) of the public `route` call; the floor is
 the bytes the routing must move (logits read, weights and ids written) over the measured device copy
-bandwidth; the speed-up is over the torch reference `reference.routing.route` on the same device.
+bandwidth; the speed-up is over the torch reference `reference.routing.route` on the same device. Every row
+also gives the kernel alone (its launches replayed from a CUDA graph) and the host time of a call.
 
 Fused MoE: bf16, T in {1, 16, 256, 4096, 16384}, Gemma4-26B-A4B, Qwen3-30B-A3B and Mixtral-8x7B expert
 shapes, one routing (softmax top-K, renormalised) fed to three implementations: ours, a grouped_mm
 pipeline as transformers' default experts backend runs it (sort, gather, grouped_mm, activation,
 grouped_mm, weights, un-sort, sum over K), and the reference's eager per-expert loop. TFLOP/s count
-6·T·K·H·I.
+6·T·K·H·I; the weights floor is the routed experts' weights read once at the copy bandwidth.
 
 `--sweep` also times the routing launches of ROUTING_SWEEP at T = 2^20 and ROUTING_SMALL_SWEEP at small T,
 and MOE_SWEEP's fused-MoE configurations where MOE_SWEEP_AT says (the library's defaults were set from
@@ -269,17 +270,18 @@ def host_profile() -> None:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Device: {result['device']}; torch {result['torch']}, triton {result['triton']}; copy bandwidth "
              f"{result['copy_bandwidth_tb_s']:.2f} TB/s (read + written).", "",
-             "| E | K | T | ms | floor ms | % of floor | torch ms | speed-up | launch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| E | K | T | ms | kernel ms | host µs | floor ms | % of floor | torch ms | speed-up | launch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["routing"]:
-        lines.append(f"| {r['experts']} | {r['top_k']} | {r['tokens']} | {r['ms']:.4f} | {r['floor_ms']:.4f} | "
-                     f"{r['pct_of_floor']:.0f}% | {r['torch_ms']:.3f} | {r['speedup']:.0f}× | {r['launch']} |")
-    lines += ["", "| model | T | ours ms | TFLOP/s | grouped_mm ms | TFLOP/s | eager ms | TFLOP/s | vs grouped_mm |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(f"| {r['experts']} | {r['top_k']} | {r['tokens']} | {r['ms']:.4f} | {r['kernel_ms']:.4f} | "
+                     f"{r['host_us']:.0f} | {r['floor_ms']:.4f} | {r['pct_of_floor']:.0f}% | {r['torch_ms']:.3f} | "
+                     f"{r['speedup']:.0f}× | {r['launch']} |")
+    lines += ["", "| model | T | ours ms | TFLOP/s | kernels ms | host µs | weights floor ms | grouped_mm ms | TFLOP/s | "
+              "eager ms | vs grouped_mm |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["moe"]:
-        lines.append(f"| {r['model']} | {r['tokens']} | {r['ms']:.3f} | {r['tflops']:.0f} | {r['grouped_mm_ms']:.3f} | "
-                     f"{r['grouped_mm_tflops']:.0f} | {r['eager_ms']:.3f} | {r['eager_tflops']:.1f} | "
-                     f"{r['vs_grouped_mm']:.2f}× |")
+        lines.append(f"| {r['model']} | {r['tokens']} | {r['ms']:.3f} | {r['tflops']:.0f} | {r['kernel_ms']:.3f} | "
+                     f"{r['host_us']:.0f} | {r['weights_floor_ms']:.3f} | {r['grouped_mm_ms']:.3f} | "
+                     f"{r['grouped_mm_tflops']:.0f} | {r['eager_ms']:.3f} | {r['vs_grouped_mm']:.2f}× |")
     return "\n".join(lines)
 
 

@@ -16,11 +16,16 @@ variant of ROUTING_VARIANTS. Guarantees:
 
 How the selection works: a program holds BLOCK_T tokens × BLOCK_E lanes in registers. Each score is
 mapped to an int32 whose signed order is the float order, its low log2(BLOCK_E) bits are replaced by
-(BLOCK_E - 1 - lane), and one max per round then yields both the best value and, among ties, the
-lowest lane; K rounds pick K experts. Replacing those low bits merges scores that differ only in them
-(relative gap under about 2^-(23 - log2 BLOCK_E)); where merged scores straddle the K-th place or sit
-among the picks, the kernel redoes that program's rows with an exact two-reduction selection, so the
-result is always exact. Scores that are 16-bit logits have those bits zero already and skip the test.
+(BLOCK_E - 1 - lane), so a row's keys are unique and the largest is the best score and, among ties, the
+lowest lane. The first pick is a max; each later one is the largest key under the last pick, found as
+the smallest unsigned (last pick - 1 - key) (one subtraction and one min per score); K rounds pick K
+experts. Replacing those low bits merges scores that differ only in them (relative gap under about
+2^-(23 - log2 BLOCK_E)); where two picks, or the K-th pick and the best unpicked key, lie that close, the
+kernel redoes that program's rows with an exact two-reduction selection, so the result is always exact.
+Scores that are 16-bit logits have those bits zero already and skip the test.
+
+Compiled once per variant, dtype, expert bucket (BLOCK_E) and launch: K, the groups and T are run-time
+values (K unrolled to its power-of-two bucket BLOCK_K, each round run up to K).
 """
 
 from __future__ import annotations
