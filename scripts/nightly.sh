@@ -21,8 +21,8 @@
 # (the shared regression directory; default cases/regressions); NIGHTLY_VLLM_PYTHON (the interpreter
 # of the vllm step, default .venv-vllm/bin/python when present; without one, the vllm target runs in its own
 # environment when `moe-harness env build vllm` has built it, and is skipped saying so otherwise); NIGHTLY_WORKERS_PER_GPU (xdist workers
-# given each GPU in the nightly step, default 1: most nightly cases are CPU-bound, so on a many-core
-# machine several workers can share one GPU); NIGHTLY_GPU_WORKERS_PER_GPU (workers given each GPU in the
+# given each GPU in the nightly step, default the cores per GPU, one torch thread each: most nightly cases
+# are CPU-bound, so on a many-core machine several workers share one GPU); NIGHTLY_GPU_WORKERS_PER_GPU (workers given each GPU in the
 # gpu step, default 4 or the cores per GPU if fewer: that step's time is mostly Triton compiling kernels
 # on the CPU, which several workers do side by side).
 set -uo pipefail
@@ -64,10 +64,10 @@ else
 fi
 devices=("${devices[@]:0:$count}")
 
-per_gpu=${NIGHTLY_WORKERS_PER_GPU:-1}
-[ "$per_gpu" -ge 1 ] 2>/dev/null || { echo "nightly: NIGHTLY_WORKERS_PER_GPU must be a whole number >= 1"; exit 2; }
 cores_per_gpu=$(( count > 0 ? $(nproc) / count : 1 ))
 [ "$cores_per_gpu" -lt 1 ] && cores_per_gpu=1
+per_gpu=${NIGHTLY_WORKERS_PER_GPU:-$cores_per_gpu}
+[ "$per_gpu" -ge 1 ] 2>/dev/null || { echo "nightly: NIGHTLY_WORKERS_PER_GPU must be a whole number >= 1"; exit 2; }
 gpu_per_gpu=${NIGHTLY_GPU_WORKERS_PER_GPU:-$(( cores_per_gpu < 4 ? cores_per_gpu : 4 ))}
 [ "$gpu_per_gpu" -ge 1 ] 2>/dev/null || { echo "nightly: NIGHTLY_GPU_WORKERS_PER_GPU must be a whole number >= 1"; exit 2; }
 # Each worker's torch would otherwise start one thread per core: many workers then oversubscribe the

@@ -305,6 +305,11 @@ def test_align_pairs_groups_pairs_by_expert_in_flat_order(case: tuple[int, int, 
     assert block_expert.cpu().tolist() == want_experts + [-1] * (bound - len(want_experts))
 
 
+def test_align_pairs_of_no_tokens() -> None:
+    rows, block_expert = align_pairs(torch.zeros(0, 2, dtype=torch.int32, device=DEVICE), num_experts=4, block_m=16)
+    assert rows.cpu().tolist() == [0] * 16 and block_expert.cpu().tolist() == [-1]
+
+
 BAD_MOE = {
     "hidden-mismatch": (dict(x=torch.zeros(2, 8)), "do not fit hidden size 8"),
     "dtype-mismatch": (dict(x=torch.zeros(2, 4, dtype=torch.float16)), "share one dtype"),

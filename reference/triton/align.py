@@ -118,15 +118,18 @@ def align_pairs(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torc
     """
     flat = ids.reshape(-1)
     pairs = flat.numel()
+    if pairs == 0:  # one block of padding, no expert: what the launches would give, without a grid of zero
+        return (torch.zeros(block_m, dtype=torch.int32, device=ids.device),
+                torch.full((1,), -1, dtype=torch.int32, device=ids.device))
     block_e = max(16, triton.next_power_of_2(num_experts))
     sub = max(16, min(64, TILE_ELEMENTS // block_e))
-    chunks = max(1, min(MAX_CHUNKS, triton.cdiv(pairs, sub)))
+    chunks = min(MAX_CHUNKS, triton.cdiv(pairs, sub))
     chunk = triton.cdiv(triton.cdiv(pairs, chunks), sub) * sub
     chunks = triton.cdiv(pairs, chunk)
     bound = max(1, min(pairs, (pairs + num_experts * (block_m - 1)) // block_m))
     rows = torch.empty(bound * block_m, dtype=torch.int32, device=ids.device)
     block_expert = torch.empty(bound, dtype=torch.int32, device=ids.device)
-    counts = torch.empty(chunks if chunks > 1 else 1, block_e, dtype=torch.int32, device=ids.device)
+    counts = torch.empty(chunks, block_e, dtype=torch.int32, device=ids.device)  # unused for one chunk
     with launch_context():
         if chunks > 1:
             _count_kernel[(chunks,)](flat, counts, pairs, chunk, BLOCK_E=block_e, SUB=sub)
