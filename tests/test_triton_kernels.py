@@ -19,6 +19,8 @@ import pytest
 import torch
 
 import reference.triton as rt  # first: it settles TRITON_INTERPRET before Triton is imported
+import reference.triton.fused_moe as fused_moe_module
+import reference.triton.routing as routing_module
 from harness.assertions import assert_close, assert_close_to_terms, assert_valid_selection
 from harness.checks import CHECKS
 from harness.checks.moe_output_parity import term_magnitude
@@ -399,3 +401,41 @@ def test_target_describes_where_its_kernels_run() -> None:
     assert target.capabilities() == ["routing", "fused_moe"]
     assert ("interpreted" in target.description) != ON_CUDA
     assert target.fused_moe is not None and (torch.bfloat16 in target.fused_moe.dtypes) == ON_CUDA
+
+
+class _RecordedKernel:
+    """A kernel that records the compile-time (keyword) arguments of each launch, then launches."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.constexprs: set[tuple] = set()
+
+    def __getitem__(self, grid: Any) -> Any:
+        def launch(*args: Any, **kwargs: Any) -> Any:
+            self.constexprs.add(tuple(sorted(kwargs.items())))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def test_routing_compiles_once_per_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Top-k, token and expert counts are run-time values: a kernel is compiled per K bucket (a power of two) and
+    per launch layout only, not per drawn size (issue 16: a compile per drawn example made the GPU runs slow)."""
+    recorded = _RecordedKernel(routing_module._route_kernel)
+    monkeypatch.setattr(routing_module, "_route_kernel", recorded)
+    # One expert bucket (32), two K buckets (4, 8): a size passed at compile time would multiply the kernels.
+    sizes = [(t, e, k) for t in (1, 7, 100) for e in (20, 24, 30) for k in (3, 4, 5, 8)]
+    for tokens, experts, k in sizes:
+        route(_logits(tokens, experts, torch.float32), knobs_for("sigmoid_bias+renorm", k, experts))
+    buckets = {(max(2, 1 << (k - 1).bit_length()), routing_module.default_launch(e, 4, t)) for t, e, k in sizes}
+    assert len(recorded.constexprs) == len(buckets)
+
+
+def test_fused_moe_compiles_once_per_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hidden and expert widths are run-time values: other sizes of one dtype, activation and tile configuration
+    launch the same compiled kernels."""
+    kernels = {name: _RecordedKernel(getattr(fused_moe_module, name)) for name in ("_gate_up_kernel", "_down_kernel")}
+    for name, kernel in kernels.items():
+        monkeypatch.setattr(fused_moe_module, name, kernel)
+    for hidden, width in ((40, 24), (24, 40), (56, 8)):  # none a multiple of any tile depth
+        experts_forward(*_moe_inputs(5, 4, 2, hidden, width, torch.float32), "silu")
+    assert [len(k.constexprs) for k in kernels.values()] == [1, 1]
