@@ -60,7 +60,7 @@ class MoEConfig:
 # The tiles by the average rows per expert: small blocks for decode, 128-row wgmma tiles for prefill, with the
 # 256-column down tiles that measured best on all three bench shapes on an H200 (bench/README.md). float32
 # products are IEEE (no tensor cores): for parity, not speed, so one small tile that compiles in about a
-# second (the prefill tiles took 20 s per kernel pair in float32, most of the GPU test step).
+# second (the prefill tiles took 20 s per kernel pair to compile in float32, on a 2-core CPU).
 INTERPRETED_CONFIG = MoEConfig(16, GemmTile(32, 32, 4, 1), GemmTile(32, 32, 4, 1))
 FLOAT32_CONFIG = MoEConfig(32, GemmTile(64, 32, 4, 2), GemmTile(64, 32, 4, 2))
 DECODE_CONFIG = MoEConfig(16, GemmTile(64, 128, 4, 4), GemmTile(64, 128, 4, 4))

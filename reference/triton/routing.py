@@ -43,16 +43,14 @@ from reference.routing import RoutingInputError, validate_routing_inputs
 from reference.triton import INTERPRETED, check_device, launch_context
 from reference.triton.core_ops import max_along, min_along, sigmoid, sum_along
 
-# The kernels name the variant by its string (a constexpr): a module-level constant would be checked for
-# change on every launch by Triton, a cost on the launch path.
-# The variants the kernel has code for; `route` refuses the rest rather than mis-route them.
+# The variants the kernel has code for; `route` refuses the rest rather than mis-route them. The kernel takes
+# the name itself as a constexpr: module-level constants would be checked for change by Triton on every launch.
 KERNEL_VARIANTS = ("softmax_topk", "gemma4", "topk_softmax", "sigmoid_bias", "grouped", "sigmoid_topk_on_logits")
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 # Deliberately broken variants, for tests that show the checks catch a kernel bug. Never route with them.
 BUGS = ("skip_renorm", "weights_from_biased_score")
-
 
 
 @triton.jit
