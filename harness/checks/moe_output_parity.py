@@ -67,13 +67,18 @@ def check_moe_output(fused_moe: FusedMoECap, family: Family, p: MoEProblem) -> N
     if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
         raise PropertyViolation(f"fused_moe returned {out.dtype} {tuple(out.shape)}; expected {x.dtype} "
                                 f"{tuple(x.shape)} (x's dtype and shape)")
-    wide: dict[str, Any] = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in given.items()}
-    expected = experts_forward(x.double(), weights.double(), ids, gate_up.double(), down.double(), p.activation,
-                               **wide)
-    bounds = {k: v for k, v in given.items() if k in ("gate_up_bias", "down_bias", "weight_on_input")}
-    terms = term_magnitude(x, weights, ids, gate_up, down, activation=p.activation, **bounds)
+    expected, terms = expected_output(x, weights, ids, gate_up, down, p.activation, given)
     assert_close_to_terms(out, expected, terms, tolerance_for(p.dtype, family.tolerances),
                           f"fused MoE output vs experts_forward in float64 ({p.dtype})")
+
+
+def expected_output(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up: torch.Tensor,
+                    down: torch.Tensor, activation: str, keywords: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(experts_forward in float64 with `keywords`, the magnitude of the terms that bound a fused MoE's rounding)."""
+    wide: dict[str, Any] = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in keywords.items()}
+    expected = experts_forward(x.double(), weights.double(), ids, gate_up.double(), down.double(), activation, **wide)
+    bounds = {k: v for k, v in keywords.items() if k in ("gate_up_bias", "down_bias", "weight_on_input")}
+    return expected, term_magnitude(x, weights, ids, gate_up, down, activation=activation, **bounds)
 
 
 # The SwiGLUs that read the clamp keywords (glu_alpha, glu_limit).
