@@ -2,7 +2,8 @@
 
 A variant is two rules: which score selects the top K (`selection_scores`), and what weight a selected
 expert gets (`weights_for`). Every variant maps logits [T, E] to (weights float32 [T, K], ids int32 [T, K]). Computation runs in
-float32, or float64 with `oracle=True` (weights are then returned in float64). Ties are broken by the
+float32 (sigmoid weights in float64, see `weights_for`), or float64 with `oracle=True` (weights are then returned in
+float64). Ties are broken by the
 lower expert index (a stable descending sort), so the reference is deterministic.
 """
 
@@ -90,7 +91,10 @@ def weights_for(
     knobs: RoutingKnobs,
     per_expert_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The routing weights the variant gives the experts `ids` [T, K] (whichever way they were chosen)."""
+    """The routing weights the variant gives the experts `ids` [T, K] (whichever way they were chosen), in the
+    logits' dtype. Sigmoid weights are computed in float64 whatever that dtype: a float32 sigmoid is 0 below a
+    logit of about -104 (float64's: -709), and renormalising a token whose picks all lie there would divide 0 by 0
+    where the weights are defined (fp16 logits reach -65504)."""
     rule = variant(knobs.variant)
     ids = ids.long()
     if rule.weight == "all_softmax":  # the unbiased probabilities of the picks
@@ -98,14 +102,14 @@ def weights_for(
     elif rule.weight == "picked_softmax":
         w = torch.softmax(logits.gather(-1, ids), dim=-1)
     else:  # picked_sigmoid
-        w = torch.sigmoid(logits.gather(-1, ids))
+        w = torch.sigmoid(logits.gather(-1, ids).double())
     if rule.per_expert_scale:
         # Scale after the softmax over the selected K, so sum(w / scale[ids]) == 1.
         assert per_expert_scale is not None
         w = w * per_expert_scale.to(w.dtype)[ids]
     if rule.renormalizes and knobs.renormalize:
         w = _renorm(w)
-    return w * knobs.scaling_factor if rule.scaled else w
+    return (w * knobs.scaling_factor if rule.scaled else w).to(logits.dtype)
 
 
 def validate_routing_inputs(logits: torch.Tensor, knobs: RoutingKnobs) -> None:

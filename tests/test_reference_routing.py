@@ -30,6 +30,20 @@ def test_ties_break_by_lower_index() -> None:
     assert ids.tolist() == [[1, 2]]
 
 
+@pytest.mark.parametrize("variant", ["sigmoid_topk_on_logits", "sigmoid_bias", "grouped"])
+def test_sigmoid_weights_of_logits_whose_float32_sigmoid_underflows(variant: str) -> None:
+    from reference.config import RoutingKnobs
+
+    # A float32 sigmoid is 0 below about -104 (float64's below -709): the float32 route renormalises the float64
+    # sigmoids, not 0 / 0. A logit of -inf still gives NaN, as 0 / 0 does in float64.
+    logits = torch.tensor([[-662.0, -700.0, -300.0, -200.0], [float("-inf")] * 4], dtype=torch.float16)
+    knobs = RoutingKnobs(variant, 1, renormalize=True, **({"n_group": 2, "topk_group": 1} if variant == "grouped" else {}))
+    weights, ids = route(logits, knobs, bias=torch.zeros(4))
+    oracle = route(logits, knobs, bias=torch.zeros(4), oracle=True)[0]
+    assert weights[0].tolist() == [1.0] and weights[1].isnan().all(), weights
+    assert torch.equal(weights.isnan(), oracle.isnan()) and ids.dtype == torch.int32
+
+
 def test_k_greater_than_e_is_rejected() -> None:
     from reference.config import RoutingKnobs
 

@@ -9,6 +9,7 @@ and are skipped without a device.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import subprocess
 import sys
@@ -160,6 +161,16 @@ def test_k_equal_to_e_picks_every_expert_once(experts: int) -> None:
     weights, ids = route(logits, RoutingKnobs("sigmoid_topk_on_logits", experts))
     assert (ids.cpu().sort(-1).values == torch.arange(experts)).all()
     assert_routes_like_reference(logits, RoutingKnobs("topk_softmax", experts), exact_ids=True)
+
+
+@pytest.mark.parametrize("variant", ("sigmoid_topk_on_logits+renorm", "sigmoid_bias+renorm", "grouped+renorm"))
+def test_sigmoid_weights_where_a_float32_sigmoid_underflows(variant: str) -> None:
+    # fp16 logits in (-709, -104): their sigmoid is 0 in float32 but not in float64, so a float32 renormalisation
+    # divides 0 by 0 (seen at the nightly: a weight NaN where the reference's is 1).
+    gen = torch.Generator().manual_seed(3)
+    logits = (-104 - 600 * torch.rand(11, 16, generator=gen)).to(torch.float16).to(DEVICE)
+    for k in (1, 3):
+        assert_routes_like_reference(logits, knobs_for(variant, k, 16))
 
 
 def test_non_contiguous_logits() -> None:
@@ -424,6 +435,16 @@ def test_routing_compiles_once_per_bucket(monkeypatch: pytest.MonkeyPatch) -> No
         route(_logits(tokens, experts, torch.float32), knobs_for("sigmoid_bias+renorm", k, experts))
     buckets = {(max(2, 1 << (k - 1).bit_length()), routing_module.default_launch(e, 4, t)) for t, e, k in sizes}
     assert len(recorded.constexprs) == len(buckets)
+
+
+def test_routing_run_time_sizes_are_not_specialised() -> None:
+    """Triton specialises an integer argument on 1 and on multiples of 16 unless told not to, which multiplied the
+    kernels a nightly case compiled (672 for one case's 1000 examples): the run-time sizes are named in
+    do_not_specialize, and every name there is an argument of the kernel (a renamed one would be ignored)."""
+    kernel = routing_module._route_kernel
+    assert set(routing_module.RUN_TIME_SIZES) <= set(inspect.signature(kernel.fn).parameters)
+    if not rt.INTERPRETED:  # the interpreter compiles nothing and keeps no specialisation flags
+        assert {p.name for p in kernel.params if p.do_not_specialize} == set(routing_module.RUN_TIME_SIZES)
 
 
 def test_fused_moe_compiles_once_per_configuration(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ variant of ROUTING_VARIANTS. Guarantees:
   which orders experts as their softmax does, but the reference's rounded probabilities can tie where
   the logits do not);
 - the weights are computed from the exact logits of the picked experts and match the reference's
-  float32 weights to about 1e-6 relative;
+  float32 weights to about 1e-6 relative (sigmoid weights computed in float64, as the reference's);
 - fp32, bf16, fp16 (and fp64, computed in fp32 like the reference) logits, any strides, E not a power
   of two (padded lanes never win, not even over -inf), K == E;
 - bad inputs (wrong rank, non-float, K outside 1..E, bias or per-expert scale not [E], tensors on the
@@ -205,11 +205,13 @@ def _route_tile(
         if VARIANT == "gemma4":  # scaled after the softmax
             w = w * tl.load(scale_ptr + ids, mask=col_ok, other=0.0)
     elif VARIANT == "sigmoid_topk_on_logits":
-        w = tl.where(col_ok, sigmoid(picked), 0.0)
+        # Sigmoid weights in float64, as the reference's: a float32 sigmoid underflows to 0 below about -104, and
+        # renormalising a token whose picks all lie there divides 0 by 0 (fp16 logits reach -65504).
+        w = tl.where(col_ok, sigmoid(picked.to(tl.float64)), 0.0)
         if RENORM and BUG != "skip_renorm":
             w = w / sum_along(w, 1)[:, None]
     else:  # sigmoid_bias, grouped
-        w = sigmoid(picked)
+        w = sigmoid(picked.to(tl.float64))
         if BUG == "weights_from_biased_score":
             w = w + tl.load(bias_ptr + ids, mask=col_ok, other=0.0)
         w = tl.where(col_ok, w, 0.0)
@@ -217,11 +219,17 @@ def _route_tile(
             w = w / sum_along(w, 1)[:, None]
         w = w * scaling_factor
     out = rows.to(tl.int64)[:, None] * K + cols[None, :]
-    tl.store(w_ptr + out, w, mask=row_ok[:, None] & col_ok)
+    tl.store(w_ptr + out, w.to(tl.float32), mask=row_ok[:, None] & col_ok)
     tl.store(ids_ptr + out, ids, mask=row_ok[:, None] & col_ok)
 
 
-@triton.jit
+# Sizes Triton would otherwise specialise on (a value of 1, a multiple of 16): each would multiply the kernels a
+# run compiles (a nightly routing-parity case drew 672 for DeepSeek-V3's 1000 examples, 178 without), and none
+# of them addresses memory, so knowing them when compiling saves nothing.
+RUN_TIME_SIZES = ("T", "K", "group_size", "n_group", "topk_group")
+
+
+@triton.jit(do_not_specialize=RUN_TIME_SIZES)
 def _route_kernel(
     logits_ptr, bias_ptr, scale_ptr, w_ptr, ids_ptr,
     T, E, K, stride_t, stride_e, scaling_factor, group_size, n_group, topk_group,
