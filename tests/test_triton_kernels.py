@@ -93,16 +93,17 @@ def assert_routes_like_reference(logits: torch.Tensor, knobs: RoutingKnobs, exac
         assert torch.equal(ids, want), "ids differ from the reference's (order included)"
 
 
+@pytest.mark.parametrize("top_k", [4, 11], ids=lambda k: f"K{k}")  # rounds unrolled (K bucket 4), looped (16)
 @pytest.mark.parametrize("dtype", LOGIT_DTYPES, ids=str)
 @pytest.mark.parametrize("variant", VARIANT_CASES)
-def test_routing_matches_reference(variant: str, dtype: torch.dtype) -> None:
-    knobs = knobs_for(variant, 4, 24)  # E = 24: not a power of two
+def test_routing_matches_reference(variant: str, dtype: torch.dtype, top_k: int) -> None:
+    knobs = knobs_for(variant, top_k, 24)  # E = 24: not a power of two
     assert_routes_like_reference(_logits(37, 24, dtype), knobs, exact_ids=variant.split("+")[0] in SELECT_ON_LOGITS)
 
 
 # Every variant at two model shapes (E = 160 is no power of two); the other bench shapes for gemma4.
 MODEL_SHAPE_CASES = [(v, shape) for v in VARIANT_CASES for shape in ((128, 8), (160, 6))] + [
-    ("gemma4", (256, 8)), ("gemma4", (64, 2))]
+    ("gemma4", (256, 8)), ("gemma4", (64, 2)), ("topk_softmax", (128, 16))]  # K 16: the rounds loop
 
 
 @gpu
@@ -163,6 +164,7 @@ def test_k_equal_to_e_picks_every_expert_once(experts: int) -> None:
     assert_routes_like_reference(logits, RoutingKnobs("topk_softmax", experts), exact_ids=True)
 
 
+@gpu  # also compiled: the weights' float64 arithmetic
 @pytest.mark.parametrize("variant", ("sigmoid_topk_on_logits+renorm", "sigmoid_bias+renorm", "grouped+renorm"))
 def test_sigmoid_weights_where_a_float32_sigmoid_underflows(variant: str) -> None:
     # fp16 logits in (-709, -104): their sigmoid is 0 in float32 but not in float64, so a float32 renormalisation
@@ -429,8 +431,9 @@ def test_routing_compiles_once_per_bucket(monkeypatch: pytest.MonkeyPatch) -> No
     per launch layout only, not per drawn size (issue 16: a compile per drawn example made the GPU runs slow)."""
     recorded = _RecordedKernel(routing_module._route_kernel)
     monkeypatch.setattr(routing_module, "_route_kernel", recorded)
-    # One expert bucket (32), two K buckets (4, 8): a size passed at compile time would multiply the kernels.
-    sizes = [(t, e, k) for t in (1, 7, 100) for e in (20, 24, 30) for k in (3, 4, 5, 8)]
+    # One expert bucket (32), three K buckets (4, 8 unrolled; 16 looped): a size passed at compile time would
+    # multiply the kernels.
+    sizes = [(t, e, k) for t in (1, 7, 100) for e in (20, 24, 30) for k in (3, 4, 5, 8, 12, 16)]
     for tokens, experts, k in sizes:
         route(_logits(tokens, experts, torch.float32), knobs_for("sigmoid_bias+renorm", k, experts))
     buckets = {(max(2, 1 << (k - 1).bit_length()), routing_module.default_launch(e, 4, t)) for t, e, k in sizes}

@@ -25,7 +25,7 @@ kernel redoes that program's rows with an exact two-reduction selection, so the 
 Scores that are 16-bit logits have those bits zero already and skip the test.
 
 Compiled once per variant, dtype, expert bucket (BLOCK_E) and launch: K, the groups and T are run-time
-values (K unrolled to its power-of-two bucket BLOCK_K, each round run up to K).
+values (K bucketed to a power of two BLOCK_K; rounds unrolled up to a bucket of 8, looped above).
 """
 
 from __future__ import annotations
@@ -89,6 +89,15 @@ def _gap_below(keys, limit):
     unsigned min per score do the work of a compare, a select and a max: the selection is bound by
     issuing integer instructions (bench/README.md)."""
     return min_along((limit[:, None] - keys).to(tl.uint32, bitcast=True), 1).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _next_pick(keys, limit, picks, closest, cols, r):
+    """One selection round: the largest key under `limit` becomes pick `r` (column r of `picks`, as its limit);
+    `closest` keeps the smallest gap between consecutive picks."""
+    gap = _gap_below(keys, limit)
+    limit = limit - gap - 1
+    return limit, tl.where(cols[None, :] == r, limit[:, None], picks), tl.minimum(closest, gap)
 
 
 @triton.jit
@@ -163,17 +172,19 @@ def _route_tile(
     keys = _packed_keys(_selection_scores(logits, bias_ptr, lanes, lane_ok, group_size, n_group, topk_group, VARIANT),
                         lanes, lane_ok, FULL_E, BLOCK_E)
     # Each round picks the largest key under the last pick (a row's keys are unique), tracked as `limit`,
-    # the last pick minus one. Unrolled over the K bucket (each round's column is then known when
-    # compiling), run up to K.
+    # the last pick minus one. Up to a K bucket of 8 (released models' top-k) the rounds are unrolled (each
+    # round's column is then known when compiling) and run up to K; above it they loop: 64 unrolled rounds took
+    # 10-13 s to compile for sm_90, and the tests draw K up to E.
     limit = max_along(keys, 1) - 1
     picks = tl.where(cols[None, :] == 0, limit[:, None], 0)
     closest = tl.full([BLOCK_T], 2**30, tl.int32)  # the smallest gap between consecutive picks, minus one
-    for r in tl.static_range(1, BLOCK_K):
-        if r < K:
-            gap = _gap_below(keys, limit)
-            limit = limit - gap - 1
-            picks = tl.where(cols[None, :] == r, limit[:, None], picks)
-            closest = tl.minimum(closest, gap)
+    if BLOCK_K <= 8:
+        for r in tl.static_range(1, BLOCK_K):
+            if r < K:
+                limit, picks, closest = _next_pick(keys, limit, picks, closest, cols, r)
+    else:
+        for r in range(1, K):
+            limit, picks, closest = _next_pick(keys, limit, picks, closest, cols, r)
     ids = (BLOCK_E - 1) - ((picks + 1) & (BLOCK_E - 1))
     if not KEYS_EXACT:
         # The packing can misorder only scores it merged, whose keys then lie under BLOCK_E apart: two
@@ -314,6 +325,20 @@ def default_launch(experts: int, element_size: int, tokens: int = 2**20) -> Rout
     return RouteLaunch(block_t, 1 if block_e >= 32 * 16 // element_size else 2)
 
 
+def kernel_constexprs(experts: int, element_size: int, knobs: RoutingKnobs, launch: RouteLaunch,
+                      bug: str = "") -> dict[str, object]:
+    """The compile-time arguments of a routing launch: with the logits' dtype, the warps and Triton's specialisation
+    of the integer arguments not in RUN_TIME_SIZES, they select the compiled kernel."""
+    block_e = max(16, triton.next_power_of_2(experts))
+    needs_bias = knobs.variant in ("sigmoid_bias", "grouped")
+    return dict(
+        FULL_E=experts == block_e, VARIANT=knobs.variant, RENORM=bool(knobs.renormalize),
+        # Scores that are 16-bit logits have their low 13 mantissa bits zero: packing loses nothing.
+        KEYS_EXACT=element_size == 2 and not needs_bias and block_e <= 2**13, BUG=bug,
+        BLOCK_T=launch.block_t, BLOCK_E=block_e, BLOCK_K=max(2, triton.next_power_of_2(knobs.top_k)),
+    )
+
+
 def launch_route(
     logits: torch.Tensor,
     knobs: RoutingKnobs,
@@ -338,10 +363,7 @@ def launch_route(
     ids = torch.empty(tokens, k, dtype=torch.int32, device=logits.device)
     if tokens == 0:
         return weights, ids
-    block_e = max(16, triton.next_power_of_2(experts))
     launch = launch or default_launch(experts, logits.element_size(), tokens)
-    # Scores that are 16-bit logits have their low 13 mantissa bits zero: packing loses nothing.
-    keys_exact = logits.element_size() == 2 and not needs_bias and block_e <= 2**13
     dummy = weights  # an unused pointer argument still needs a tensor
     with launch_context():
         _route_kernel[(triton.cdiv(tokens, launch.block_t),)](
@@ -350,10 +372,7 @@ def launch_route(
             tokens, experts, k, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
             experts // knobs.n_group if knobs.variant == "grouped" and knobs.n_group else 1,
             knobs.n_group or 1, knobs.topk_group or 1,
-            FULL_E=experts == block_e, VARIANT=knobs.variant, RENORM=bool(knobs.renormalize),
-            KEYS_EXACT=keys_exact, BUG=bug,
-            BLOCK_T=launch.block_t, BLOCK_E=block_e, BLOCK_K=max(2, triton.next_power_of_2(k)),
-            num_warps=launch.num_warps,
+            **kernel_constexprs(experts, logits.element_size(), knobs, launch, bug), num_warps=launch.num_warps,
         )
     return weights, ids
 
