@@ -440,6 +440,15 @@ def test_routing_compiles_once_per_bucket(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(recorded.constexprs) == len(buckets)
 
 
+def test_a_variant_that_never_renormalises_compiles_once_for_both_knob_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded = _RecordedKernel(routing_module._route_kernel)
+    monkeypatch.setattr(routing_module, "_route_kernel", recorded)
+    logits = _logits(5, 24, torch.float32)
+    routed = [route(logits, RoutingKnobs("topk_softmax", 4, renormalize=renorm)) for renorm in (False, True)]
+    assert len(recorded.constexprs) == 1
+    assert all(torch.equal(a, b) for a, b in zip(*routed, strict=True))
+
+
 def test_routing_run_time_sizes_are_not_specialised() -> None:
     """Triton specialises an integer argument on 1 and on multiples of 16 unless told not to, which multiplied the
     kernels a nightly case compiled (672 for one case's 1000 examples): the run-time sizes are named in

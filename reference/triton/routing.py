@@ -42,6 +42,7 @@ from reference.config import RoutingKnobs
 from reference.routing import RoutingInputError, validate_routing_inputs
 from reference.triton import INTERPRETED, check_device, launch_context
 from reference.triton.core_ops import max_along, min_along, sigmoid, sum_along
+from reference.variants import variant
 
 # The variants the kernel has code for; `route` refuses the rest rather than mis-route them. The kernel takes
 # the name itself as a constexpr: module-level constants would be checked for change by Triton on every launch.
@@ -332,7 +333,9 @@ def kernel_constexprs(experts: int, element_size: int, knobs: RoutingKnobs, laun
     block_e = max(16, triton.next_power_of_2(experts))
     needs_bias = knobs.variant in ("sigmoid_bias", "grouped")
     return dict(
-        FULL_E=experts == block_e, VARIANT=knobs.variant, RENORM=bool(knobs.renormalize),
+        # A variant that never renormalises ignores the knob: one kernel for both of its values.
+        FULL_E=experts == block_e, VARIANT=knobs.variant,
+        RENORM=bool(knobs.renormalize) and variant(knobs.variant).renormalizes,
         # Scores that are 16-bit logits have their low 13 mantissa bits zero: packing loses nothing.
         KEYS_EXACT=element_size == 2 and not needs_bias and block_e <= 2**13, BUG=bug,
         BLOCK_T=launch.block_t, BLOCK_E=block_e, BLOCK_K=max(2, triton.next_power_of_2(knobs.top_k)),
