@@ -236,7 +236,7 @@ def _route_tile(
 
 
 # Sizes Triton would otherwise specialise on (a value of 1, a multiple of 16): each would multiply the kernels a
-# run compiles (a nightly routing-parity case drew 672 for DeepSeek-V3's 1000 examples, 178 without), and none
+# run compiles (a nightly routing-parity case drew 672 for DeepSeek-V3's 1000 examples, about 175 without), and none
 # of them addresses memory, so knowing them when compiling saves nothing.
 RUN_TIME_SIZES = ("T", "K", "group_size", "n_group", "topk_group")
 
@@ -333,8 +333,8 @@ def kernel_constexprs(experts: int, element_size: int, knobs: RoutingKnobs, laun
     block_e = max(16, triton.next_power_of_2(experts))
     needs_bias = knobs.variant in ("sigmoid_bias", "grouped")
     return dict(
-        # A variant that never renormalises ignores the knob: one kernel for both of its values.
         FULL_E=experts == block_e, VARIANT=knobs.variant,
+        # A variant that never renormalises ignores the knob: one kernel for both of its values.
         RENORM=bool(knobs.renormalize) and variant(knobs.variant).renormalizes,
         # Scores that are 16-bit logits have their low 13 mantissa bits zero: packing loses nothing.
         KEYS_EXACT=element_size == 2 and not needs_bias and block_e <= 2**13, BUG=bug,
