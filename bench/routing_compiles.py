@@ -46,9 +46,8 @@ def kernel_key(ex: RoutingExample) -> tuple:
     tokens, experts = logits.shape
     launch = routing.default_launch(experts, logits.element_size(), tokens)
     constexprs = routing.kernel_constexprs(experts, logits.element_size(), knobs, launch)
-    group_size = experts // knobs.n_group if knobs.variant == "grouped" and knobs.n_group else 1
     ints = {"T": tokens, "E": experts, "K": knobs.top_k, "stride_t": logits.stride(0), "stride_e": logits.stride(1),
-            "group_size": group_size, "n_group": knobs.n_group or 1, "topk_group": knobs.topk_group or 1}
+            **dict(zip(("group_size", "n_group", "topk_group"), routing.group_arguments(experts, knobs), strict=True))}
     return (logits.dtype, launch.num_warps, tuple(constexprs.items()),
             tuple(_specialised(n, v) for n, v in ints.items()))
 

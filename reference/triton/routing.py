@@ -22,7 +22,7 @@ the smallest unsigned (last pick - 1 - key) (one subtraction and one min per sco
 experts. Replacing those low bits merges scores that differ only in them (relative gap under about
 2^-(23 - log2 BLOCK_E)); where two picks, or the K-th pick and the best unpicked key, lie that close, the
 kernel redoes that program's rows with an exact two-reduction selection, so the result is always exact.
-Scores that are 16-bit logits have those bits zero already and skip the test.
+Scores that are 16-bit logits have those bits zero already: nothing merges, so no redo is needed (KEYS_EXACT).
 
 Compiled once per variant, dtype, expert bucket (BLOCK_E) and launch: K, the groups and T are run-time
 values (K bucketed to a power of two BLOCK_K; rounds unrolled up to a bucket of 8, looped above).
@@ -326,6 +326,13 @@ def default_launch(experts: int, element_size: int, tokens: int = 2**20) -> Rout
     return RouteLaunch(block_t, 1 if block_e >= 32 * 16 // element_size else 2)
 
 
+def group_arguments(experts: int, knobs: RoutingKnobs) -> tuple[int, int, int]:
+    """The kernel's (group_size, n_group, topk_group) arguments; placeholders of 1 where the variant reads none."""
+    if knobs.variant == "grouped" and knobs.n_group:
+        return experts // knobs.n_group, knobs.n_group, knobs.topk_group or 1
+    return 1, knobs.n_group or 1, knobs.topk_group or 1
+
+
 def kernel_constexprs(experts: int, element_size: int, knobs: RoutingKnobs, launch: RouteLaunch,
                       bug: str = "") -> dict[str, object]:
     """The compile-time arguments of a routing launch: with the logits' dtype, the warps and Triton's specialisation
@@ -373,8 +380,7 @@ def launch_route(
             logits, bias_f if bias_f is not None else dummy, scale_f if scale_f is not None else dummy,
             weights, ids,
             tokens, experts, k, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
-            experts // knobs.n_group if knobs.variant == "grouped" and knobs.n_group else 1,
-            knobs.n_group or 1, knobs.topk_group or 1,
+            *group_arguments(experts, knobs),
             **kernel_constexprs(experts, logits.element_size(), knobs, launch, bug), num_warps=launch.num_warps,
         )
     return weights, ids
