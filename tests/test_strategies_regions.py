@@ -36,7 +36,8 @@ from reference.loader import load_checkpoint
 OLD_SCHEMAS = tuple(s for s in ALL_SCHEMAS if s.prefix != "language_model." and s.block != "ffn")
 OLD_PLANS = {"experts": st.integers(1, 6), "max_layers": 3, "shared": ("",), "neighbours": ()}
 OLD_KEYS = {"experts": st.integers(1, 8), "max_layers": 3, "shared": ("",), "neighbours": ()}
-FIND = settings(database=None, max_examples=500, deadline=None)
+# Derandomized: a region drawn rarely must not make the test flaky (a random search missed one once, 2026-12-02).
+FIND = settings(database=None, max_examples=500, deadline=None, derandomize=True)
 
 
 def _found(strategy, condition):
