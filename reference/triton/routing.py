@@ -17,11 +17,12 @@ variant of ROUTING_VARIANTS. Guarantees:
 How the selection works: a program holds BLOCK_T tokens × BLOCK_E lanes in registers. Each score is
 mapped to an int32 whose signed order is the float order, its low log2(BLOCK_E) bits are replaced by
 (BLOCK_E - 1 - lane), so a row's keys are unique and the largest is the best score and, among ties, the
-lowest lane. The first pick is a max; each later one is the largest key under the last pick, found as
-the smallest unsigned (last pick - 1 - key) (one subtraction and one min per score); K rounds pick K
-experts. Replacing those low bits merges scores that differ only in them (relative gap under about
-2^-(23 - log2 BLOCK_E)); where two picks, or the K-th pick and the best unpicked key, lie that close, the
-kernel redoes that program's rows with an exact two-reduction selection, so the result is always exact.
+lowest lane. The first pick is a max; each later one is the last pick plus the largest unsigned
+(key - last pick), which is the step down to the largest key under it (one subtraction and one max per
+score); K rounds pick K experts. Replacing those low bits merges scores that differ only in them
+(relative gap under about 2^-(23 - log2 BLOCK_E)); where two picks, or the K-th pick and the best
+unpicked key, lie that close, the kernel redoes that program's rows with an exact two-reduction
+selection, so the result is always exact.
 Scores that are 16-bit logits have those bits zero already: nothing merges, so no redo is needed (KEYS_EXACT).
 
 Compiled once per variant, dtype, expert bucket (BLOCK_E) and launch: K, the groups and T are run-time
@@ -82,23 +83,23 @@ def _exact_top_k(s, lanes, lane_ok, cols, K, BLOCK_T: tl.constexpr, BLOCK_K: tl.
 
 
 @triton.jit
-def _gap_below(keys, limit):
-    """Per row, how far below `limit` its largest key at or under `limit` lies (limit - that key).
+def _step_below(keys, pick):
+    """Per row, (its largest key under `pick`) - `pick`, modulo 2^32, as a uint32.
 
-    At or under `limit` means limit - key is a small unsigned number; a larger key wraps around to a
-    larger one (keys are int32, so any key under the limit still wins), so one subtraction and one
-    unsigned min per score do the work of a compare, a select and a max: the selection is bound by
-    issuing integer instructions (bench/README.md)."""
-    return min_along((limit[:, None] - keys).to(tl.uint32, bitcast=True), 1).to(tl.int32, bitcast=True)
+    Modulo 2^32 a key under the pick is a step near 2^32 and any other key a smaller one (keys are int32, so no
+    two lie 2^32 apart): the largest step is the next pick, `pick + step`. One subtraction and one unsigned max per
+    score (sm_90 fuses them) do the work of a compare, a select and a max, and the next pick is one addition to
+    the reduced value: the selection is bound by issuing integer instructions (bench/README.md)."""
+    return max_along((keys - pick[:, None]).to(tl.uint32, bitcast=True), 1)
 
 
 @triton.jit
-def _next_pick(keys, limit, picks, closest, cols, r):
-    """One selection round: the largest key under `limit` becomes pick `r` (column r of `picks`, as its limit);
-    `closest` keeps the smallest gap between consecutive picks."""
-    gap = _gap_below(keys, limit)
-    limit = limit - gap - 1
-    return limit, tl.where(cols[None, :] == r, limit[:, None], picks), tl.minimum(closest, gap)
+def _next_pick(keys, pick, picks, nearest, cols, r):
+    """One selection round: the largest key under `pick` becomes pick `r` (column r of `picks`); `nearest` keeps
+    the largest step so far, i.e. the smallest gap between consecutive picks (a gap g is the step 2^32 - g)."""
+    step = _step_below(keys, pick)
+    pick = pick + step.to(tl.int32, bitcast=True)
+    return pick, tl.where(cols[None, :] == r, pick[:, None], picks), tl.maximum(nearest, step)
 
 
 @triton.jit
@@ -172,28 +173,27 @@ def _route_tile(
 
     keys = _packed_keys(_selection_scores(logits, bias_ptr, lanes, lane_ok, group_size, n_group, topk_group, VARIANT),
                         lanes, lane_ok, FULL_E, BLOCK_E)
-    # Each round picks the largest key under the last pick (a row's keys are unique), tracked as `limit`,
-    # the last pick minus one. Up to a K bucket of 8 (released models' top-k) the rounds are unrolled (each
-    # round's column is then known when compiling) and run up to K; above it they loop: 64 unrolled rounds took
-    # 10-13 s to compile for sm_90, and the tests draw K up to E.
-    limit = max_along(keys, 1) - 1
-    picks = tl.where(cols[None, :] == 0, limit[:, None], 0)
-    closest = tl.full([BLOCK_T], 2**30, tl.int32)  # the smallest gap between consecutive picks, minus one
+    # Each round picks the largest key under the last pick (a row's keys are unique). Up to a K bucket of 8
+    # (released models' top-k) the rounds are unrolled (each round's column is then known when compiling) and run
+    # up to K; above it they loop: 64 unrolled rounds took 10-13 s to compile for sm_90, and the tests draw K up to E.
+    pick = max_along(keys, 1)
+    picks = tl.where(cols[None, :] == 0, pick[:, None], 0)
+    nearest = tl.full([BLOCK_T], 0, tl.uint32)  # the largest step between consecutive picks
     if BLOCK_K <= 8:
         for r in tl.static_range(1, BLOCK_K):
             if r < K:
-                limit, picks, closest = _next_pick(keys, limit, picks, closest, cols, r)
+                pick, picks, nearest = _next_pick(keys, pick, picks, nearest, cols, r)
     else:
         for r in range(1, K):
-            limit, picks, closest = _next_pick(keys, limit, picks, closest, cols, r)
-    ids = (BLOCK_E - 1) - ((picks + 1) & (BLOCK_E - 1))
+            pick, picks, nearest = _next_pick(keys, pick, picks, nearest, cols, r)
+    ids = (BLOCK_E - 1) - (picks & (BLOCK_E - 1))
     if not KEYS_EXACT:
-        # The packing can misorder only scores it merged, whose keys then lie under BLOCK_E apart: two
-        # picks, or the K-th pick and the best unpicked key (when K == E none is left: the gap then wraps
-        # to a key above, millions away). Such a program's rows are redone exactly (about 2% of programs
-        # on random fp32 scores at E = 128; always on exact ties, which is harmless).
-        closest = tl.minimum(closest, _gap_below(keys, limit))
-        if max_along((closest < BLOCK_E - 1).to(tl.int32), 0) > 0:
+        # The packing can misorder only scores it merged, whose keys then lie under BLOCK_E apart (a step above
+        # 2^32 - BLOCK_E): two picks, or the K-th pick and the best unpicked key (when K == E none is left: the
+        # step then wraps to a key above, millions away). Such a program's rows are redone exactly (about 2% of
+        # programs on random fp32 scores at E = 128; always on exact ties, which is harmless).
+        nearest = tl.maximum(nearest, _step_below(keys, pick))
+        if max_along((nearest > 2**32 - BLOCK_E).to(tl.int32), 0) > 0:
             # The scores again from the tile (in cache): keeping them live through the rounds would cost
             # registers, and so occupancy, in every program for the few that come here.
             again = _load_tile(logits_ptr, tile, T, E, stride_t, stride_e, FULL_E, BLOCK_T, BLOCK_E).to(tl.float32)
