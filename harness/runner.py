@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -50,34 +52,77 @@ def run_cases(cases: list[Case], options: RunOptions, workers: int = 1) -> Itera
     yield from _run_in_pools(cases, options, workers)
 
 
+class DeferredInterrupt:
+    """While entered (in the main thread, with Python's default SIGINT handler), SIGINT only sets a flag, and
+    `check` raises KeyboardInterrupt where the run can stop cleanly. Raised wherever the signal lands, inside the
+    standard library's waits for a worker, it can break their locks: a run on the H200 then ended in 'RuntimeError:
+    release unlocked lock' with a traceback and no report."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: object = None
+
+    def __enter__(self) -> DeferredInterrupt:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+
+
+# How often a run waiting for its workers looks for a Ctrl-C.
+POLL_SECONDS = 0.2
+
+
+def _finished(futures: set[Future[CaseResult]], interrupt: DeferredInterrupt) -> Iterator[Future[CaseResult]]:
+    """Each of `futures` as it finishes; KeyboardInterrupt between waits once a Ctrl-C came."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+        yield from done
+        interrupt.check()
+
+
 def _run_in_pools(cases: list[Case], options: RunOptions, workers: int) -> Iterator[tuple[int, CaseResult]]:
     """Every case over `workers` spawned processes. A worker's death breaks the whole pool, failing every case
     still in it, so those cases run again one at a time in a one-worker pool (rebuilt after each death): only
-    the case that kills its own worker there is reported as failed."""
+    the case that kills its own worker there is reported as failed. A Ctrl-C stops it between results."""
     broken: list[int] = []
     pool = _pool(workers)
-    try:
-        futures = {_submit(pool, cases[i], options): i for i in range(len(cases))}
-        for future in as_completed(futures):
-            try:
-                yield futures[future], future.result()
-            except BrokenProcessPool:
-                broken.append(futures[future])
-            except Exception as exc:  # the worker could not run it (its target did not load there, say)
-                yield futures[future], _worker_failed(cases[futures[future]], exc)
-        _stop(pool)
-        pool = _pool(1)
-        for i in sorted(broken):
-            try:
-                yield i, _submit(pool, cases[i], options).result()
-            except BrokenProcessPool:  # this case, alone in its pool, killed its worker: the target crashed
-                yield i, _crashed(cases[i], options)
-                _stop(pool)
-                pool = _pool(1)
-            except Exception as exc:
-                yield i, _worker_failed(cases[i], exc)
-    finally:  # also when the caller stops early (Ctrl-C): queued cases are dropped, running ones abandoned
-        _stop(pool)
+    with DeferredInterrupt() as interrupt:
+        try:
+            futures = {_submit(pool, cases[i], options): i for i in range(len(cases))}
+            for future in _finished(set(futures), interrupt):
+                try:
+                    yield futures[future], future.result()
+                except BrokenProcessPool:
+                    broken.append(futures[future])
+                except Exception as exc:  # the worker could not run it (its target did not load there, say)
+                    yield futures[future], _worker_failed(cases[futures[future]], exc)
+            _stop(pool)
+            pool = _pool(1)
+            for i in sorted(broken):
+                rerun = _submit(pool, cases[i], options)
+                try:
+                    yield i, next(_finished({rerun}, interrupt)).result()
+                except BrokenProcessPool:  # this case, alone in its pool, killed its worker: the target crashed
+                    yield i, _crashed(cases[i], options)
+                    _stop(pool)
+                    pool = _pool(1)
+                except Exception as exc:
+                    yield i, _worker_failed(cases[i], exc)
+        finally:  # also when the caller stops early (Ctrl-C): queued cases are dropped, running ones abandoned
+            _stop(pool)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -107,6 +152,9 @@ def _execute(check: str, target: Target, family: str, spec: str, options: RunOpt
 def _start_worker(workers: int) -> None:
     import torch
 
+    # A terminal's Ctrl-C signals the whole process group: the parent stops the run and ends its workers, and a
+    # worker interrupted on its own would only add a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_libraries()
     # Share the cores between the workers instead of each taking all of them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
