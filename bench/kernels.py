@@ -40,7 +40,7 @@ from reference.moe import ACTIVATION_FNS
 from reference.moe import experts_forward as eager_experts_forward
 from reference.routing import route as torch_route
 from reference.triton.fused_moe import GemmTile, MoEConfig, default_config, launch_experts
-from reference.triton.routing import RouteLaunch, default_launch, launch_route
+from reference.triton.routing import RouteLaunch, default_launch, launch_route, register_cap
 
 ROUTING_TOKENS = (1024, 16384, 262144, 1048576)
 ROUTING_SHAPES = ((128, 8), (64, 2), (256, 8))
@@ -120,7 +120,7 @@ def bench_routing(bandwidth: float) -> list[dict[str, Any]]:
     rows = []
     for experts, k in ROUTING_SHAPES:
         for tokens in ROUTING_TOKENS:
-            launch = default_launch(experts, 4, tokens)
+            launch = default_launch(experts, 4, tokens, "gemma4")
             logits, knobs, scale = routing_inputs(tokens, experts, k)
             call = partial(launch_route, logits, knobs, per_expert_scale=scale, launch=launch)
             ours, kernel, host = median_ms(call), graph_ms(call), host_us(call)
@@ -146,7 +146,7 @@ def sweep_routing(bandwidth: float) -> list[dict[str, Any]]:
         logits, knobs, scale = routing_inputs(2**20, experts, k)
         floor = (logits.numel() * 4 + logits.shape[0] * k * 8) / bandwidth * 1e3
         for block_t, warps in shapes:
-            launch = RouteLaunch(block_t, warps)
+            launch = RouteLaunch(block_t, warps, register_cap(4, warps, knobs.variant))
             ms = median_ms(partial(launch_route, logits, knobs, per_expert_scale=scale, launch=launch))
             rows.append({"experts": experts, "top_k": k, "launch": repr(launch), "ms": ms,
                          "pct_of_floor": 100 * floor / ms})
@@ -160,9 +160,10 @@ def sweep_small_routing() -> list[dict[str, Any]]:
     for tokens in ROUTING_SMALL_AT:
         logits, knobs, scale = routing_inputs(tokens, 128, 8)
         for block_t, warps in ROUTING_SMALL_SWEEP:
-            call = partial(launch_route, logits, knobs, per_expert_scale=scale, launch=RouteLaunch(block_t, warps))
+            launch = RouteLaunch(block_t, warps, register_cap(4, warps, knobs.variant))
+            call = partial(launch_route, logits, knobs, per_expert_scale=scale, launch=launch)
             ms, kernel = median_ms(call), graph_ms(call)
-            rows.append({"tokens": tokens, "launch": repr(RouteLaunch(block_t, warps)), "ms": ms, "kernel_ms": kernel})
+            rows.append({"tokens": tokens, "launch": repr(launch), "ms": ms, "kernel_ms": kernel})
             print(f"routing small sweep T={tokens} {block_t}x{warps}: {ms:.4f} ms (kernel {kernel:.4f})", flush=True)
     return rows
 

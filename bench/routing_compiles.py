@@ -44,7 +44,7 @@ def kernel_key(ex: RoutingExample) -> tuple:
     """What selects the compiled kernel of `ex`'s launch: its constexprs, dtype, warps and integer specialisation."""
     logits, knobs = ex.logits, ex.knobs
     tokens, experts = logits.shape
-    launch = routing.default_launch(experts, logits.element_size(), tokens)
+    launch = routing.default_launch(experts, logits.element_size(), tokens, knobs.variant)
     constexprs = routing.kernel_constexprs(experts, logits.element_size(), knobs, launch)
     ints = {"T": tokens, "E": experts, "K": knobs.top_k, "stride_t": logits.stride(0), "stride_e": logits.stride(1),
             **dict(zip(("group_size", "n_group", "topk_group"), routing.group_arguments(experts, knobs), strict=True))}
@@ -77,7 +77,9 @@ def compile_seconds(keys: set[tuple]) -> float:
     for dtype, warps, constexprs in unspecialised(keys):
         signature = {"logits_ptr": POINTER[dtype], **SIGNATURE, **{name: "constexpr" for name, _ in constexprs}}
         triton.compile(ASTSource(fn=routing._route_kernel, signature=signature, constexprs=dict(constexprs)),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+                       target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps, "maxnreg": routing.register_cap(
+                           dtype.itemsize, warps, dict(constexprs)["VARIANT"])})
     return time.perf_counter() - start
 
 

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8], help="the top-k values to time")
     args = parser.parse_args()
     bandwidth = copy_bandwidth()
-    launch = default_launch(args.experts, 4, args.tokens)
+    launch = default_launch(args.experts, 4, args.tokens, "gemma4")
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; E = {args.experts}, T = {args.tokens}, {launch}")
     for k in args.k:
         logits, knobs, scale = routing_inputs(args.tokens, args.experts, k)

@@ -459,6 +459,22 @@ def test_routing_run_time_sizes_are_not_specialised() -> None:
         assert {p.name for p in kernel.params if p.do_not_specialize} == set(routing_module.RUN_TIME_SIZES)
 
 
+@gpu  # compiled there (the interpreter ignores the cap)
+def test_a_capped_routing_launch_routes_like_an_uncapped_one() -> None:
+    """The register cap (register_cap: one-warp launches of fp32 logits, grouped excepted) changes where values
+    live, never the result; a capped compile that ptxas refused would raise here."""
+    assert routing_module.register_cap(4, 1, "gemma4") == routing_module.MAX_REGISTERS
+    assert {routing_module.register_cap(2, 1, "gemma4"), routing_module.register_cap(4, 2, "gemma4"),
+            routing_module.register_cap(4, 1, "grouped")} == {None}
+    logits = _logits(300, 128, torch.float32)
+    for variant in ("gemma4", "sigmoid_bias+renorm", "sigmoid_topk_on_logits+renorm"):
+        knobs = knobs_for(variant, 8, 128)
+        extra = {"per_expert_scale": torch.rand(128, device=DEVICE) + 0.5} if variant == "gemma4" else {}
+        capped = launch_route(logits, knobs, launch=RouteLaunch(4, 1, routing_module.MAX_REGISTERS), **extra)
+        uncapped = launch_route(logits, knobs, launch=RouteLaunch(4, 1), **extra)
+        assert torch.equal(capped[1], uncapped[1]) and torch.equal(capped[0], uncapped[0]), variant
+
+
 def test_fused_moe_compiles_once_per_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hidden and expert widths are run-time values: other sizes of one dtype, activation and tile configuration
     launch the same compiled kernels."""

@@ -292,11 +292,29 @@ def _validate(logits: torch.Tensor, knobs: RoutingKnobs) -> None:
 
 @dataclass(frozen=True)
 class RouteLaunch:
-    """How a routing launch is laid out: tokens per program and warps per program."""
+    """How a routing launch is laid out: tokens per program, warps per program and, where set, the registers
+    a thread may use (ptxas's maxnreg)."""
 
     block_t: int
     num_warps: int
+    max_registers: int | None = None
 
+
+# Registers per thread of a capped launch (register_cap): 32 one-warp programs then fit an SM, its limit.
+MAX_REGISTERS = 64
+
+
+def register_cap(element_size: int, num_warps: int, variant_name: str) -> int | None:
+    """The register cap of a launch, None where none: one-warp launches of 32-bit logits, but for grouped routing.
+
+    Measured on an H200 at T = 2^20 (bench/README.md): ptxas gives the E = 128 fp32 kernels 78-94 registers, so
+    24 one-warp programs fit an SM; capped at 64, 32 fit and gemma4, softmax_topk, sigmoid_bias and
+    sigmoid_topk_on_logits ran 3-9% faster (sigmoid_bias despite 16 bytes of spills). Grouped routing ran 9%
+    slower capped (108 registers uncapped), and the cap slowed or did not move the 16-bit and two-warp launches.
+    """
+    if element_size == 4 and num_warps == 1 and variant_name != "grouped":
+        return MAX_REGISTERS
+    return None
 
 # Programs a small T is spread over at least (where one token per program allows): at T = 16,384 on an
 # H200, 2 tokens per program ran the kernel in 12 µs, 8 in 20 (bench/README.md).
@@ -304,26 +322,28 @@ SMALL_T_PROGRAMS = 8192
 
 
 @functools.lru_cache(maxsize=1024)  # called on every launch: the small-T launches are few
-def default_launch(experts: int, element_size: int, tokens: int = 2**20) -> RouteLaunch:
-    """The launch for T tokens of E experts of `element_size`-byte logits, from the sweeps in bench/README.md.
+def default_launch(experts: int, element_size: int, tokens: int = 2**20, variant_name: str = "") -> RouteLaunch:
+    """The launch for T tokens of E experts of `element_size`-byte logits routed by `variant_name`, from the sweeps
+    in bench/README.md.
 
     With 16-byte loads one warp covers 32·16/element_size lanes of a row; a row that fills it gets one
     warp per program (wider rows would be spread over warps, and every selection round would reduce
     through shared memory), a narrower one two. About 16 scores per thread measured best at large T on
     an H200 (4 tokens per program at E = 128, 2 at E = 256): the selection is bound by issuing integer
-    instructions, and fewer registers per thread keep more warps resident to issue them. A small T takes
-    fewer tokens per program, so that at least SMALL_T_PROGRAMS programs spread it over the GPU (one of
-    1, 2, 4, ...: a bounded set of compiled launches). A persistent grid prefetching its next tile, also
-    tried, ran 5-15% slower.
+    instructions, and fewer registers per thread (register_cap) keep more warps resident to issue them. A
+    small T takes fewer tokens per program, so that at least SMALL_T_PROGRAMS programs spread it over the
+    GPU (one of 1, 2, 4, ...: a bounded set of compiled launches). A persistent grid prefetching its next
+    tile, also tried, ran 5-15% slower.
     """
     block_e = max(16, triton.next_power_of_2(experts))
     if INTERPRETED:
         # The interpreter runs a program as numpy calls: few, large programs are fastest.
         return RouteLaunch(64, 4)
+    warps = 1 if block_e >= 32 * 16 // element_size else 2
     block_t = max(1, 512 // block_e)
     while block_t > 1 and tokens < block_t * SMALL_T_PROGRAMS:
         block_t //= 2
-    return RouteLaunch(block_t, 1 if block_e >= 32 * 16 // element_size else 2)
+    return RouteLaunch(block_t, warps, register_cap(element_size, warps, variant_name))
 
 
 def group_arguments(experts: int, knobs: RoutingKnobs) -> tuple[int, int, int]:
@@ -373,7 +393,7 @@ def launch_route(
     ids = torch.empty(tokens, k, dtype=torch.int32, device=logits.device)
     if tokens == 0:
         return weights, ids
-    launch = launch or default_launch(experts, logits.element_size(), tokens)
+    launch = launch or default_launch(experts, logits.element_size(), tokens, knobs.variant)
     dummy = weights  # an unused pointer argument still needs a tensor
     with launch_context():
         _route_kernel[(triton.cdiv(tokens, launch.block_t),)](
@@ -382,6 +402,7 @@ def launch_route(
             tokens, experts, k, logits.stride(0), logits.stride(1), float(knobs.scaling_factor),
             *group_arguments(experts, knobs),
             **kernel_constexprs(experts, logits.element_size(), knobs, launch, bug), num_warps=launch.num_warps,
+            **({"maxnreg": launch.max_registers} if launch.max_registers else {}),
         )
     return weights, ids
 
