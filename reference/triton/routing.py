@@ -316,6 +316,7 @@ def register_cap(element_size: int, num_warps: int, variant_name: str) -> int | 
         return MAX_REGISTERS
     return None
 
+
 # Programs a small T is spread over at least (where one token per program allows): at T = 16,384 on an
 # H200, 2 tokens per program ran the kernel in 12 µs, 8 in 20 (bench/README.md).
 SMALL_T_PROGRAMS = 8192
