@@ -120,8 +120,8 @@ def bench_routing(bandwidth: float) -> list[dict[str, Any]]:
     rows = []
     for experts, k in ROUTING_SHAPES:
         for tokens in ROUTING_TOKENS:
-            launch = default_launch(experts, 4, tokens, "gemma4")
             logits, knobs, scale = routing_inputs(tokens, experts, k)
+            launch = default_launch(experts, 4, tokens, knobs.variant)
             call = partial(launch_route, logits, knobs, per_expert_scale=scale, launch=launch)
             ours, kernel, host = median_ms(call), graph_ms(call), host_us(call)
             ref = median_ms(partial(torch_route, logits, knobs, per_expert_scale=scale))

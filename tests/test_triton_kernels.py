@@ -436,7 +436,7 @@ def test_routing_compiles_once_per_bucket(monkeypatch: pytest.MonkeyPatch) -> No
     sizes = [(t, e, k) for t in (1, 7, 100) for e in (20, 24, 30) for k in (3, 4, 5, 8, 12, 16)]
     for tokens, experts, k in sizes:
         route(_logits(tokens, experts, torch.float32), knobs_for("sigmoid_bias+renorm", k, experts))
-    buckets = {(max(2, 1 << (k - 1).bit_length()), routing_module.default_launch(e, 4, t)) for t, e, k in sizes}
+    buckets = {(max(2, 1 << (k - 1).bit_length()), routing_module.default_launch(e, 4, t, "sigmoid_bias")) for t, e, k in sizes}
     assert len(recorded.constexprs) == len(buckets)
 
 

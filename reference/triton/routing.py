@@ -323,7 +323,7 @@ SMALL_T_PROGRAMS = 8192
 
 
 @functools.lru_cache(maxsize=1024)  # called on every launch: the small-T launches are few
-def default_launch(experts: int, element_size: int, tokens: int = 2**20, variant_name: str = "") -> RouteLaunch:
+def default_launch(experts: int, element_size: int, tokens: int, variant_name: str) -> RouteLaunch:
     """The launch for T tokens of E experts of `element_size`-byte logits routed by `variant_name`, from the sweeps
     in bench/README.md.
 
